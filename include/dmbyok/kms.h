@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+
+/*
+ * KMS providers. A provider wraps and unwraps data keys under a customer's key that never
+ * leaves the KMS. Everything above this layer is provider-neutral; AWS KMS is the first
+ * provider (src/kms/aws). Errors follow dmbyok's taxonomy (dmbyok/error.h):
+ *   -EKEYREVOKED  the key is unusable for us: disabled, pending deletion, deleted, access
+ *                 denied by policy or grant, or not the key that wrapped the blob
+ *   transient     -ETIMEDOUT, -ECONNREFUSED, -EREMOTEIO (5xx), -EAGAIN (throttled), ...
+ *                 after the provider's own retries are exhausted
+ *   credentials   -EKEYEXPIRED, -EKEYREJECTED, -ENOKEY
+ *   -EBADMSG      the blob does not decrypt under this context (swapped or tampered)
+ *   -EINVAL       bad input or configuration
+ * After a failure kms_last_error() gives the provider's own words (e.g.
+ * "DisabledException: arn:aws:kms:...:key/... is disabled.") for the operator.
+ *
+ * Encryption contexts are json-c objects whose values are strings. They are not secret.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <json-c/json.h>
+
+#include "dmbyok/macro.h"
+#include "dmbyok/secret.h"
+
+struct kms_client;
+
+struct kms_options {
+	const char *provider;   /* "aws" (the default when NULL) */
+	const char *region;     /* NULL: from the key ARN, AWS_REGION/AWS_DEFAULT_REGION, config */
+	const char *endpoint;   /* NULL: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, or AWS's own */
+	const char *ca_bundle;  /* NULL: AWS_CA_BUNDLE, or the system trust store */
+	const char *profile;    /* NULL: AWS_PROFILE, or "default" */
+	unsigned timeout_ms;    /* per attempt; 0 = provider default */
+	unsigned max_attempts;  /* 0 = provider default (3, the SDKs' standard retry mode) */
+};
+
+struct kms_key_info {
+	char *key_arn;
+	char *key_state; /* "Enabled", "Disabled", "PendingDeletion", ... */
+	bool enabled;
+};
+
+int kms_client_new(const struct kms_options *opts, struct kms_client **ret);
+void kms_client_free(struct kms_client *c);
+DEFINE_CLEANUP_FUNC(struct kms_client *, kms_client_free);
+#define _cleanup_kms_client_ _cleanup_(kms_client_freep)
+
+/* The provider's last error text, or "" (owned by the client, valid until the next call). */
+const char *kms_last_error(struct kms_client *c);
+
+/*
+ * GenerateDataKey: `n_bytes` of fresh plaintext key (in locked memory) and the same key
+ * wrapped under `key_id` (alias or id or ARN) and bound to `context`. The ciphertext is
+ * returned base64-encoded, as stored in the volume's token; ret_key_arn names the key.
+ */
+int kms_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
+			  size_t n_bytes, struct secret **ret_plaintext, char **ret_ciphertext_b64,
+			  char **ret_key_arn);
+
+/* Decrypt: `key_id` may be NULL (the blob names its key); the context must match exactly. */
+int kms_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
+		json_object *context, struct secret **ret_plaintext, char **ret_key_arn);
+
+/* ReEncrypt a blob under `dest_key_id`, same context, without the plaintext leaving KMS. */
+int kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
+		  const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
+
+int kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
+void kms_key_info_done(struct kms_key_info *info);
+
+/* The region a client talks to (resolved at creation). */
+const char *kms_client_region(struct kms_client *c);

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+
+/*
+ * The one logging path. Messages go to stderr, prefixed with the program name; under
+ * systemd (JOURNAL_STREAM set) they carry a syslog priority prefix instead, so journald
+ * files them at the right level. Never log a secret: the log is not a safe place.
+ *
+ * log_*_errno(r, ...) log and return the negative errno, so a failure site reads
+ *         return log_error_errno(r, "Cannot read header of %s: %s", dev, dmbyok_strerror(r));
+ */
+
+#include <stdarg.h>
+
+#include "dmbyok/macro.h"
+
+enum log_level {
+	LOG_LEVEL_ERROR = 3,
+	LOG_LEVEL_WARNING = 4,
+	LOG_LEVEL_NOTICE = 5,
+	LOG_LEVEL_INFO = 6,
+	LOG_LEVEL_DEBUG = 7,
+};
+
+void log_setup(const char *program_name);
+void log_set_max_level(enum log_level level);
+enum log_level log_get_max_level(void);
+
+/* Returns -abs(error), or 0 when error is 0. */
+int log_internal(enum log_level level, int error, const char *fmt, ...) _printf_(3, 4);
+
+#define log_full_errno(level, error, ...) log_internal((level), (error), __VA_ARGS__)
+
+#define log_debug(...)   (void)log_internal(LOG_LEVEL_DEBUG, 0, __VA_ARGS__)
+#define log_info(...)    (void)log_internal(LOG_LEVEL_INFO, 0, __VA_ARGS__)
+#define log_notice(...)  (void)log_internal(LOG_LEVEL_NOTICE, 0, __VA_ARGS__)
+#define log_warning(...) (void)log_internal(LOG_LEVEL_WARNING, 0, __VA_ARGS__)
+#define log_error(...)   (void)log_internal(LOG_LEVEL_ERROR, 0, __VA_ARGS__)
+
+#define log_debug_errno(error, ...)   log_internal(LOG_LEVEL_DEBUG, (error), __VA_ARGS__)
+#define log_warning_errno(error, ...) log_internal(LOG_LEVEL_WARNING, (error), __VA_ARGS__)
+#define log_error_errno(error, ...)   log_internal(LOG_LEVEL_ERROR, (error), __VA_ARGS__)
+
+/* Memory exhaustion is reported once, the same way everywhere. */
+#define log_oom() log_internal(LOG_LEVEL_ERROR, ENOMEM, "Out of memory.")

@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+
+/*
+ * Small helpers used everywhere: scope-bound cleanup (systemd's _cleanup_) and the guard
+ * macros that carry dmbyok's one error discipline: functions return 0 (or a count) on
+ * success and a negative errno on failure, and callers propagate it unchanged.
+ */
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _unused_     __attribute__((unused))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+#define _nonnull_(...) __attribute__((nonnull(__VA_ARGS__)))
+#define _warn_unused_result_ __attribute__((warn_unused_result))
+
+#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+
+/* Hand ownership of a pointer to someone else: returns it and leaves NULL behind. */
+#define TAKE_PTR(p)                                                                                \
+	({                                                                                         \
+		typeof(p) _taken = (p);                                                            \
+		(p) = NULL;                                                                        \
+		_taken;                                                                            \
+	})
+
+/* Defines func##p(type *p), a cleanup helper that calls a NULL-accepting destructor. */
+#define DEFINE_CLEANUP_FUNC(type, func)                                                            \
+	static inline void func##p(type *p)                                                        \
+	{                                                                                          \
+		if (*p)                                                                            \
+			func(*p);                                                                  \
+	}
+
+static inline void freep(void *p)
+{
+	free(*(void **)p);
+}
+#define _cleanup_free_ _cleanup_(freep)
+
+/* Propagate a negative errno from an expression. */
+#define GUARD(expr)                                                                                \
+	do {                                                                                       \
+		int _g_r = (expr);                                                                 \
+		if (_g_r < 0)                                                                      \
+			return _g_r;                                                               \
+	} while (0)
+
+/* Fail with -err when a precondition does not hold. */
+#define ENSURE(cond, err)                                                                          \
+	do {                                                                                       \
+		if (!(cond))                                                                       \
+			return -(err);                                                             \
+	} while (0)
+
+/* Allocation failure is the one error we do not log at each site. */
+#define ENSURE_ALLOC(p) ENSURE((p) != NULL, ENOMEM)
+
+static inline int negative_errno(void)
+{
+	return errno > 0 ? -errno : -EIO;
+}

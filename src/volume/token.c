@@ -1,0 +1,280 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/core_names.h>
+
+#include "dmbyok/encoding.h"
+#include "dmbyok/log.h"
+#include "dmbyok/token.h"
+
+#define KCV_PREFIX "hmac-sha256-128:"
+#define KCV_BYTES  16
+
+void dmbyok_token_free(struct dmbyok_token *t)
+{
+	if (!t)
+		return;
+	free(t->kms);
+	free(t->key_id);
+	free(t->key_arn);
+	free(t->region);
+	free(t->ciphertext);
+	json_object_put(t->context);
+	free(t->key_check);
+	free(t->created);
+	free(t->rewrapped);
+	free(t);
+}
+
+/* Copy a required (or optional) string member; -EUCLEAN when required and absent. */
+static int get_string(json_object *o, const char *name, int required, char **ret)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(o, name, &v) || json_object_is_type(v, json_type_null)) {
+		*ret = NULL;
+		if (required)
+			return log_error_errno(EUCLEAN, "dmbyok token lacks \"%s\".", name);
+		return 0;
+	}
+	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
+		return log_error_errno(EUCLEAN, "dmbyok token member \"%s\" is not a string.", name);
+	*ret = strdup(json_object_get_string(v));
+	ENSURE_ALLOC(*ret);
+	return 0;
+}
+
+int dmbyok_token_from_json(const char *json, struct dmbyok_token **ret)
+{
+	_cleanup_token_ struct dmbyok_token *t = NULL;
+	json_object *o = NULL, *v, *slot;
+	_cleanup_free_ char *type = NULL;
+	int r;
+
+	o = json_tokener_parse(json);
+	if (!o || !json_object_is_type(o, json_type_object)) {
+		r = log_error_errno(EUCLEAN, "dmbyok token is not a JSON object.");
+		goto out;
+	}
+	t = calloc(1, sizeof(*t));
+	if (!t) {
+		r = -ENOMEM;
+		goto out;
+	}
+
+	r = get_string(o, "type", 1, &type);
+	if (r < 0)
+		goto out;
+	if (strcmp(type, DMBYOK_TOKEN_TYPE) != 0) {
+		r = log_error_errno(EUCLEAN, "Token type is \"%s\", not \"%s\".", type,
+				    DMBYOK_TOKEN_TYPE);
+		goto out;
+	}
+
+	if (!json_object_object_get_ex(o, "version", &v) || !json_object_is_type(v, json_type_int)) {
+		r = log_error_errno(EUCLEAN, "dmbyok token lacks an integer \"version\".");
+		goto out;
+	}
+	t->version = json_object_get_int(v);
+	if (t->version != DMBYOK_TOKEN_VERSION) {
+		r = log_error_errno(EUCLEAN,
+				    "dmbyok token version %d is not supported (this build reads %d).",
+				    t->version, DMBYOK_TOKEN_VERSION);
+		goto out;
+	}
+
+	if (!json_object_object_get_ex(o, "keyslots", &v) || !json_object_is_type(v, json_type_array) ||
+	    json_object_array_length(v) != 1 ||
+	    !json_object_is_type(slot = json_object_array_get_idx(v, 0), json_type_string)) {
+		r = log_error_errno(EUCLEAN, "dmbyok token must be assigned to exactly one keyslot.");
+		goto out;
+	}
+	t->keyslot = atoi(json_object_get_string(slot));
+
+	if ((r = get_string(o, "kms", 1, &t->kms)) < 0 ||
+	    (r = get_string(o, "key_id", 1, &t->key_id)) < 0 ||
+	    (r = get_string(o, "key_arn", 1, &t->key_arn)) < 0 ||
+	    (r = get_string(o, "region", 0, &t->region)) < 0 ||
+	    (r = get_string(o, "ciphertext", 1, &t->ciphertext)) < 0 ||
+	    (r = get_string(o, "key_check", 1, &t->key_check)) < 0 ||
+	    (r = get_string(o, "created", 0, &t->created)) < 0 ||
+	    (r = get_string(o, "rewrapped", 0, &t->rewrapped)) < 0)
+		goto out;
+
+	if (strcmp(t->kms, "aws") != 0) {
+		r = log_error_errno(EUCLEAN, "dmbyok token names KMS \"%s\"; this build knows \"aws\".",
+				    t->kms);
+		goto out;
+	}
+
+	if (!json_object_object_get_ex(o, "context", &v) || !json_object_is_type(v, json_type_object)) {
+		r = log_error_errno(EUCLEAN, "dmbyok token lacks its encryption \"context\" object.");
+		goto out;
+	}
+	json_object_object_foreach(v, key, val)
+	{
+		(void)key;
+		if (!json_object_is_type(val, json_type_string)) {
+			r = log_error_errno(EUCLEAN, "Encryption context values must be strings.");
+			goto out;
+		}
+	}
+	t->context = json_object_get(v);
+
+	*ret = TAKE_PTR(t);
+	r = 0;
+out:
+	json_object_put(o);
+	return r;
+}
+
+int dmbyok_token_to_json(const struct dmbyok_token *t, char **ret)
+{
+	json_object *o, *slots;
+	char slot[16];
+	int r = -ENOMEM;
+
+	o = json_object_new_object();
+	ENSURE_ALLOC(o);
+	slots = json_object_new_array();
+	if (!slots)
+		goto out;
+	snprintf(slot, sizeof(slot), "%d", t->keyslot);
+	json_object_array_add(slots, json_object_new_string(slot));
+
+	json_object_object_add(o, "type", json_object_new_string(DMBYOK_TOKEN_TYPE));
+	json_object_object_add(o, "keyslots", slots);
+	json_object_object_add(o, "version", json_object_new_int(t->version));
+	json_object_object_add(o, "kms", json_object_new_string(t->kms));
+	json_object_object_add(o, "key_id", json_object_new_string(t->key_id));
+	json_object_object_add(o, "key_arn", json_object_new_string(t->key_arn));
+	if (t->region)
+		json_object_object_add(o, "region", json_object_new_string(t->region));
+	json_object_object_add(o, "ciphertext", json_object_new_string(t->ciphertext));
+	json_object_object_add(o, "context", json_object_get(t->context));
+	json_object_object_add(o, "key_check", json_object_new_string(t->key_check));
+	if (t->created)
+		json_object_object_add(o, "created", json_object_new_string(t->created));
+	if (t->rewrapped)
+		json_object_object_add(o, "rewrapped", json_object_new_string(t->rewrapped));
+
+	*ret = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	r = *ret ? 0 : -ENOMEM;
+out:
+	json_object_put(o);
+	return r;
+}
+
+int dmbyok_context_new(const char *volume_uuid, char *const *pairs, size_t n_pairs,
+		       json_object **ret)
+{
+	json_object *o = json_object_new_object();
+
+	ENSURE_ALLOC(o);
+	json_object_object_add(o, DMBYOK_CONTEXT_VOLUME, json_object_new_string(volume_uuid));
+
+	for (size_t i = 0; i < n_pairs; i++) {
+		const char *eq = strchr(pairs[i], '=');
+		_cleanup_free_ char *key = NULL;
+
+		if (!eq || eq == pairs[i]) {
+			json_object_put(o);
+			return log_error_errno(EINVAL, "Context \"%s\" is not of the form key=value.",
+					       pairs[i]);
+		}
+		key = strndup(pairs[i], (size_t)(eq - pairs[i]));
+		if (!key) {
+			json_object_put(o);
+			return -ENOMEM;
+		}
+		if (!strncmp(key, DMBYOK_CONTEXT_RESERVED_PREFIX,
+			     strlen(DMBYOK_CONTEXT_RESERVED_PREFIX)) ||
+		    json_object_object_get_ex(o, key, NULL)) {
+			json_object_put(o);
+			return log_error_errno(EINVAL, "Context key \"%s\" is reserved or repeated.",
+					       key);
+		}
+		json_object_object_add(o, key, json_object_new_string(eq + 1));
+	}
+	*ret = o;
+	return 0;
+}
+
+int dmbyok_token_check_volume(const struct dmbyok_token *t, const char *volume_uuid)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(t->context, DMBYOK_CONTEXT_VOLUME, &v) ||
+	    strcmp(json_object_get_string(v), volume_uuid) != 0)
+		return log_error_errno(EBADMSG,
+				       "The dmbyok token names volume %s, but this header is %s: the "
+				       "token was copied from another volume. Restore this volume's "
+				       "own header backup.",
+				       v ? json_object_get_string(v) : "(none)", volume_uuid);
+	return 0;
+}
+
+int dmbyok_key_check_value(const struct secret *dek, const char *volume_uuid, char **ret)
+{
+	static const char label[] = "dmbyok-kcv-v1";
+	uint8_t mac[EVP_MAX_MD_SIZE];
+	_cleanup_free_ char *hex = NULL;
+	EVP_MAC *alg = NULL;
+	EVP_MAC_CTX *ctx = NULL;
+	size_t out_len = 0;
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
+		OSSL_PARAM_construct_end(),
+	};
+	int r = -EIO;
+
+	alg = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	ctx = alg ? EVP_MAC_CTX_new(alg) : NULL;
+	if (!ctx || !EVP_MAC_init(ctx, dek->data, dek->size, params) ||
+	    !EVP_MAC_update(ctx, (const uint8_t *)label, sizeof(label) - 1) ||
+	    !EVP_MAC_update(ctx, (const uint8_t *)volume_uuid, strlen(volume_uuid)) ||
+	    !EVP_MAC_final(ctx, mac, &out_len, sizeof(mac)))
+		goto out;
+
+	r = hex_encode(mac, KCV_BYTES, &hex);
+	if (r < 0)
+		goto out;
+	if (asprintf(ret, KCV_PREFIX "%s", hex) < 0) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = 0;
+out:
+	secure_wipe(mac, sizeof(mac));
+	EVP_MAC_CTX_free(ctx);
+	EVP_MAC_free(alg);
+	return r;
+}
+
+int dmbyok_token_verify_dek(const struct dmbyok_token *t, const struct secret *dek,
+			    const char *volume_uuid)
+{
+	_cleanup_free_ char *kcv = NULL;
+
+	ENSURE(dek->size == DMBYOK_DEK_BYTES, EBADMSG);
+	GUARD(dmbyok_key_check_value(dek, volume_uuid, &kcv));
+	if (strlen(kcv) != strlen(t->key_check) || !secret_equal(kcv, t->key_check, strlen(kcv)))
+		return log_error_errno(EBADMSG, "The unwrapped data key does not match the token's "
+						"key check value: the token or header was altered.");
+	return 0;
+}
+
+int dmbyok_timestamp_now(char **ret)
+{
+	char buf[32];
+	struct tm tm;
+	time_t now = time(NULL);
+
+	if (!gmtime_r(&now, &tm) || !strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm))
+		return -EIO;
+	*ret = strdup(buf);
+	ENSURE_ALLOC(*ret);
+	return 0;
+}
