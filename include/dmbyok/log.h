@@ -12,6 +12,7 @@
 
 #include <stdarg.h>
 
+#include "dmbyok/error.h"
 #include "dmbyok/macro.h"
 
 enum log_level {

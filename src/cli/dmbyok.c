@@ -1,17 +1,188 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * dmbyok: format, open, close, lock, unlock and inspect volumes encrypted under a
+ * customer-managed KMS key. Exit codes follow dmbyok's error classes (dmbyok(8)).
+ */
+#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "dmbyok/error.h"
+#include "cli.h"
+#include "dmbyok/dm.h"
 #include "dmbyok/log.h"
+#include "dmbyok/secret.h"
+
+static const struct {
+	const char *name;
+	int (*run)(struct cli *c);
+	const char *help;
+} verbs[] = {
+	{"format", verb_format, "DEVICE --key KEY_ID [--context k=v]... [--header FILE] [--force]"},
+	{"open", verb_open, "DEVICE NAME [--header FILE] [--perf FLAGS]"},
+	{"close", verb_close, "NAME"},
+	{"lock", verb_lock, "NAME"},
+	{"unlock", verb_unlock, "NAME [--header FILE]"},
+	{"rewrap", verb_rewrap, "DEVICE [--key NEW_KEY_ID] [--header FILE]"},
+	{"status", verb_status, "[NAME] [--json]"},
+	{"list", verb_list, "[--json]"},
+	{"dump", verb_dump, "DEVICE [--header FILE] [--json]"},
+	{"doctor", verb_doctor, "[--key KEY_ID]"},
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: dmbyok VERB [OPTIONS]\n\nVerbs:\n");
+	for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+		fprintf(f, "  %-7s %s\n", verbs[i].name, verbs[i].help);
+	fprintf(f, "\nCommon options:\n"
+		   "  --region R  --endpoint URL  --profile P  --ca-bundle FILE   KMS access\n"
+		   "  --verbose  --debug  --json  --help  --version\n"
+		   "Exit codes: 0 ok, 1 internal, 2 bad input, 3 key revoked, 4 KMS unreachable,\n"
+		   "5 credentials, 6 wrong token, 7 bad header, 8 busy, 9 no kernel support.\n"
+		   "See dmbyok(8).\n");
+}
+
+int cli_require_args(const struct cli *c, size_t min, size_t max, const char *u)
+{
+	if (c->n_args < min || c->n_args > max)
+		return log_error_errno(EINVAL, "usage: dmbyok %s", u);
+	return 0;
+}
+
+int cli_parse_perf_flags(const char *s, uint32_t *ret)
+{
+	static const struct {
+		const char *name;
+		uint32_t flag;
+	} names[] = {
+		{"no_read_workqueue", DM_CRYPT_NO_READ_WORKQUEUE},
+		{"no_write_workqueue", DM_CRYPT_NO_WRITE_WORKQUEUE},
+		{"same_cpu_crypt", DM_CRYPT_SAME_CPU_CRYPT},
+		{"submit_from_crypt_cpus", DM_CRYPT_SUBMIT_FROM_CRYPT_CPUS},
+		{"allow_discards", DM_CRYPT_ALLOW_DISCARDS},
+	};
+	_cleanup_free_ char *copy = strdup(s);
+	uint32_t flags = 0;
+	char *save = NULL;
+
+	ENSURE_ALLOC(copy);
+	if (strcmp(s, "none") != 0)
+		for (char *w = strtok_r(copy, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+			size_t i;
+
+			for (i = 0; i < ELEMENTSOF(names) && strcmp(w, names[i].name); i++)
+				;
+			if (i == ELEMENTSOF(names))
+				return log_error_errno(EINVAL, "Unknown performance flag \"%s\".", w);
+			flags |= names[i].flag;
+		}
+	*ret = flags;
+	return 0;
+}
 
 int main(int argc, char **argv)
 {
+	enum { ARG_HEADER = 0x100, ARG_CONTEXT, ARG_REGION, ARG_ENDPOINT, ARG_PROFILE,
+	       ARG_CA_BUNDLE, ARG_PERF, ARG_DEBUG, ARG_VERSION, ARG_JSON };
+	static const struct option options[] = {
+		{"key", required_argument, NULL, 'k'},
+		{"header", required_argument, NULL, ARG_HEADER},
+		{"context", required_argument, NULL, ARG_CONTEXT},
+		{"force", no_argument, NULL, 'f'},
+		{"json", no_argument, NULL, ARG_JSON},
+		{"region", required_argument, NULL, ARG_REGION},
+		{"endpoint", required_argument, NULL, ARG_ENDPOINT},
+		{"profile", required_argument, NULL, ARG_PROFILE},
+		{"ca-bundle", required_argument, NULL, ARG_CA_BUNDLE},
+		{"perf", required_argument, NULL, ARG_PERF},
+		{"verbose", no_argument, NULL, 'v'},
+		{"debug", no_argument, NULL, ARG_DEBUG},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, ARG_VERSION},
+		{},
+	};
+	struct cli c = {0};
+	const char *verb;
+	int opt, r;
+
 	log_setup("dmbyok");
-	if (argc > 1 && !strcmp(argv[1], "--version")) {
-		printf("dmbyok %s\n", DMBYOK_VERSION);
-		return 0;
+	c.context = calloc((size_t)argc, sizeof(char *));
+	if (!c.context)
+		return dmbyok_exit_code(log_oom());
+
+	/* GNU getopt permutes: options may come before or after the verb and its arguments. */
+	while ((opt = getopt_long(argc, argv, "k:fvh", options, NULL)) >= 0) {
+		switch (opt) {
+		case 'k':
+			c.key_id = optarg;
+			break;
+		case ARG_HEADER:
+			c.header = optarg;
+			break;
+		case ARG_CONTEXT:
+			c.context[c.n_context++] = optarg;
+			break;
+		case 'f':
+			c.force = true;
+			break;
+		case ARG_JSON:
+			c.json = true;
+			break;
+		case ARG_REGION:
+			c.kms.region = optarg;
+			break;
+		case ARG_ENDPOINT:
+			c.kms.endpoint = optarg;
+			break;
+		case ARG_PROFILE:
+			c.kms.profile = optarg;
+			break;
+		case ARG_CA_BUNDLE:
+			c.kms.ca_bundle = optarg;
+			break;
+		case ARG_PERF:
+			r = cli_parse_perf_flags(optarg, &c.perf_flags);
+			if (r < 0)
+				return dmbyok_exit_code(r);
+			c.perf_set = true;
+			break;
+		case 'v':
+			log_set_max_level(LOG_LEVEL_INFO);
+			break;
+		case ARG_DEBUG:
+			log_set_max_level(LOG_LEVEL_DEBUG);
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case ARG_VERSION:
+			printf("dmbyok %s\n", DMBYOK_VERSION);
+			return 0;
+		default:
+			usage(stderr);
+			return dmbyok_exit_code(-EINVAL);
+		}
 	}
-	fprintf(stderr, "usage: dmbyok VERB ...\n");
-	return 2;
+	if (optind >= argc) {
+		usage(stderr);
+		return dmbyok_exit_code(-EINVAL);
+	}
+	verb = argv[optind++];
+	c.args = argv + optind;
+	c.n_args = (size_t)(argc - optind);
+
+	/* Everything below may hold a data key. */
+	r = harden_process();
+	if (r < 0)
+		return dmbyok_exit_code(r);
+
+	for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
+		if (!strcmp(verb, verbs[i].name)) {
+			r = verbs[i].run(&c);
+			free(c.context);
+			return dmbyok_exit_code(r);
+		}
+	log_error("Unknown verb \"%s\".", verb);
+	usage(stderr);
+	return dmbyok_exit_code(-EINVAL);
 }

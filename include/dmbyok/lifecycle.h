@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+
+/*
+ * Volume lifecycle: the operations the CLI offers and the agent will drive, composed from
+ * the KMS, volume and dm layers. Each either succeeds or leaves header and mappings as
+ * they were, and logs what happened and what to do.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dmbyok/dm.h"
+#include "dmbyok/kms.h"
+
+/* Performance flags dmbyok sets unless told otherwise (chosen by bench/, see docs). */
+#define DMBYOK_DEFAULT_PERF_FLAGS (DM_CRYPT_NO_READ_WORKQUEUE | DM_CRYPT_NO_WRITE_WORKQUEUE)
+
+struct format_options {
+	const char *device;
+	const char *header; /* detached header file, or NULL */
+	const char *key_id; /* key id, ARN, alias name or alias ARN */
+	char **context;     /* operator "k=v" pairs (not secret) */
+	size_t n_context;
+	bool force;
+	uint32_t perf_flags; /* persisted DM_CRYPT_* flags */
+};
+
+struct open_options {
+	const char *device;
+	const char *header;
+	const char *name;
+	bool override_flags; /* use `flags` instead of the header's persistent flags */
+	uint32_t flags;
+};
+
+int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
+		  char **ret_uuid);
+int dmbyok_open(const struct open_options *o, const struct kms_options *kms);
+int dmbyok_close(const char *name);
+int dmbyok_lock(const char *name);
+int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms);
+
+/* Re-wrap the DEK (KMS ReEncrypt) under `new_key_id`, or under the token's key_id again
+ * (which follows an alias to its current key). The data and the DEK do not change. */
+int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id,
+		  const struct kms_options *kms);
+
+/* What `status` and `list` show about a dmbyok mapping. */
+struct mapping_status {
+	struct dm_crypt_info dm;
+	bool locked;        /* suspended with its key wiped */
+	char *device;       /* the data device as opened */
+	char *header;       /* detached header, or NULL */
+	char *volume_uuid;
+	char *key_id;
+	char *key_arn;
+};
+void mapping_status_done(struct mapping_status *s);
+/* -ENODEV when NAME is not a dmbyok mapping. */
+int dmbyok_status(const char *name, struct mapping_status *ret);
+/* Names of every dmbyok mapping (strv_free()). */
+int dmbyok_list(char ***ret_names);
+
+/* The kernel's preferred xts(aes) driver, and whether it is hardware accelerated. */
+int dmbyok_xts_driver(char **ret_driver, bool *ret_accelerated);
+
+/* The directory where open mappings are recorded (DMBYOK_RUNTIME_DIR or /run/dmbyok). */
+const char *dmbyok_runtime_dir(void);

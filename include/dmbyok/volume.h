@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+
+/*
+ * A dmbyok volume on disk: a standard LUKS2 header (libcryptsetup) whose volume key is the
+ * DEK, with one keyslot unlocked by the DEK itself and one "dmbyok" token holding the
+ * KMS-wrapped DEK. This layer reads and writes headers; it never talks to a KMS or the
+ * device-mapper.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dmbyok/macro.h"
+#include "dmbyok/secret.h"
+#include "dmbyok/token.h"
+
+struct crypt_device;
+
+#define DMBYOK_CIPHER      "aes"
+#define DMBYOK_CIPHER_MODE "xts-plain64"
+
+struct volume {
+	struct crypt_device *cd;
+	char *device;        /* the data device */
+	char *header;        /* detached header file, or NULL when on the data device */
+	const char *uuid;    /* the LUKS2 UUID (owned by cd) */
+	int token_id;        /* LUKS2 token number of the dmbyok token */
+	struct dmbyok_token *token;
+	uint64_t data_offset;    /* in 512-byte sectors */
+	uint64_t data_sectors;   /* size of the encrypted area, in 512-byte sectors */
+	uint32_t sector_size;    /* encryption sector size, bytes */
+	uint32_t activation_flags; /* LUKS2 persistent CRYPT_ACTIVATE_* flags */
+};
+
+void volume_free(struct volume *v);
+DEFINE_CLEANUP_FUNC(struct volume *, volume_free);
+#define _cleanup_volume_ _cleanup_(volume_freep)
+
+/*
+ * Load a dmbyok volume's header (from `header` when detached). Errors: -ENOENT no such
+ * device, -ENODATA not LUKS2 or no dmbyok token, -EUCLEAN corrupt header or token.
+ */
+int volume_load(const char *device, const char *header, struct volume **ret);
+
+/*
+ * Refuse a device that is in use or carries any signature (file system, LUKS, partition
+ * table, RAID...) unless `force`: -EBUSY, -EEXIST with the signature named.
+ */
+int volume_check_blank(const char *device, bool force);
+
+/* A fresh random (version 4) UUID for a new header. */
+int volume_new_uuid(char ret[static 37]);
+
+struct volume_format_params {
+	const char *device;
+	const char *header;   /* detached header file or NULL */
+	const char *uuid;     /* from volume_new_uuid(): the token's context names it */
+	const struct secret *dek;
+	struct dmbyok_token *token; /* keyslot is filled in */
+	uint32_t activation_flags;  /* persisted CRYPT_ACTIVATE_* performance flags */
+};
+
+/*
+ * Write a LUKS2 header with the DEK as volume key, the DEK keyslot and the token. On any
+ * failure the header area is restored byte for byte, so the device is as it was.
+ */
+int volume_format(const struct volume_format_params *p);
+
+/* Replace the token (after a re-wrap), keeping its LUKS2 token number. */
+int volume_update_token(struct volume *v, const struct dmbyok_token *t);
+
+/* Route libcryptsetup's messages into dmbyok's log. */
+void volume_setup_logging(struct crypt_device *cd);

@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+
+/* The dmbyok CLI: parsed options shared by every verb, and the verbs themselves. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dmbyok/kms.h"
+
+struct cli {
+	char **args; /* positional arguments after the verb */
+	size_t n_args;
+	const char *header;
+	const char *key_id;
+	char **context;
+	size_t n_context;
+	bool force;
+	bool json;
+	bool perf_set;
+	uint32_t perf_flags;
+	struct kms_options kms;
+};
+
+int verb_format(struct cli *c);
+int verb_open(struct cli *c);
+int verb_close(struct cli *c);
+int verb_lock(struct cli *c);
+int verb_unlock(struct cli *c);
+int verb_rewrap(struct cli *c);
+int verb_status(struct cli *c);
+int verb_list(struct cli *c);
+int verb_dump(struct cli *c);
+int verb_doctor(struct cli *c);
+
+/* -EINVAL with a usage message unless exactly `min`..`max` positional arguments were given. */
+int cli_require_args(const struct cli *c, size_t min, size_t max, const char *usage);
+/* Parse "no_read_workqueue,no_write_workqueue,allow_discards" or "none". */
+int cli_parse_perf_flags(const char *s, uint32_t *ret);

@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Verbs that only look: status, list, dump. */
+#include <stdio.h>
+#include <string.h>
+
+#include <json-c/json.h>
+#include <libcryptsetup.h>
+
+#include "cli.h"
+#include "dmbyok/lifecycle.h"
+#include "dmbyok/log.h"
+#include "dmbyok/volume.h"
+
+static const char *state_name(const struct mapping_status *s)
+{
+	return s->locked ? "locked" : s->dm.suspended ? "suspended" : "active";
+}
+
+static json_object *status_json(const struct mapping_status *s)
+{
+	json_object *o = json_object_new_object();
+
+#define ADD_STR(k, v) json_object_object_add(o, k, (v) ? json_object_new_string(v) : NULL)
+	ADD_STR("name", s->dm.name);
+	ADD_STR("state", state_name(s));
+	ADD_STR("device", s->device ? s->device : s->dm.device);
+	ADD_STR("header", s->header);
+	ADD_STR("volume_uuid", s->volume_uuid);
+	ADD_STR("key_id", s->key_id);
+	ADD_STR("key_arn", s->key_arn);
+	ADD_STR("cipher", s->dm.cipher);
+	json_object_object_add(o, "sector_size", json_object_new_int((int)s->dm.sector_size));
+	json_object_object_add(o, "offset_sectors", json_object_new_int64((int64_t)s->dm.offset));
+	json_object_object_add(o, "size_sectors", json_object_new_int64((int64_t)s->dm.length));
+	json_object_object_add(o, "open_count", json_object_new_int(s->dm.open_count));
+	json_object_object_add(o, "no_read_workqueue",
+			       json_object_new_boolean(!!(s->dm.flags & DM_CRYPT_NO_READ_WORKQUEUE)));
+	json_object_object_add(o, "no_write_workqueue",
+			       json_object_new_boolean(!!(s->dm.flags & DM_CRYPT_NO_WRITE_WORKQUEUE)));
+#undef ADD_STR
+	return o;
+}
+
+static void status_print(const struct mapping_status *s)
+{
+	printf("%s is %s.\n", s->dm.name, state_name(s));
+	printf("  device:      %s\n", s->device ? s->device : s->dm.device);
+	if (s->header)
+		printf("  header:      %s\n", s->header);
+	if (s->volume_uuid)
+		printf("  volume:      %s\n", s->volume_uuid);
+	if (s->key_arn)
+		printf("  key:         %s (%s)\n", s->key_id, s->key_arn);
+	printf("  cipher:      %s, %u-byte sectors\n", s->dm.cipher, s->dm.sector_size);
+	printf("  offset:      %" PRIu64 " sectors\n  size:        %" PRIu64 " sectors\n",
+	       s->dm.offset, s->dm.length);
+	printf("  workqueues:  read %s, write %s\n",
+	       s->dm.flags & DM_CRYPT_NO_READ_WORKQUEUE ? "bypassed" : "used",
+	       s->dm.flags & DM_CRYPT_NO_WRITE_WORKQUEUE ? "bypassed" : "used");
+	printf("  in use:      %d\n", s->dm.open_count);
+}
+
+static void print_json(json_object *o)
+{
+	printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+							       JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(o);
+}
+
+int verb_status(struct cli *c)
+{
+	struct mapping_status s = {0};
+	int r;
+
+	GUARD(cli_require_args(c, 0, 1, "status [NAME] [--json]"));
+	if (c->n_args == 0)
+		return verb_list(c);
+	GUARD(dm_check_kernel_support());
+	r = dmbyok_status(c->args[0], &s);
+	if (r == -ENODEV)
+		return log_error_errno(ENOENT, "No dmbyok mapping named %s.", c->args[0]);
+	if (r < 0)
+		return log_error_errno(r, "Cannot read %s: %s", c->args[0], dmbyok_strerror(r));
+	if (c->json)
+		print_json(status_json(&s));
+	else
+		status_print(&s);
+	mapping_status_done(&s);
+	return 0;
+}
+
+int verb_list(struct cli *c)
+{
+	char **names = NULL;
+	json_object *arr = NULL;
+
+	GUARD(dm_check_kernel_support());
+	GUARD(dmbyok_list(&names));
+	if (c->json)
+		arr = json_object_new_array();
+	else
+		printf("%-16s %-10s %-20s %s\n", "NAME", "STATE", "DEVICE", "KEY");
+	for (char **p = names; *p; p++) {
+		struct mapping_status s = {0};
+
+		if (dmbyok_status(*p, &s) < 0)
+			continue;
+		if (arr)
+			json_object_array_add(arr, status_json(&s));
+		else
+			printf("%-16s %-10s %-20s %s\n", s.dm.name, state_name(&s),
+			       s.device ? s.device : s.dm.device, s.key_arn ? s.key_arn : "-");
+		mapping_status_done(&s);
+	}
+	if (arr)
+		print_json(arr);
+	strv_free(names);
+	return 0;
+}
+
+int verb_dump(struct cli *c)
+{
+	_cleanup_volume_ struct volume *v = NULL;
+	json_object *o, *token;
+	_cleanup_free_ char *token_json = NULL;
+
+	GUARD(cli_require_args(c, 1, 1, "dump DEVICE [--header FILE] [--json]"));
+	GUARD(volume_load(c->args[0], c->header, &v));
+	GUARD(dmbyok_token_to_json(v->token, &token_json));
+
+	o = json_object_new_object();
+	ENSURE_ALLOC(o);
+	json_object_object_add(o, "device", json_object_new_string(v->device));
+	if (v->header)
+		json_object_object_add(o, "header", json_object_new_string(v->header));
+	json_object_object_add(o, "volume_uuid", json_object_new_string(v->uuid));
+	json_object_object_add(o, "cipher", json_object_new_string("aes-xts-plain64"));
+	json_object_object_add(o, "key_bits", json_object_new_int(DMBYOK_DEK_BYTES * 8));
+	json_object_object_add(o, "sector_size", json_object_new_int((int)v->sector_size));
+	json_object_object_add(o, "data_offset_sectors",
+			       json_object_new_int64((int64_t)v->data_offset));
+	json_object_object_add(o, "data_size_sectors",
+			       json_object_new_int64((int64_t)v->data_sectors));
+	json_object_object_add(o, "keyslot", json_object_new_int(v->token->keyslot));
+	json_object_object_add(o, "token_id", json_object_new_int(v->token_id));
+	token = json_tokener_parse(token_json);
+	json_object_object_add(o, "token", token);
+
+	if (c->json) {
+		print_json(o);
+		return 0;
+	}
+	printf("dmbyok volume %s\n", v->uuid);
+	printf("  device:       %s\n", v->device);
+	if (v->header)
+		printf("  header:       %s\n", v->header);
+	printf("  cipher:       aes-xts-plain64, 512-bit key, %u-byte sectors\n", v->sector_size);
+	printf("  data:         offset %" PRIu64 " sectors, %" PRIu64 " sectors\n", v->data_offset,
+	       v->data_sectors);
+	printf("  keyslot:      %d (unlocked by the data key itself)\n", v->token->keyslot);
+	printf("  kms:          %s, region %s\n", v->token->kms,
+	       v->token->region ? v->token->region : "-");
+	printf("  key:          %s\n  key ARN:      %s\n", v->token->key_id, v->token->key_arn);
+	printf("  context:      %s\n",
+	       json_object_to_json_string_ext(v->token->context, JSON_C_TO_STRING_PLAIN));
+	printf("  key check:    %s\n", v->token->key_check);
+	printf("  created:      %s\n", v->token->created ? v->token->created : "-");
+	if (v->token->rewrapped)
+		printf("  re-wrapped:   %s\n", v->token->rewrapped);
+	json_object_put(o);
+	return 0;
+}

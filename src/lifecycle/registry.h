@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+
+/*
+ * The runtime registry: one JSON file per open dmbyok mapping under
+ * /run/dmbyok/mappings (tmpfs, gone at reboot), so that unlock, status and the agent know
+ * which device and detached header a mapping came from. No secrets.
+ */
+
+#include "dmbyok/lifecycle.h"
+
+struct registry_entry {
+	char *name;
+	char *device;
+	char *header;
+	char *volume_uuid;
+	char *key_id;
+	char *key_arn;
+};
+
+void registry_entry_done(struct registry_entry *e);
+int registry_save(const struct registry_entry *e);
+/* -ENOENT when there is no record for `name`. */
+int registry_load(const char *name, struct registry_entry *ret);
+int registry_remove(const char *name);

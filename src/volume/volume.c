@@ -1,0 +1,428 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <blkid/blkid.h>
+#include <libcryptsetup.h>
+#include <openssl/rand.h>
+
+#include "dmbyok/log.h"
+#include "dmbyok/volume.h"
+
+/* LUKS2's default metadata plus keyslot area; what format may overwrite and restores. */
+#define HEADER_AREA_BYTES (16ULL << 20)
+
+static void crypt_log_cb(int level, const char *msg, void *usrptr)
+{
+	size_t n = strlen(msg);
+
+	(void)usrptr;
+	/* libcryptsetup's own wording goes to debug: our callers say what failed and why. */
+	if (level == CRYPT_LOG_DEBUG || level == CRYPT_LOG_DEBUG_JSON || level == CRYPT_LOG_NORMAL ||
+	    level == CRYPT_LOG_VERBOSE || level == CRYPT_LOG_ERROR)
+		log_debug("libcryptsetup: %.*s", (int)(n && msg[n - 1] == '\n' ? n - 1 : n), msg);
+}
+
+void volume_setup_logging(struct crypt_device *cd)
+{
+	crypt_set_log_callback(cd, crypt_log_cb, NULL);
+	if (log_get_max_level() >= LOG_LEVEL_DEBUG)
+		crypt_set_debug_level(CRYPT_DEBUG_ALL);
+}
+
+void volume_free(struct volume *v)
+{
+	if (!v)
+		return;
+	crypt_free(v->cd);
+	free(v->device);
+	free(v->header);
+	dmbyok_token_free(v->token);
+	free(v);
+}
+
+static int device_size(const char *path, uint64_t *ret_bytes, uint32_t *ret_logical_block)
+{
+	struct stat st;
+	int fd, r = 0;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return log_error_errno(errno, "Cannot open %s: %m", path);
+	if (fstat(fd, &st) < 0) {
+		r = negative_errno();
+		goto out;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		int ssz = 512;
+
+		if (ioctl(fd, BLKGETSIZE64, ret_bytes) < 0 || ioctl(fd, BLKSSZGET, &ssz) < 0) {
+			r = log_error_errno(errno, "Cannot read the size of %s: %m", path);
+			goto out;
+		}
+		if (ret_logical_block)
+			*ret_logical_block = (uint32_t)ssz;
+	} else if (S_ISREG(st.st_mode)) {
+		*ret_bytes = (uint64_t)st.st_size;
+		if (ret_logical_block)
+			*ret_logical_block = 512;
+	} else {
+		r = log_error_errno(ENOTBLK, "%s is neither a block device nor a file.", path);
+	}
+out:
+	close(fd);
+	return r;
+}
+
+/* Does the device start with a LUKS magic (primary or any secondary header offset)? */
+static bool has_luks_magic(const char *path)
+{
+	static const uint64_t offsets[] = {0,        0x4000,   0x8000,   0x10000,  0x20000,
+					   0x40000,  0x80000,  0x100000, 0x200000, 0x400000};
+	uint8_t buf[6];
+	bool found = false;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return false;
+	for (size_t i = 0; i < ELEMENTSOF(offsets) && !found; i++)
+		if (pread(fd, buf, sizeof(buf), (off_t)offsets[i]) == (ssize_t)sizeof(buf))
+			found = !memcmp(buf, "LUKS\xba\xbe", 6) || !memcmp(buf, "SKUL\xba\xbe", 6);
+	close(fd);
+	return found;
+}
+
+static int find_token(struct volume *v)
+{
+	for (int i = 0; i < crypt_token_max(CRYPT_LUKS2); i++) {
+		const char *type = NULL, *json = NULL;
+		crypt_token_info st = crypt_token_status(v->cd, i, &type);
+		int r;
+
+		if (st == CRYPT_TOKEN_INACTIVE || st == CRYPT_TOKEN_INVALID || !type ||
+		    strcmp(type, DMBYOK_TOKEN_TYPE) != 0)
+			continue;
+		r = crypt_token_json_get(v->cd, i, &json);
+		if (r < 0)
+			return log_error_errno(EUCLEAN, "Cannot read dmbyok token %d of %s.", i,
+					       v->device);
+		v->token_id = i;
+		return dmbyok_token_from_json(json, &v->token);
+	}
+	return log_error_errno(ENODATA,
+			       "%s is a LUKS2 volume without a dmbyok token (made by plain "
+			       "cryptsetup?): dmbyok cannot unwrap its key. Open it with cryptsetup.",
+			       v->device);
+}
+
+int volume_load(const char *device, const char *header, struct volume **ret)
+{
+	_cleanup_volume_ struct volume *v = NULL;
+	const char *hdr = header ? header : device;
+	uint64_t size = 0;
+	int r;
+
+	if (access(device, F_OK) < 0)
+		return log_error_errno(errno, "Cannot access %s: %m", device);
+	if (header && access(header, F_OK) < 0)
+		return log_error_errno(errno, "Cannot access header file %s: %m", header);
+
+	v = calloc(1, sizeof(*v));
+	ENSURE_ALLOC(v);
+	v->device = strdup(device);
+	v->header = header ? strdup(header) : NULL;
+	ENSURE_ALLOC(v->device);
+	ENSURE(!header || v->header, ENOMEM);
+
+	r = header ? crypt_init_data_device(&v->cd, header, device) : crypt_init(&v->cd, device);
+	if (r < 0)
+		return log_error_errno(r, "Cannot open %s: %s", hdr, dmbyok_strerror(r));
+	volume_setup_logging(v->cd);
+
+	r = crypt_load(v->cd, CRYPT_LUKS2, NULL);
+	if (r < 0) {
+		if (has_luks_magic(hdr))
+			return log_error_errno(EUCLEAN,
+					       "The LUKS2 header on %s is corrupt or truncated. Restore "
+					       "it from a backup (cryptsetup luksHeaderRestore).",
+					       hdr);
+		return log_error_errno(ENODATA, "%s is not a LUKS2 volume.", hdr);
+	}
+	if (strcmp(crypt_get_cipher(v->cd), DMBYOK_CIPHER) != 0 ||
+	    strcmp(crypt_get_cipher_mode(v->cd), DMBYOK_CIPHER_MODE) != 0 ||
+	    crypt_get_volume_key_size(v->cd) != DMBYOK_DEK_BYTES)
+		return log_error_errno(EUCLEAN, "%s uses %s-%s with a %d-byte key; dmbyok volumes use "
+						"aes-xts-plain64 with a 64-byte key.",
+				       hdr, crypt_get_cipher(v->cd), crypt_get_cipher_mode(v->cd),
+				       crypt_get_volume_key_size(v->cd));
+
+	GUARD(find_token(v));
+	v->uuid = crypt_get_uuid(v->cd);
+	v->data_offset = crypt_get_data_offset(v->cd);
+	v->sector_size = (uint32_t)crypt_get_sector_size(v->cd);
+	(void)crypt_persistent_flags_get(v->cd, CRYPT_FLAGS_ACTIVATION, &v->activation_flags);
+
+	GUARD(device_size(device, &size, NULL));
+	if (size / 512 <= v->data_offset)
+		return log_error_errno(EUCLEAN, "%s is smaller than its header's data offset.", device);
+	v->data_sectors = size / 512 - v->data_offset;
+	/* The mapping must end on an encryption sector boundary. */
+	v->data_sectors -= v->data_sectors % (v->sector_size / 512);
+
+	*ret = TAKE_PTR(v);
+	return 0;
+}
+
+int volume_check_blank(const char *device, bool force)
+{
+	blkid_probe pr = NULL;
+	const char *type = NULL, *usage = NULL;
+	struct stat st;
+	int fd, r;
+
+	fd = open(device, O_RDONLY | O_CLOEXEC | O_EXCL);
+	if (fd < 0) {
+		if (errno == EBUSY)
+			return log_error_errno(EBUSY, "%s is in use (mounted, mapped or held open).",
+					       device);
+		return log_error_errno(errno, "Cannot open %s: %m", device);
+	}
+	if (fstat(fd, &st) < 0 || !S_ISBLK(st.st_mode)) {
+		close(fd);
+		return log_error_errno(ENOTBLK, "%s is not a block device.", device);
+	}
+	if (force) {
+		close(fd);
+		return 0;
+	}
+
+	pr = blkid_new_probe();
+	if (!pr || blkid_probe_set_device(pr, fd, 0, 0) < 0) {
+		r = log_error_errno(EIO, "Cannot probe %s for signatures.", device);
+		goto out;
+	}
+	blkid_probe_enable_superblocks(pr, 1);
+	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_USAGE);
+	blkid_probe_enable_partitions(pr, 1);
+	blkid_probe_set_partitions_flags(pr, BLKID_PARTS_MAGIC);
+
+	r = blkid_do_safeprobe(pr);
+	if (r == 1) {
+		r = 0; /* nothing found */
+	} else if (r == 0) {
+		if (blkid_probe_lookup_value(pr, "TYPE", &type, NULL) < 0 &&
+		    blkid_probe_lookup_value(pr, "PTTYPE", &type, NULL) < 0)
+			type = "unknown";
+		(void)blkid_probe_lookup_value(pr, "USAGE", &usage, NULL);
+		r = log_error_errno(EEXIST,
+				    "%s already holds a %s signature (%s). Nothing was written; to "
+				    "destroy it, run again with --force.",
+				    device, type, usage ? usage : "partition table");
+	} else {
+		r = log_error_errno(EEXIST,
+				    "%s holds ambiguous signatures. Nothing was written; to destroy "
+				    "them, run again with --force.",
+				    device);
+	}
+out:
+	blkid_free_probe(pr);
+	close(fd);
+	return r;
+}
+
+int volume_new_uuid(char ret[static 37])
+{
+	uint8_t b[16];
+
+	if (RAND_bytes(b, sizeof(b)) != 1)
+		return -EIO;
+	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
+	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+	snprintf(ret, 37,
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+		 b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+		 b[15]);
+	return 0;
+}
+
+/* A copy of the bytes format may overwrite, so a failed format can put them back. */
+struct area_backup {
+	char *path;
+	uint8_t *data;
+	size_t size;
+	bool existed;
+};
+
+static int backup_area(const char *path, struct area_backup *b)
+{
+	uint64_t size = 0;
+	ssize_t n;
+	int fd;
+
+	b->path = strdup(path);
+	ENSURE_ALLOC(b->path);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 0; /* a new detached header file */
+		return log_error_errno(errno, "Cannot open %s: %m", path);
+	}
+	b->existed = true;
+	if (device_size(path, &size, NULL) < 0) {
+		close(fd);
+		return -EIO;
+	}
+	b->size = size < HEADER_AREA_BYTES ? (size_t)size : HEADER_AREA_BYTES;
+	b->data = malloc(b->size ? b->size : 1);
+	if (!b->data) {
+		close(fd);
+		return -ENOMEM;
+	}
+	n = pread(fd, b->data, b->size, 0);
+	close(fd);
+	if (n != (ssize_t)b->size)
+		return log_error_errno(EIO, "Cannot back up the start of %s.", path);
+	return 0;
+}
+
+static void restore_area(const struct area_backup *b)
+{
+	int fd;
+
+	if (!b->existed) {
+		(void)unlink(b->path);
+		return;
+	}
+	fd = open(b->path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || pwrite(fd, b->data, b->size, 0) != (ssize_t)b->size || fsync(fd) < 0)
+		log_error("Could not restore the first %zu bytes of %s after the failure: %m. The "
+			  "device may hold a partial dmbyok header.",
+			  b->size, b->path);
+	else
+		log_info("Restored %s to its previous contents.", b->path);
+	if (fd >= 0)
+		close(fd);
+}
+
+static void backup_done(struct area_backup *b)
+{
+	free(b->path);
+	free(b->data);
+}
+
+/* The largest encryption sector size (<= 4096) the device and its size allow. */
+static uint32_t choose_sector_size(const char *device, uint64_t data_offset_bytes)
+{
+	uint64_t size = 0;
+	uint32_t logical = 512;
+
+	if (device_size(device, &size, &logical) < 0)
+		return 512;
+	if (logical > 4096 || (size - data_offset_bytes) % 4096 != 0)
+		return logical > 4096 ? logical : 512;
+	return 4096;
+}
+
+int volume_format(const struct volume_format_params *p)
+{
+	struct crypt_device *cd = NULL;
+	struct area_backup backup = {0};
+	const char *hdr = p->header ? p->header : p->device;
+	struct crypt_pbkdf_type pbkdf = {
+		/* The passphrase is 512 random bits: key stretching would add cost, not safety. */
+		.type = CRYPT_KDF_PBKDF2,
+		.hash = "sha256",
+		.iterations = 1000,
+		.flags = CRYPT_PBKDF_NO_BENCHMARK,
+	};
+	struct crypt_params_luks2 params = {
+		.sector_size = 0,
+		.subsystem = "dmbyok",
+	};
+	_cleanup_free_ char *json = NULL;
+	bool written = false;
+	int r, slot;
+
+	r = backup_area(hdr, &backup);
+	if (r < 0)
+		goto out;
+
+	if (p->header && !backup.existed) {
+		int fd = open(p->header, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+
+		if (fd < 0) {
+			r = log_error_errno(errno, "Cannot create header file %s: %m", p->header);
+			goto out;
+		}
+		close(fd);
+	}
+
+	r = p->header ? crypt_init_data_device(&cd, p->header, p->device)
+		      : crypt_init(&cd, p->device);
+	if (r < 0) {
+		r = log_error_errno(r, "Cannot open %s: %s", hdr, dmbyok_strerror(r));
+		goto out;
+	}
+	volume_setup_logging(cd);
+	r = crypt_set_pbkdf_type(cd, &pbkdf);
+	if (r < 0)
+		goto fail;
+
+	params.sector_size = choose_sector_size(p->device, p->header ? 0 : HEADER_AREA_BYTES);
+	written = true;
+	r = crypt_format(cd, CRYPT_LUKS2, DMBYOK_CIPHER, DMBYOK_CIPHER_MODE, p->uuid,
+			 (const char *)p->dek->data, p->dek->size, &params);
+	if (r < 0)
+		goto fail;
+
+	slot = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, (const char *)p->dek->data,
+					       p->dek->size, (const char *)p->dek->data,
+					       p->dek->size);
+	if (slot < 0) {
+		r = slot;
+		goto fail;
+	}
+	p->token->keyslot = slot;
+
+	r = dmbyok_token_to_json(p->token, &json);
+	if (r < 0)
+		goto fail;
+	r = crypt_token_json_set(cd, CRYPT_ANY_TOKEN, json);
+	if (r < 0)
+		goto fail;
+
+	if (p->activation_flags) {
+		r = crypt_persistent_flags_set(cd, CRYPT_FLAGS_ACTIVATION, p->activation_flags);
+		if (r < 0)
+			goto fail;
+	}
+	r = 0;
+	goto out;
+
+fail:
+	log_error("Cannot write the LUKS2 header on %s: %s", hdr, dmbyok_strerror(r));
+	if (written)
+		restore_area(&backup);
+out:
+	crypt_free(cd);
+	backup_done(&backup);
+	return r;
+}
+
+int volume_update_token(struct volume *v, const struct dmbyok_token *t)
+{
+	_cleanup_free_ char *json = NULL;
+	int r;
+
+	GUARD(dmbyok_token_to_json(t, &json));
+	/* libcryptsetup writes both header copies and their checksums; a crash leaves one valid. */
+	r = crypt_token_json_set(v->cd, v->token_id, json);
+	if (r < 0)
+		return log_error_errno(r, "Cannot update the dmbyok token on %s: %s",
+				       v->header ? v->header : v->device, dmbyok_strerror(r));
+	return 0;
+}
