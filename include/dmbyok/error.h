@@ -22,7 +22,8 @@
  *                                                              not a dmbyok volume
  *   BUSY             EBUSY EEXIST                              device in use, name taken
  *   NO_KERNEL        ENOTSUP                                   no dm-crypt / keyring / xts
- *   INPUT            EINVAL ENOENT E2BIG ERANGE ENOTBLK ...    bad arguments or config
+ *   INPUT            EINVAL ENOENT ENOTEMPTY ENOTBLK ...       bad arguments or config,
+ *                                                              a device that holds data
  *   INTERNAL         anything else                             ENOMEM, EIO
  */
 

@@ -45,7 +45,7 @@ int volume_load(const char *device, const char *header, struct volume **ret);
 
 /*
  * Refuse a device that is in use or carries any signature (file system, LUKS, partition
- * table, RAID...) unless `force`: -EBUSY, -EEXIST with the signature named.
+ * table, RAID...) unless `force`: -EBUSY, -ENOTEMPTY with the signature named.
  */
 int volume_check_blank(const char *device, bool force);
 

@@ -44,6 +44,7 @@ enum dmbyok_error_class dmbyok_error_class(int r)
 	case EPERM:
 	case EACCES:
 	case ENXIO:
+	case ENOTEMPTY:
 		return DMBYOK_ERR_INPUT;
 	default:
 		return DMBYOK_ERR_INTERNAL;

@@ -252,8 +252,10 @@ int dm_crypt_get_info(const char *name, struct dm_crypt_info *ret)
 	ENSURE_ALLOC(dmt);
 	if (!dm_task_set_name(dmt, name) || !dm_task_secure_data(dmt))
 		return -EINVAL;
-	if (!dm_task_run(dmt))
-		return task_errno(dmt);
+	if (!dm_task_run(dmt)) {
+		r = task_errno(dmt);
+		return r == -ENXIO ? -ENODEV : r; /* the kernel's word for "no such mapping" */
+	}
 	if (!dm_task_get_info(dmt, &di) || !di.exists)
 		return -ENODEV;
 

@@ -153,7 +153,7 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	ENSURE(o->device && o->key_id && *o->key_id, EINVAL);
 	GUARD(volume_check_blank(o->device, o->force));
 	if (o->header && access(o->header, F_OK) == 0 && !o->force)
-		return log_error_errno(EEXIST, "Header file %s exists. Nothing was written; to "
+		return log_error_errno(ENOTEMPTY, "Header file %s exists. Nothing was written; to "
 					       "overwrite it, run again with --force.",
 				       o->header);
 

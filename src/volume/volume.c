@@ -218,12 +218,12 @@ int volume_check_blank(const char *device, bool force)
 		    blkid_probe_lookup_value(pr, "PTTYPE", &type, NULL) < 0)
 			type = "unknown";
 		(void)blkid_probe_lookup_value(pr, "USAGE", &usage, NULL);
-		r = log_error_errno(EEXIST,
+		r = log_error_errno(ENOTEMPTY,
 				    "%s already holds a %s signature (%s). Nothing was written; to "
 				    "destroy it, run again with --force.",
 				    device, type, usage ? usage : "partition table");
 	} else {
-		r = log_error_errno(EEXIST,
+		r = log_error_errno(ENOTEMPTY,
 				    "%s holds ambiguous signatures. Nothing was written; to destroy "
 				    "them, run again with --force.",
 				    device);

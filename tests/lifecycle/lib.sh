@@ -1,0 +1,87 @@
+# Shared by the lifecycle scenarios, which run as root inside the test VM (tests/vm/run):
+# real dm-crypt, the KMS emulator on the guest's loopback, assertions that fail loudly.
+# shellcheck shell=bash
+set -euo pipefail
+
+: "${DMBYOK_BUILD_DIR:?run through tests/vm/run with DMBYOK_BUILD_DIR set}"
+: "${DMBYOK_SOURCE_DIR:?run through tests/vm/run with DMBYOK_SOURCE_DIR set}"
+DMBYOK=$DMBYOK_BUILD_DIR/src/cli/dmbyok
+EMULATOR=$DMBYOK_SOURCE_DIR/tests/kms-emulator/kms-emulator
+WORK=${VM_SCRATCH:-/var/tmp}/dmbyok-test
+mkdir -p "$WORK"
+export DMBYOK_RUNTIME_DIR=$WORK/run
+
+T0=$(date +%s.%N)
+elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
+step() { printf '\n[%6ss] == %s\n' "$(elapsed)" "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+ok() { printf 'ok: %s\n' "$*"; PASSED=$((${PASSED:-0} + 1)); }
+check() { # check "what" command...
+	local what=$1; shift
+	"$@" || fail "$what"
+	ok "$what"
+}
+# expect_exit CODE "what" command...: the command must exit with CODE.
+expect_exit() {
+	local want=$1 what=$2 got=0; shift 2
+	"$@" >"$WORK/out" 2>"$WORK/err" || got=$?
+	[ "$got" -eq "$want" ] || { cat "$WORK/out" "$WORK/err" >&2; fail "$what: exit $got, want $want"; }
+	ok "$what (exit $want: $(tail -n 1 "$WORK/err"))"
+}
+finish() { echo; echo "$(basename "$0"): ${PASSED:-0} passed, 0 failed"; }
+
+# --- the KMS emulator, running on the guest's own loopback ---------------------------
+start_kms() {
+	local out=$WORK/kms.out
+	"$EMULATOR" --listen 127.0.0.1:0 --state "$WORK/kms.json" --audit-log "$WORK/audit.log" \
+		>"$out" 2>"$WORK/kms.err" &
+	KMS_PID=$!
+	for _ in $(seq 600); do
+		grep -q 'listening on' "$out" 2>/dev/null && break
+		kill -0 "$KMS_PID" 2>/dev/null || { cat "$WORK/kms.err" >&2; fail "KMS emulator died"; }
+		sleep 0.1
+	done
+	KMS_URL=$(grep -o 'http://[0-9.:]*' "$out") || fail "KMS emulator never became ready"
+	# dmbyok acts as the host principal, exactly as on a real instance.
+	export AWS_ENDPOINT_URL_KMS=$KMS_URL AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+	export AWS_ACCESS_KEY_ID=AKIDHOST000000000001 AWS_SECRET_ACCESS_KEY=hostsecret
+	unset AWS_SESSION_TOKEN
+}
+stop_kms() { kill "$KMS_PID" 2>/dev/null && wait "$KMS_PID" 2>/dev/null || true; }
+
+# kms_as WHO OPERATION JSON: a signed KMS call (curl's SigV4) as "customer" or "host".
+kms_as() {
+	local who=$1 op=$2 body=$3 user
+	case $who in
+	customer) user=AKIDCUSTOMER00000001:customersecret ;;
+	host) user=AKIDHOST000000000001:hostsecret ;;
+	*) fail "kms_as: who is $who" ;;
+	esac
+	curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:kms" --user "$user" \
+		-H 'Content-Type: application/x-amz-json-1.1' -H "X-Amz-Target: TrentService.$op" \
+		-d "$body" "$KMS_URL/"
+}
+json_get() { jq -er ".$1 | if type == \"string\" then . else tojson end"; }
+
+# create_key ALIAS: a customer key with an alias; prints the key ARN.
+create_key() {
+	local arn
+	arn=$(kms_as customer CreateKey '{"Description":"dmbyok test key"}' | json_get KeyMetadata.Arn)
+	kms_as customer CreateAlias "{\"AliasName\":\"$1\",\"TargetKeyId\":\"$arn\"}" >/dev/null
+	echo "$arn"
+}
+
+# The token of a volume, and the DEK it wraps (test oracle: KMS Decrypt through curl).
+token_json() { cryptsetup token export --token-id "${2:-0}" "$1"; }
+unwrap_dek_to() { # unwrap_dek_to DEVICE FILE
+	local tok ct ctx
+	tok=$(token_json "$1")
+	ct=$(echo "$tok" | json_get ciphertext)
+	ctx=$(echo "$tok" | json_get context)
+	kms_as host Decrypt "{\"CiphertextBlob\":\"$ct\",\"EncryptionContext\":$ctx}" |
+		json_get Plaintext | base64 -d >"$2"
+	[ "$(stat -c %s "$2")" -eq 64 ] || fail "unwrapped DEK is not 64 bytes"
+}
+
+# Fingerprint of the first 16 MiB (the LUKS2 header area): "changes nothing" checks.
+header_sum() { head -c 16M "$1" | sha256sum | cut -d' ' -f1; }

@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "dmbyok/log.h"
+#include "dmbyok/token.h"
+
+#define UUID "3f1c2b9e-5d6a-4e7f-8a9b-0c1d2e3f4a5b"
+
+static const char *good_json =
+	"{\"type\":\"dmbyok\",\"keyslots\":[\"0\"],\"version\":1,\"kms\":\"aws\","
+	"\"key_id\":\"alias/orders\",\"key_arn\":\"arn:aws:kms:eu-west-1:111122223333:key/k1\","
+	"\"region\":\"eu-west-1\",\"ciphertext\":\"AQID\","
+	"\"context\":{\"dmbyok:volume\":\"" UUID "\",\"tenant\":\"acme\"},"
+	"\"key_check\":\"hmac-sha256-128:00\",\"created\":\"2026-11-23T06:00:00Z\"}";
+
+static int quiet(void **state)
+{
+	(void)state;
+	log_set_max_level(LOG_LEVEL_ERROR - 1); /* these tests provoke errors on purpose */
+	return 0;
+}
+
+static void test_round_trip(void **state)
+{
+	_cleanup_token_ struct dmbyok_token *t = NULL, *again = NULL;
+	_cleanup_free_ char *json = NULL;
+
+	(void)state;
+	assert_int_equal(dmbyok_token_from_json(good_json, &t), 0);
+	assert_string_equal(t->key_id, "alias/orders");
+	assert_string_equal(t->region, "eu-west-1");
+	assert_int_equal(t->keyslot, 0);
+	assert_null(t->rewrapped);
+	assert_int_equal(dmbyok_token_check_volume(t, UUID), 0);
+
+	assert_int_equal(dmbyok_token_to_json(t, &json), 0);
+	assert_int_equal(dmbyok_token_from_json(json, &again), 0);
+	assert_string_equal(again->key_arn, t->key_arn);
+	assert_string_equal(again->ciphertext, t->ciphertext);
+	assert_true(json_object_equal(again->context, t->context));
+}
+
+static void test_malformed_tokens_are_corrupt(void **state)
+{
+	static const char *bad[] = {
+		"not json",
+		"[]",
+		"{\"type\":\"clevis\",\"keyslots\":[\"0\"]}",
+		/* missing ciphertext */
+		"{\"type\":\"dmbyok\",\"keyslots\":[\"0\"],\"version\":1,\"kms\":\"aws\","
+		"\"key_id\":\"k\",\"key_arn\":\"a\",\"context\":{},\"key_check\":\"x\"}",
+		/* future version */
+		"{\"type\":\"dmbyok\",\"keyslots\":[\"0\"],\"version\":2}",
+		/* non-string context value */
+		"{\"type\":\"dmbyok\",\"keyslots\":[\"0\"],\"version\":1,\"kms\":\"aws\","
+		"\"key_id\":\"k\",\"key_arn\":\"a\",\"ciphertext\":\"c\",\"context\":{\"n\":1},"
+		"\"key_check\":\"x\"}",
+		/* two keyslots */
+		"{\"type\":\"dmbyok\",\"keyslots\":[\"0\",\"1\"],\"version\":1}",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct dmbyok_token *t = NULL;
+
+		assert_int_equal(dmbyok_token_from_json(bad[i], &t), -EUCLEAN);
+		assert_null(t);
+	}
+}
+
+static void test_token_from_other_volume_is_refused(void **state)
+{
+	_cleanup_token_ struct dmbyok_token *t = NULL;
+
+	(void)state;
+	assert_int_equal(dmbyok_token_from_json(good_json, &t), 0);
+	assert_int_equal(dmbyok_token_check_volume(t, "00000000-0000-4000-8000-000000000000"),
+			 -EBADMSG);
+}
+
+static void test_context_pairs(void **state)
+{
+	char *ok[] = {"tenant=acme", "env=prod=blue"};
+	char *reserved[] = {"dmbyok:volume=x"};
+	char *malformed[] = {"=x"};
+	char *repeated[] = {"a=1", "a=2"};
+	json_object *ctx = NULL, *v;
+
+	(void)state;
+	assert_int_equal(dmbyok_context_new(UUID, ok, 2, &ctx), 0);
+	assert_true(json_object_object_get_ex(ctx, "dmbyok:volume", &v));
+	assert_string_equal(json_object_get_string(v), UUID);
+	assert_true(json_object_object_get_ex(ctx, "env", &v));
+	assert_string_equal(json_object_get_string(v), "prod=blue");
+	json_object_put(ctx);
+
+	assert_int_equal(dmbyok_context_new(UUID, reserved, 1, &ctx), -EINVAL);
+	assert_int_equal(dmbyok_context_new(UUID, malformed, 1, &ctx), -EINVAL);
+	assert_int_equal(dmbyok_context_new(UUID, repeated, 2, &ctx), -EINVAL);
+}
+
+static void test_key_check_value(void **state)
+{
+	_cleanup_secret_ struct secret *dek = NULL, *other = NULL;
+	_cleanup_token_ struct dmbyok_token *t = NULL;
+	_cleanup_free_ char *kcv = NULL, *kcv2 = NULL;
+
+	(void)state;
+	assert_int_equal(secret_new(DMBYOK_DEK_BYTES, &dek), 0);
+	assert_int_equal(secret_new(DMBYOK_DEK_BYTES, &other), 0);
+	memset(dek->data, 0x42, dek->size);
+	memset(other->data, 0x43, other->size);
+
+	assert_int_equal(dmbyok_key_check_value(dek, UUID, &kcv), 0);
+	assert_int_equal(strlen(kcv), strlen("hmac-sha256-128:") + 32);
+	/* Bound to the volume: the same key on another volume has another check value. */
+	assert_int_equal(dmbyok_key_check_value(dek, "other", &kcv2), 0);
+	assert_string_not_equal(kcv, kcv2);
+
+	assert_int_equal(dmbyok_token_from_json(good_json, &t), 0);
+	free(t->key_check);
+	t->key_check = strdup(kcv);
+	assert_int_equal(dmbyok_token_verify_dek(t, dek, UUID), 0);
+	assert_int_equal(dmbyok_token_verify_dek(t, other, UUID), -EBADMSG);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_round_trip),
+		cmocka_unit_test(test_malformed_tokens_are_corrupt),
+		cmocka_unit_test(test_token_from_other_volume_is_refused),
+		cmocka_unit_test(test_context_pairs),
+		cmocka_unit_test(test_key_check_value),
+	};
+	return cmocka_run_group_tests(tests, quiet, NULL);
+}
