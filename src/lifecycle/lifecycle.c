@@ -164,8 +164,7 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 
 	region = region_of_arn(o->key_id);
 	GUARD(kms_connect(kms, region, &c));
-	log_info("Generating a 512-bit data key under %s (region %s)...", o->key_id,
-		 kms_client_region(c));
+	log_info("Generating a 512-bit data key under %s...", o->key_id);
 	r = kms_generate_data_key(c, o->key_id, t->context, DMBYOK_DEK_BYTES, &dek, &t->ciphertext,
 				  &t->key_arn);
 	if (r < 0)
@@ -174,7 +173,8 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	t->version = DMBYOK_TOKEN_VERSION;
 	t->kms = strdup("aws");
 	t->key_id = strdup(o->key_id);
-	t->region = strdup(kms_client_region(c));
+	/* The wrapping key's ARN names its region; unwrapping must go there. */
+	t->region = region_of_arn(t->key_arn);
 	ENSURE(t->kms && t->key_id && t->region, ENOMEM);
 	GUARD(dmbyok_key_check_value(dek, uuid, &t->key_check));
 	GUARD(dmbyok_timestamp_now(&t->created));
@@ -459,7 +459,11 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	t.key_id = (char *)dest;
 	t.key_arn = arn;
 	t.ciphertext = ciphertext;
-	t.region = (char *)kms_client_region(c);
+	if (region_of_arn(arn)) {
+		free(dest_region);
+		dest_region = region_of_arn(arn);
+	}
+	t.region = dest_region ? dest_region : v->token->region;
 	t.rewrapped = now;
 	GUARD(volume_update_token(v, &t));
 	log_info("Re-wrapped %s: data key now wrapped by %s.", device, arn);

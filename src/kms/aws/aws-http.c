@@ -1,0 +1,356 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "aws.h"
+#include "dmbyok/log.h"
+
+struct aws_http {
+	/*
+	 * Connections (and TLS sessions, DNS answers) live in a share, so an agent's periodic
+	 * checks do not pay a handshake each time; each request gets a fresh easy handle
+	 * because libcurl keeps the last response (a data key's base64) in the handle's
+	 * download buffer until it is freed. A client is used by one thread at a time, so
+	 * the share needs no locks.
+	 */
+	CURLSH *share;
+	char *ca_bundle;
+	char errbuf[CURL_ERROR_SIZE];
+};
+
+struct recv_ctx {
+	struct secret *body;
+	int error;
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_result;
+
+static void curl_init_once(void)
+{
+	curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int aws_http_new(const char *ca_bundle, struct aws_http **ret)
+{
+	_cleanup_(aws_http_freep) struct aws_http *h = NULL;
+
+	(void)pthread_once(&curl_once, curl_init_once);
+	if (curl_init_result != CURLE_OK)
+		return log_error_errno(EIO, "Cannot initialise libcurl: %s",
+		                       curl_easy_strerror(curl_init_result));
+
+	h = calloc(1, sizeof(*h));
+	ENSURE_ALLOC(h);
+	if (ca_bundle) {
+		h->ca_bundle = strdup(ca_bundle);
+		ENSURE_ALLOC(h->ca_bundle);
+	}
+	h->share = curl_share_init();
+	ENSURE_ALLOC(h->share);
+	if (curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT) != CURLSHE_OK ||
+	    curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK ||
+	    curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK)
+		return log_error_errno(EIO, "Cannot set up libcurl's connection sharing.");
+	*ret = TAKE_PTR(h);
+	return 0;
+}
+
+void aws_http_free(struct aws_http *h)
+{
+	if (!h)
+		return;
+	if (h->share)
+		curl_share_cleanup(h->share);
+	free(h->ca_bundle);
+	free(h);
+}
+
+void aws_http_response_done(struct aws_http_response *r)
+{
+	if (!r)
+		return;
+	secret_free(r->body);
+	r->body = NULL;
+	r->status = 0;
+}
+
+/* Responses grow in locked memory: a bigger secret, copy, wipe the old one. */
+static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	struct recv_ctx *ctx = userdata;
+	struct secret *b = ctx->body, *bigger = NULL;
+	size_t n = size * nmemb, need;
+
+	need = b->size + n + 1;
+	if (need > AWS_RESPONSE_MAX) {
+		ctx->error = -E2BIG;
+		return 0;
+	}
+	if (need > b->capacity) {
+		size_t cap = b->capacity * 2 > need ? b->capacity * 2 : need;
+
+		if (secret_new(cap, &bigger) < 0) {
+			ctx->error = -ENOMEM;
+			return 0;
+		}
+		memcpy(bigger->data, b->data, b->size);
+		bigger->size = b->size;
+		secret_free(b);
+		ctx->body = b = bigger;
+	}
+	memcpy(b->data + b->size, ptr, n);
+	b->size += n;
+	b->data[b->size] = '\0';
+	return n;
+}
+
+static int curl_to_errno(CURL *curl, CURLcode cc, const struct recv_ctx *ctx)
+{
+	long os_errno = 0;
+
+	switch (cc) {
+	case CURLE_OK:
+		return 0;
+	case CURLE_COULDNT_CONNECT:
+		(void)curl_easy_getinfo(curl, CURLINFO_OS_ERRNO, &os_errno);
+		if (os_errno == EHOSTUNREACH || os_errno == ENETUNREACH || os_errno == ETIMEDOUT)
+			return -EHOSTUNREACH;
+		return -ECONNREFUSED;
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_RESOLVE_PROXY:
+		return -EHOSTUNREACH;
+	case CURLE_OPERATION_TIMEDOUT:
+		return -ETIMEDOUT;
+	case CURLE_SEND_ERROR:
+	case CURLE_RECV_ERROR:
+	case CURLE_GOT_NOTHING:
+	case CURLE_PARTIAL_FILE:
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_HTTP2:
+	case CURLE_HTTP2_STREAM:
+		return -ECONNRESET;
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_ISSUER_ERROR:
+	case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+		/* Not an outage: the trust configuration (or an interceptor) is wrong. */
+		return -EINVAL;
+	case CURLE_WRITE_ERROR:
+		return ctx->error == -ENOMEM ? -ENOMEM : -EPROTO;
+	case CURLE_OUT_OF_MEMORY:
+		return -ENOMEM;
+	case CURLE_URL_MALFORMAT:
+	case CURLE_UNSUPPORTED_PROTOCOL:
+		return -EINVAL;
+	default:
+		return -EPROTO;
+	}
+}
+
+int aws_http_perform(struct aws_http *h, const struct aws_http_request *req,
+                     struct aws_http_response *ret, const char **ret_detail)
+{
+	struct curl_slist *headers = NULL, *l;
+	struct recv_ctx ctx = {};
+	unsigned timeout = req->timeout_ms ? req->timeout_ms : AWS_DEFAULT_TIMEOUT_MS;
+	unsigned connect_timeout =
+	    req->connect_timeout_ms ? req->connect_timeout_ms : AWS_CONNECT_TIMEOUT_MS;
+	CURL *curl = NULL;
+	CURLcode cc;
+	long status = 0, connects = 0;
+	int r;
+
+	*ret = (struct aws_http_response){};
+	if (ret_detail)
+		*ret_detail = NULL;
+
+	r = secret_new(4096, &ctx.body);
+	if (r < 0)
+		return r;
+	ctx.body->size = 0;
+
+	for (const char *const *p = req->headers; p && *p; p++) {
+		l = curl_slist_append(headers, *p);
+		if (!l) {
+			r = -ENOMEM;
+			goto out;
+		}
+		headers = l;
+	}
+
+	curl = curl_easy_init();
+	if (!curl) {
+		r = -ENOMEM;
+		goto out;
+	}
+	h->errbuf[0] = '\0';
+	curl_easy_setopt(curl, CURLOPT_SHARE, h->share);
+	curl_easy_setopt(curl, CURLOPT_VERBOSE, 0L);
+	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, h->errbuf);
+	curl_easy_setopt(curl, CURLOPT_URL, req->url);
+	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
+	/* Verification is never optional; only the trust anchors are configurable. */
+	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (h->ca_bundle)
+		curl_easy_setopt(curl, CURLOPT_CAINFO, h->ca_bundle);
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)timeout);
+	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS,
+	                 (long)(connect_timeout < timeout ? connect_timeout : timeout));
+	curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(curl, CURLOPT_USERAGENT, "dmbyok/" DMBYOK_VERSION);
+	if (req->no_proxy)
+		curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &ctx);
+
+	if (!strcmp(req->method, "POST") || !strcmp(req->method, "PUT")) {
+		/* SigV4's payload hash covers POSTFIELDS only, so the body always goes there. */
+		curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)req->body_len);
+		curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req->body ? req->body : "");
+		if (strcmp(req->method, "POST"))
+			curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, req->method);
+	} else {
+		curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+	}
+
+	if (req->sigv4) {
+		curl_easy_setopt(curl, CURLOPT_AWS_SIGV4, req->sigv4);
+		curl_easy_setopt(curl, CURLOPT_USERNAME, req->access_key_id);
+		curl_easy_setopt(curl, CURLOPT_PASSWORD, req->secret_access_key);
+	}
+
+	cc = curl_easy_perform(curl);
+
+	r = curl_to_errno(curl, cc, &ctx);
+	if (r < 0) {
+		if (ret_detail)
+			*ret_detail = ctx.error == -E2BIG ? "response too large"
+			              : h->errbuf[0]      ? h->errbuf
+			                                  : curl_easy_strerror(cc);
+		goto out;
+	}
+	(void)curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+	(void)curl_easy_getinfo(curl, CURLINFO_NUM_CONNECTS, &connects);
+	log_debug("%s %s: HTTP %ld%s", req->method, req->url, status,
+	          connects ? "" : " (reused connection)");
+	ret->status = status;
+	ret->body = TAKE_PTR(ctx.body);
+out:
+	/* Frees curl's copies of the secret key and of the response; the connection stays. */
+	if (curl)
+		curl_easy_cleanup(curl);
+	secret_free(ctx.body);
+	curl_slist_free_all(headers);
+	return r;
+}
+
+void aws_retry_init(struct aws_retry *rt, unsigned max_attempts)
+{
+	rt->max_attempts = max_attempts ? max_attempts : AWS_DEFAULT_ATTEMPTS;
+	rt->quota = AWS_RETRY_QUOTA;
+}
+
+unsigned aws_retry_backoff_ms(unsigned attempt)
+{
+	unsigned ceiling = 20000;
+
+	/* Full jitter: uniform in [0, min(20 s, 100 ms * 2^(attempt-1))]. */
+	if (attempt == 0)
+		attempt = 1;
+	if (attempt <= 8)
+		ceiling = 100U << (attempt - 1);
+	if (ceiling > 20000)
+		ceiling = 20000;
+	return arc4random_uniform(ceiling + 1);
+}
+
+bool aws_error_is_retryable(const char *code, long status)
+{
+	static const char *const retryable[] = {
+	    /* throttling, as the SDKs' standard mode lists it */
+	    "Throttling",
+	    "ThrottlingException",
+	    "ThrottledException",
+	    "RequestThrottledException",
+	    "TooManyRequestsException",
+	    "ProvisionedThroughputExceededException",
+	    "TransactionInProgressException",
+	    "RequestLimitExceeded",
+	    "BandwidthLimitExceeded",
+	    "LimitExceededException",
+	    "RequestThrottled",
+	    "SlowDown",
+	    "PriorRequestNotComplete",
+	    "EC2ThrottledException",
+	    /* transient */
+	    "RequestTimeout",
+	    "RequestTimeoutException",
+	    "InternalError",
+	    /* KMS's own service-side errors */
+	    "KMSInternalException",
+	    "KeyUnavailableException",
+	    "DependencyTimeoutException",
+	};
+
+	if (status == 500 || status == 502 || status == 503 || status == 504)
+		return true;
+	if (!code)
+		return false;
+	for (size_t i = 0; i < ELEMENTSOF(retryable); i++)
+		if (!strcmp(code, retryable[i]))
+			return true;
+	return false;
+}
+
+bool aws_errno_is_retryable(int r)
+{
+	switch (r) {
+	case -ECONNREFUSED:
+	case -ECONNRESET:
+	case -ETIMEDOUT:
+	case -EHOSTUNREACH:
+	case -ENETUNREACH:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static unsigned retry_cost(int r)
+{
+	return r == -ETIMEDOUT ? AWS_RETRY_TIMEOUT_COST : AWS_RETRY_COST;
+}
+
+bool aws_retry_acquire(struct aws_retry *rt, int r)
+{
+	unsigned cost = retry_cost(r);
+
+	if (rt->quota < cost)
+		return false;
+	rt->quota -= cost;
+	return true;
+}
+
+void aws_retry_release(struct aws_retry *rt, int r, bool retried)
+{
+	rt->quota += retried ? retry_cost(r) : 1;
+	if (rt->quota > AWS_RETRY_QUOTA)
+		rt->quota = AWS_RETRY_QUOTA;
+}
+
+void aws_sleep_ms(unsigned ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}

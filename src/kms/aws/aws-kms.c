@@ -1,0 +1,629 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "aws.h"
+#include "dmbyok/encoding.h"
+#include "dmbyok/error.h"
+#include "dmbyok/log.h"
+#include "../kms-provider.h"
+
+struct aws_kms {
+	struct aws_http *http;
+	struct aws_credentials_cache creds;
+	struct aws_retry retry;
+	char *region; /* default region; NULL when only key ARNs can tell */
+	bool region_explicit;
+	char *endpoint; /* override, or NULL for AWS's own */
+	unsigned timeout_ms;
+};
+
+static struct aws_kms *aws_of(struct kms_client *c)
+{
+	return c->provider_data;
+}
+
+DEFINE_CLEANUP_FUNC(json_object *, json_object_put);
+#define _cleanup_json_ _cleanup_(json_object_putp)
+
+int aws_error_code(const char *type, char **ret)
+{
+	const char *p, *hash;
+	char *s;
+
+	ENSURE(type, EINVAL);
+	/* "aws.protocoltests#FooError:http://..." -> "FooError" */
+	hash = strrchr(type, '#');
+	p = hash ? hash + 1 : type;
+	s = strndup(p, strcspn(p, ":"));
+	ENSURE_ALLOC(s);
+	*ret = s;
+	return 0;
+}
+
+static bool code_in(const char *code, const char *const *list)
+{
+	for (; *list; list++)
+		if (!strcmp(code, *list))
+			return true;
+	return false;
+}
+
+int aws_error_to_errno(const char *code, long status)
+{
+	static const char *const revoked[] = {
+	    "DisabledException",     "KMSInvalidStateException", "NotFoundException",
+	    "AccessDeniedException", "IncorrectKeyException",    NULL,
+	};
+	static const char *const remote[] = {
+	    "DependencyTimeoutException", "KMSInternalException",
+	    "KeyUnavailableException",    "InternalFailure",
+	    "ServiceUnavailable",         NULL,
+	};
+	static const char *const rejected[] = {
+	    "UnrecognizedClientException",
+	    "InvalidSignatureException",
+	    "IncompleteSignatureException",
+	    "MissingAuthenticationTokenException",
+	    "InvalidClientTokenId",
+	    "SignatureDoesNotMatch",
+	    /* a signature outside the allowed window: this host's clock is off */
+	    "RequestExpired",
+	    NULL,
+	};
+	static const char *const expired[] = {"ExpiredTokenException", "ExpiredToken", NULL};
+
+	if (code && *code) {
+		if (code_in(code, revoked))
+			return -EKEYREVOKED;
+		if (!strcmp(code, "InvalidCiphertextException"))
+			return -EBADMSG;
+		if (code_in(code, remote))
+			return -EREMOTEIO;
+		if (code_in(code, expired))
+			return -EKEYEXPIRED;
+		if (code_in(code, rejected))
+			return -EKEYREJECTED;
+		if (aws_error_is_retryable(code, 0))
+			return -EAGAIN; /* throttling (the transient codes are caught above) */
+		/* ValidationException, InvalidKeyUsage, InvalidArn, InvalidGrantToken, ... */
+		if (status >= 400 && status < 500)
+			return -EINVAL;
+	}
+	if (status == 429)
+		return -EAGAIN;
+	if (status >= 500)
+		return -EREMOTEIO;
+	return -EPROTO;
+}
+
+static int call_target(struct aws_kms *k, const char *key_id, char **ret_region, char **ret_url)
+{
+	_cleanup_free_ char *region = NULL;
+
+	/* A key ARN names its region; an explicit --region still wins, as in the CLI. */
+	if (!k->region_explicit && key_id && aws_arn_region(key_id, &region) >= 0) {
+		/* taken from the ARN */
+	} else if (k->region) {
+		region = strdup(k->region);
+		ENSURE_ALLOC(region);
+	} else {
+		return log_debug_errno(EINVAL,
+		                       "No AWS region for key %s: set AWS_REGION, the "
+		                       "profile's region, or use the key's ARN.",
+		                       key_id ? key_id : "(from blob)");
+	}
+	GUARD(aws_endpoint_url(k->endpoint, region, ret_url));
+	*ret_region = TAKE_PTR(region);
+	return 0;
+}
+
+/* Parses an error response into r and the operator's message. */
+static int parse_error(struct kms_client *c, const char *operation,
+                       const struct aws_http_response *resp, char **ret_code)
+{
+	_cleanup_json_ json_object *j = NULL;
+	_cleanup_free_ char *code = NULL;
+	json_object *t = NULL, *m = NULL;
+	const char *msg = "";
+
+	j = json_tokener_parse((const char *)resp->body->data);
+	if (j && json_object_is_type(j, json_type_object)) {
+		if (!json_object_object_get_ex(j, "__type", &t))
+			(void)json_object_object_get_ex(j, "code", &t);
+		if (!json_object_object_get_ex(j, "message", &m))
+			(void)json_object_object_get_ex(j, "Message", &m);
+		if (t && json_object_is_type(t, json_type_string))
+			GUARD(aws_error_code(json_object_get_string(t), &code));
+		if (m && json_object_is_type(m, json_type_string))
+			msg = json_object_get_string(m);
+	}
+	if (code)
+		kms_set_last_error(c, "%s: %s", code, msg);
+	else
+		kms_set_last_error(c, "%s: HTTP status %ld without an AWS error", operation,
+		                   resp->status);
+	*ret_code = TAKE_PTR(code);
+	return aws_error_to_errno(*ret_code, resp->status);
+}
+
+/*
+ * One KMS operation with the standard retry policy. The response body is returned in
+ * locked memory, untouched, since it may carry plaintext.
+ */
+static int kms_call(struct kms_client *c, const char *operation, const char *key_id,
+                    json_object *request, struct secret **ret_body)
+{
+	struct aws_kms *k = aws_of(c);
+	_cleanup_free_ char *region = NULL, *url = NULL, *sigv4 = NULL, *target = NULL;
+	const char *body;
+	bool refreshed = false, retried = false;
+	int r = -EIO;
+
+	GUARD(call_target(k, key_id, &region, &url));
+	if (asprintf(&sigv4, "aws:amz:%s:kms", region) < 0 ||
+	    asprintf(&target, "X-Amz-Target: TrentService.%s", operation) < 0)
+		return log_oom();
+	body = json_object_to_json_string_ext(request, JSON_C_TO_STRING_PLAIN);
+	ENSURE_ALLOC(body);
+
+	for (unsigned attempt = 1;; attempt++) {
+		_cleanup_free_ char *token_header = NULL, *code = NULL;
+		struct aws_http_response resp = {};
+		const struct aws_credentials *cr;
+		const char *headers[4], *detail = NULL;
+		char why[512];
+		bool retryable;
+		size_t n = 0;
+
+		r = aws_credentials_get(&k->creds, k->http, &cr, why, sizeof(why));
+		if (r < 0) {
+			kms_set_last_error(c, "%s", why);
+			return log_debug_errno(r, "%s: %s", operation, why);
+		}
+
+		headers[n++] = "Content-Type: application/x-amz-json-1.1";
+		headers[n++] = target;
+		if (cr->session_token) {
+			if (asprintf(&token_header, "X-Amz-Security-Token: %s", cr->session_token) <
+			    0)
+				return log_oom();
+			headers[n++] = token_header;
+		}
+		headers[n] = NULL;
+
+		r = aws_http_perform(
+		    k->http,
+		    &(struct aws_http_request){
+		        .method = "POST",
+		        .url = url,
+		        .headers = headers,
+		        .body = body,
+		        .body_len = strlen(body),
+		        .sigv4 = sigv4,
+		        .access_key_id = cr->access_key_id,
+		        .secret_access_key = (const char *)cr->secret_access_key->data,
+		        .timeout_ms = k->timeout_ms,
+		    },
+		    &resp, &detail);
+		if (r < 0) {
+			if (r == -EINVAL && detail)
+				kms_set_last_error(c,
+				                   "TLS or request setup failed for %s (check the "
+				                   "CA bundle, AWS_CA_BUNDLE): %s",
+				                   url, detail);
+			else
+				kms_set_last_error(c, "%s: cannot reach %s: %s", operation, url,
+				                   detail ? detail : dmbyok_strerror(r));
+			retryable = aws_errno_is_retryable(r);
+		} else if (resp.status == 200) {
+			aws_retry_release(&k->retry, r, retried);
+			*ret_body = TAKE_PTR(resp.body);
+			return 0;
+		} else {
+			r = parse_error(c, operation, &resp, &code);
+			retryable = aws_error_is_retryable(code, resp.status);
+			aws_http_response_done(&resp);
+			/* Temporary credentials may expire under us: fetch fresh ones once. */
+			if (r == -EKEYEXPIRED && !refreshed && cr->expiration != 0) {
+				refreshed = true;
+				aws_credentials_invalidate(&k->creds);
+				retryable = true;
+			}
+		}
+
+		log_debug("%s attempt %u/%u: %s", operation, attempt, k->retry.max_attempts,
+		          kms_last_error(c));
+		if (!retryable || attempt >= k->retry.max_attempts)
+			break;
+		if (!aws_retry_acquire(&k->retry, r)) {
+			log_debug("Retry quota exhausted, not retrying %s.", operation);
+			break;
+		}
+		retried = true;
+		aws_sleep_ms(aws_retry_backoff_ms(attempt));
+	}
+	return log_debug_errno(r, "%s failed: %s", operation, kms_last_error(c));
+}
+
+static const char *skip_ws(const char *p)
+{
+	while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+		p++;
+	return p;
+}
+
+/* p at an opening quote: returns the character after the closing one, or NULL. */
+static const char *skip_string(const char *p)
+{
+	for (p++; *p; p++) {
+		if (*p == '\\') {
+			if (!*++p)
+				return NULL;
+		} else if (*p == '"') {
+			return p + 1;
+		}
+	}
+	return NULL;
+}
+
+static const char *skip_value(const char *p)
+{
+	unsigned depth = 0;
+
+	for (;;) {
+		switch (*p) {
+		case '\0':
+			return NULL;
+		case '"':
+			p = skip_string(p);
+			if (!p)
+				return NULL;
+			if (depth == 0)
+				return p;
+			continue;
+		case '{':
+		case '[':
+			depth++;
+			break;
+		case '}':
+		case ']':
+			if (depth == 0)
+				return p;
+			if (--depth == 0)
+				return p + 1;
+			break;
+		case ',':
+			if (depth == 0)
+				return p;
+			break;
+		}
+		p++;
+	}
+}
+
+int aws_json_take_string(struct secret *body, const char *field, struct secret **ret)
+{
+	_cleanup_secret_ struct secret *val = NULL;
+	size_t field_len = strlen(field);
+	char *p = (char *)body->data;
+
+	p = (char *)skip_ws(p);
+	if (*p++ != '{')
+		return -EPROTO;
+	for (;;) {
+		const char *key, *end;
+
+		p = (char *)skip_ws(p);
+		if (*p == '}')
+			break;
+		if (*p != '"')
+			return -EPROTO;
+		key = p + 1;
+		end = skip_string(p);
+		if (!end)
+			return -EPROTO;
+		p = (char *)skip_ws(end);
+		if (*p++ != ':')
+			return -EPROTO;
+		p = (char *)skip_ws(p);
+
+		if ((size_t)(end - key) == field_len + 1 && !strncmp(key, field, field_len)) {
+			char *v = p + 1, *q;
+			size_t n;
+
+			if (*p != '"' || val)
+				return -EPROTO;
+			q = strchr(v, '"');
+			if (!q || memchr(v, '\\', (size_t)(q - v)))
+				return -EPROTO;
+			n = (size_t)(q - v);
+			GUARD(secret_new(n + 1, &val));
+			memcpy(val->data, v, n);
+			val->data[n] = '\0';
+			val->size = n;
+			/* 'A' keeps the document valid JSON (and valid base64) for the parser. */
+			memset(v, 'A', n);
+			p = q + 1;
+		} else {
+			p = (char *)skip_value(p);
+			if (!p)
+				return -EPROTO;
+		}
+		p = (char *)skip_ws(p);
+		if (*p == ',')
+			p++;
+		else if (*p != '}')
+			return -EPROTO;
+	}
+	if (!val)
+		return -ENOENT;
+	*ret = TAKE_PTR(val);
+	return 0;
+}
+
+/* The Plaintext of a response, base64-decoded from locked memory into locked memory. */
+static int take_plaintext(struct secret *body, struct secret **ret)
+{
+	_cleanup_secret_ struct secret *b64 = NULL, *pt = NULL;
+	int n;
+
+	GUARD(aws_json_take_string(body, "Plaintext", &b64));
+	GUARD(secret_new(b64->size / 4 * 3 + 1, &pt));
+	n = base64_decode((const char *)b64->data, b64->size, pt->data, pt->capacity);
+	if (n < 0)
+		return -EPROTO;
+	pt->size = (size_t)n;
+	*ret = TAKE_PTR(pt);
+	return 0;
+}
+
+static int parse_body(struct kms_client *c, const char *operation, const struct secret *body,
+                      json_object **ret)
+{
+	json_object *j = json_tokener_parse((const char *)body->data);
+
+	if (!j || !json_object_is_type(j, json_type_object)) {
+		json_object_put(j);
+		kms_set_last_error(c, "%s: malformed response from the KMS", operation);
+		return log_debug_errno(EPROTO, "%s: malformed response.", operation);
+	}
+	*ret = j;
+	return 0;
+}
+
+static int get_string(struct kms_client *c, const char *operation, json_object *j,
+                      const char *field, char **ret)
+{
+	json_object *v;
+
+	if (!ret)
+		return 0;
+	if (!json_object_object_get_ex(j, field, &v) || !json_object_is_type(v, json_type_string)) {
+		kms_set_last_error(c, "%s: response lacks %s", operation, field);
+		return -EPROTO;
+	}
+	*ret = strdup(json_object_get_string(v));
+	ENSURE_ALLOC(*ret);
+	return 0;
+}
+
+/* Calls an operation whose response carries a Plaintext key. */
+static int call_with_plaintext(struct kms_client *c, const char *operation, const char *key_id,
+                               json_object *request, struct secret **ret_plaintext,
+                               json_object **ret_response)
+{
+	_cleanup_secret_ struct secret *body = NULL, *pt = NULL;
+	int r;
+
+	GUARD(kms_call(c, operation, key_id, request, &body));
+	r = take_plaintext(body, &pt);
+	if (r < 0) {
+		kms_set_last_error(c, "%s: malformed or missing Plaintext in the response",
+		                   operation);
+		return log_debug_errno(r, "%s: no usable Plaintext in the response.", operation);
+	}
+	GUARD(parse_body(c, operation, body, ret_response));
+	*ret_plaintext = TAKE_PTR(pt);
+	return 0;
+}
+
+static int add_string(json_object *o, const char *k, const char *v)
+{
+	json_object *s = json_object_new_string(v);
+
+	ENSURE_ALLOC(s);
+	if (json_object_object_add(o, k, s) < 0) {
+		json_object_put(s);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static int add_object(json_object *o, const char *k, json_object *v)
+{
+	if (!v)
+		return 0;
+	if (json_object_object_add(o, k, json_object_get(v)) < 0) {
+		json_object_put(v);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static int aws_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
+                                 size_t n_bytes, struct secret **ret_plaintext,
+                                 char **ret_ciphertext_b64, char **ret_key_arn)
+{
+	_cleanup_json_ json_object *req = NULL, *resp = NULL;
+	_cleanup_secret_ struct secret *pt = NULL;
+	_cleanup_free_ char *blob = NULL, *arn = NULL;
+
+	req = json_object_new_object();
+	ENSURE_ALLOC(req);
+	GUARD(add_string(req, "KeyId", key_id));
+	if (json_object_object_add(req, "NumberOfBytes", json_object_new_int((int)n_bytes)) < 0)
+		return -ENOMEM;
+	GUARD(add_object(req, "EncryptionContext", context));
+
+	GUARD(call_with_plaintext(c, "GenerateDataKey", key_id, req, &pt, &resp));
+	if (pt->size != n_bytes) {
+		kms_set_last_error(c, "GenerateDataKey: got %zu bytes of key, asked for %zu",
+		                   pt->size, n_bytes);
+		return -EPROTO;
+	}
+	GUARD(get_string(c, "GenerateDataKey", resp, "CiphertextBlob", &blob));
+	GUARD(get_string(c, "GenerateDataKey", resp, "KeyId", ret_key_arn ? &arn : NULL));
+
+	*ret_plaintext = TAKE_PTR(pt);
+	*ret_ciphertext_b64 = TAKE_PTR(blob);
+	if (ret_key_arn)
+		*ret_key_arn = TAKE_PTR(arn);
+	return 0;
+}
+
+static int aws_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
+                       json_object *context, struct secret **ret_plaintext, char **ret_key_arn)
+{
+	_cleanup_json_ json_object *req = NULL, *resp = NULL;
+	_cleanup_secret_ struct secret *pt = NULL;
+	_cleanup_free_ char *arn = NULL;
+
+	req = json_object_new_object();
+	ENSURE_ALLOC(req);
+	GUARD(add_string(req, "CiphertextBlob", ciphertext_b64));
+	if (key_id)
+		GUARD(add_string(req, "KeyId", key_id));
+	GUARD(add_object(req, "EncryptionContext", context));
+
+	GUARD(call_with_plaintext(c, "Decrypt", key_id, req, &pt, &resp));
+	GUARD(get_string(c, "Decrypt", resp, "KeyId", ret_key_arn ? &arn : NULL));
+	*ret_plaintext = TAKE_PTR(pt);
+	if (ret_key_arn)
+		*ret_key_arn = TAKE_PTR(arn);
+	return 0;
+}
+
+int aws_kms_call(struct kms_client *c, const char *operation, const char *key_id,
+                 json_object *request, json_object **ret_response)
+{
+	_cleanup_secret_ struct secret *body = NULL;
+
+	GUARD(kms_call(c, operation, key_id, request, &body));
+	return parse_body(c, operation, body, ret_response);
+}
+
+static int aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
+                         const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
+{
+	_cleanup_json_ json_object *req = NULL, *resp = NULL;
+	_cleanup_free_ char *blob = NULL, *arn = NULL;
+
+	req = json_object_new_object();
+	ENSURE_ALLOC(req);
+	GUARD(add_string(req, "CiphertextBlob", ciphertext_b64));
+	GUARD(add_string(req, "DestinationKeyId", dest_key_id));
+	GUARD(add_object(req, "SourceEncryptionContext", context));
+	GUARD(add_object(req, "DestinationEncryptionContext", context));
+
+	/* The call goes to the destination key's region. */
+	GUARD(aws_kms_call(c, "ReEncrypt", dest_key_id, req, &resp));
+	GUARD(get_string(c, "ReEncrypt", resp, "CiphertextBlob", &blob));
+	GUARD(get_string(c, "ReEncrypt", resp, "KeyId", ret_key_arn ? &arn : NULL));
+	*ret_ciphertext_b64 = TAKE_PTR(blob);
+	if (ret_key_arn)
+		*ret_key_arn = TAKE_PTR(arn);
+	return 0;
+}
+
+static int aws_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret)
+{
+	_cleanup_json_ json_object *req = NULL, *resp = NULL;
+	_cleanup_(kms_key_info_done) struct kms_key_info info = {};
+	json_object *md, *enabled;
+
+	req = json_object_new_object();
+	ENSURE_ALLOC(req);
+	GUARD(add_string(req, "KeyId", key_id));
+	GUARD(aws_kms_call(c, "DescribeKey", key_id, req, &resp));
+
+	if (!json_object_object_get_ex(resp, "KeyMetadata", &md) ||
+	    !json_object_is_type(md, json_type_object)) {
+		kms_set_last_error(c, "DescribeKey: response lacks KeyMetadata");
+		return -EPROTO;
+	}
+	GUARD(get_string(c, "DescribeKey", md, "Arn", &info.key_arn));
+	GUARD(get_string(c, "DescribeKey", md, "KeyState", &info.key_state));
+	if (json_object_object_get_ex(md, "Enabled", &enabled))
+		info.enabled = json_object_get_boolean(enabled);
+	else
+		info.enabled = !strcmp(info.key_state, "Enabled");
+
+	*ret = info;
+	info = (struct kms_key_info){};
+	return 0;
+}
+
+static void aws_client_free(struct kms_client *c)
+{
+	struct aws_kms *k = aws_of(c);
+
+	aws_http_free(k->http);
+	aws_credentials_cache_done(&k->creds);
+	free(k->region);
+	free(k->endpoint);
+	free(k);
+	c->provider_data = NULL;
+}
+
+static int aws_client_new(struct kms_client *c, const struct kms_options *opts)
+{
+	_cleanup_free_ char *probe = NULL;
+	const char *ca = opts->ca_bundle;
+	struct aws_kms *k;
+	int r;
+
+	k = calloc(1, sizeof(*k));
+	ENSURE_ALLOC(k);
+	c->provider_data = k;
+
+	r = aws_resolve_region(opts->region, NULL, opts->profile, &k->region);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	k->region_explicit = opts->region && *opts->region;
+
+	GUARD(aws_endpoint_override(opts->endpoint, &k->endpoint));
+	/* Refuse a bad endpoint now rather than at the first key operation. */
+	GUARD(aws_endpoint_url(k->endpoint, k->region ? k->region : "us-east-1", &probe));
+
+	if (!ca || !*ca)
+		ca = getenv("AWS_CA_BUNDLE");
+	if (ca && *ca && access(ca, R_OK) < 0)
+		return log_error_errno(errno, "Cannot read the CA bundle %s: %m", ca);
+	GUARD(aws_http_new(ca && *ca ? ca : NULL, &k->http));
+
+	if (opts->profile && *opts->profile) {
+		k->creds.profile = strdup(opts->profile);
+		ENSURE_ALLOC(k->creds.profile);
+	}
+	k->timeout_ms = opts->timeout_ms ? opts->timeout_ms : AWS_DEFAULT_TIMEOUT_MS;
+	aws_retry_init(&k->retry, opts->max_attempts);
+	return 0;
+}
+
+static const char *aws_region(struct kms_client *c)
+{
+	return aws_of(c)->region;
+}
+
+const struct kms_provider_ops aws_kms_provider_ops = {
+    .name = "aws",
+    .client_new = aws_client_new,
+    .client_free = aws_client_free,
+    .generate_data_key = aws_generate_data_key,
+    .decrypt = aws_decrypt,
+    .reencrypt = aws_reencrypt,
+    .describe_key = aws_describe_key,
+    .region = aws_region,
+};
