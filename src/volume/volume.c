@@ -354,8 +354,13 @@ int volume_format(const struct volume_format_params *p)
 	if (p->header && !backup.existed) {
 		int fd = open(p->header, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
 
-		if (fd < 0) {
+		/* libcryptsetup writes into the file but does not grow it: size it (sparse). */
+		if (fd < 0 || ftruncate(fd, (off_t)HEADER_AREA_BYTES) < 0) {
 			r = log_error_errno(errno, "Cannot create header file %s: %m", p->header);
+			if (fd >= 0) {
+				close(fd);
+				(void)unlink(p->header);
+			}
 			goto out;
 		}
 		close(fd);
