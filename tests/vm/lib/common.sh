@@ -1,6 +1,6 @@
 # Shared settings for tests/vm/fetch-kernel, tests/vm/run and tests/vm/lib/mkinitramfs.
 # Sourced by bash scripts; defines no behaviour on its own.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the variables are for the scripts that source this
 
 VM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VM_CACHE=${DMBYOK_VM_CACHE:-/var/cache/dmbyok/vm}
@@ -18,12 +18,15 @@ VM_MODULES=(
 
 vm_die() { printf '%s: %s\n' "${VM_PROG:-vm}" "$*" >&2; exit 1; }
 
-# Reads the kernel that fetch-kernel unpacked: sets VM_KVER, VM_KROOT, VM_VMLINUZ.
+# Reads the kernel that fetch-kernel unpacked: sets VM_KVER, VM_KROOT, VM_VMLINUZ (the
+# image QEMU boots).
 vm_load_kernel_info() {
 	local info="$VM_CACHE/kernel.info"
 	[ -r "$info" ] || return 1
 	VM_KVER=$(sed -n 's/^version=//p' "$info")
 	VM_KROOT="$VM_CACHE/$VM_KVER"
 	VM_VMLINUZ="$VM_KROOT/boot/vmlinuz-$VM_KVER"
+	# fetch-kernel's uncompressed ELF copy boots ~2.5 s faster (PVH: no decompression under TCG).
+	[ -r "$VM_KROOT/vmlinux.pvh" ] && VM_VMLINUZ="$VM_KROOT/vmlinux.pvh"
 	[ -n "$VM_KVER" ] && [ -r "$VM_VMLINUZ" ] && [ -r "$VM_KROOT/lib/modules/$VM_KVER/modules.dep" ]
 }

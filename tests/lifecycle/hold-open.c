@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Test helper: opens a dmbyok volume through the library exactly as `dmbyok open` does,
+ * then stays alive until stdin closes, so a test can read this process's memory after the
+ * open returned and prove the data key is not left in it.
+ *   hold-open DEVICE NAME
+ */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "dmbyok/lifecycle.h"
+#include "dmbyok/log.h"
+#include "dmbyok/secret.h"
+
+int main(int argc, char **argv)
+{
+	struct kms_options kms = {0};
+	char c;
+	int r;
+
+	log_setup("hold-open");
+	if (argc != 3) {
+		fprintf(stderr, "usage: hold-open DEVICE NAME\n");
+		return 2;
+	}
+	r = harden_process();
+	if (r == 0)
+		r = dmbyok_open(&(struct open_options){.device = argv[1], .name = argv[2]}, &kms);
+	if (r < 0)
+		return dmbyok_exit_code(r);
+	printf("opened\n");
+	fflush(stdout);
+	while (read(STDIN_FILENO, &c, 1) > 0)
+		;
+	return 0;
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The DEK is not left in dmbyok's memory after open, nor on disk, in the runtime records,
+# a keyring or the table; core dumps are off. The scanner is proven on a positive control.
+. "$(dirname "$0")/lib.sh"
+DISK=/dev/vda
+MEMSCAN=$DMBYOK_BUILD_DIR/tests/lifecycle/memscan
+HOLD=$DMBYOK_BUILD_DIR/tests/lifecycle/hold-open
+
+step "a volume and its DEK (unwrapped by the test as the oracle)"
+start_kms
+create_key alias/secrets >/dev/null
+check "format" $DMBYOK format $DISK --key alias/secrets
+unwrap_dek_to $DISK "$WORK/dek"
+
+step "positive control: the scanner finds a key a process holds"
+tail -c 64 -f "$WORK/dek" >/dev/null &
+CONTROL=$!
+sleep 0.5
+expect_exit 1 "memscan finds the DEK in a process that read it" $MEMSCAN "$WORK/dek" --pid $CONTROL
+kill $CONTROL
+
+step "open through the library and stay alive; scan the process"
+coproc HOLDER { exec "$HOLD" $DISK data 2>"$WORK/hold.err"; }
+read -r -t 120 line <&"${HOLDER[0]}" || fail "hold-open did not report"
+[ "$line" = opened ] || fail "hold-open said: $line $(cat "$WORK/hold.err")"
+ok "the volume is open and the opener is still running (pid $HOLDER_PID)"
+expect_exit 0 "no copy of the DEK (or either half) in the opener's memory" $MEMSCAN "$WORK/dek" --pid $HOLDER_PID
+check "core dumps are disabled for the opener" \
+	bash -c "grep -E '^Max core file size +0 +0 ' /proc/$HOLDER_PID/limits"
+exec {HOLDER[1]}>&-
+wait $HOLDER_PID || true
+
+step "nowhere else"
+check "no dmbyok key in any keyring" bash -c "! grep -q 'dmbyok:' /proc/keys"
+KEYHEX=$(od -An -tx1 "$WORK/dek" | tr -d ' \n')
+check "not in the table, even with --showkeys" bash -c "! dmsetup table --showkeys data | grep -qi $KEYHEX"
+expect_exit 0 "not on the raw disk" $MEMSCAN "$WORK/dek" --file $DISK
+for f in "$DMBYOK_RUNTIME_DIR"/mappings/*; do
+	expect_exit 0 "not in the runtime record $(basename "$f")" $MEMSCAN "$WORK/dek" --file "$f"
+done
+check "the runtime record holds no key material" bash -c "! grep -qi '$KEYHEX' $DMBYOK_RUNTIME_DIR/mappings/*"
+check "close" $DMBYOK close data
+rm -f "$WORK/dek"
+stop_kms
+finish
