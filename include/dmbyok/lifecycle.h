@@ -38,6 +38,14 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 		  char **ret_uuid);
 int dmbyok_open(const struct open_options *o, const struct kms_options *kms);
 int dmbyok_close(const char *name);
+
+struct volume;
+/*
+ * The fast path after the DEK is unwrapped and checked: program the dm-crypt table. No KDF,
+ * no LUKS2 digest: the key check value in the token already proved the key.
+ */
+int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
+		    const struct secret *dek);
 int dmbyok_lock(const char *name);
 int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms);
 

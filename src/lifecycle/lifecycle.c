@@ -198,11 +198,31 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	return 0;
 }
 
+int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
+		    const struct secret *dek)
+{
+	_cleanup_free_ char *dm_uuid = NULL, *key_desc = NULL;
+
+	GUARD(dm_luks2_uuid(v->uuid, name, &dm_uuid));
+	GUARD(key_description(v->uuid, &key_desc));
+	return dm_crypt_create(name, dm_uuid,
+			       &(struct dm_crypt_params){
+				       .cipher = DM_CIPHER,
+				       .key_desc = key_desc,
+				       .key_size = dek->size,
+				       .device = v->device,
+				       .offset = v->data_offset,
+				       .length = v->data_sectors,
+				       .sector_size = v->sector_size,
+				       .flags = flags,
+			       },
+			       dek);
+}
+
 int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 {
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
-	_cleanup_free_ char *dm_uuid = NULL, *key_desc = NULL;
 	struct dm_crypt_info existing = {0};
 	struct registry_entry entry;
 	int r;
@@ -217,21 +237,7 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 	GUARD(volume_load(o->device, o->header, &v));
 	GUARD(unwrap_dek(v, kms, &dek));
 	warn_if_not_accelerated();
-
-	GUARD(dm_luks2_uuid(v->uuid, o->name, &dm_uuid));
-	GUARD(key_description(v->uuid, &key_desc));
-	GUARD(dm_crypt_create(o->name, dm_uuid,
-			      &(struct dm_crypt_params){
-				      .cipher = DM_CIPHER,
-				      .key_desc = key_desc,
-				      .key_size = dek->size,
-				      .device = o->device,
-				      .offset = v->data_offset,
-				      .length = v->data_sectors,
-				      .sector_size = v->sector_size,
-				      .flags = o->override_flags ? o->flags : v->activation_flags,
-			      },
-			      dek));
+	GUARD(dmbyok_activate(v, o->name, o->override_flags ? o->flags : v->activation_flags, dek));
 
 	entry = (struct registry_entry){
 		.name = (char *)o->name,

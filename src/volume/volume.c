@@ -373,10 +373,6 @@ int volume_format(const struct volume_format_params *p)
 		goto out;
 	}
 	volume_setup_logging(cd);
-	r = crypt_set_pbkdf_type(cd, &pbkdf);
-	if (r < 0)
-		goto fail;
-
 	params.sector_size = choose_sector_size(p->device, p->header ? 0 : HEADER_AREA_BYTES);
 	written = true;
 	r = crypt_format(cd, CRYPT_LUKS2, DMBYOK_CIPHER, DMBYOK_CIPHER_MODE, p->uuid,
@@ -384,6 +380,13 @@ int volume_format(const struct volume_format_params *p)
 	if (r < 0)
 		goto fail;
 
+	/*
+	 * Only now lower the KDF: the LUKS2 digest keeps cryptsetup's default cost so the header
+	 * is a standard one, while the DEK keyslot needs no stretching (see pbkdf above).
+	 */
+	r = crypt_set_pbkdf_type(cd, &pbkdf);
+	if (r < 0)
+		goto fail;
 	slot = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, (const char *)p->dek->data,
 					       p->dek->size, (const char *)p->dek->data,
 					       p->dek->size);
