@@ -41,8 +41,8 @@ fio_job() { # fio_job DEVICE RW BS -> "MiB/s IOPS"
 	fio --name=b --filename="$1" --rw="$2" --bs="$3" --direct=1 --ioengine=libaio \
 		--iodepth=16 --numjobs=1 --time_based --runtime="$RUNTIME" --ramp_time=1 \
 		--size=512M --group_reporting --output-format=json 2>/dev/null |
-		jq -r '.jobs[0] | (.read.bw + .write.bw) / 1024 as $bw |
-			(.read.iops + .write.iops) as $iops | "\($bw|floor) \($iops|floor)"'
+		jq -r '.jobs[0] | ((.read.bw + .write.bw) / 1024) as $bw |
+			(.read.iops + .write.iops) as $iops | "\($bw | floor) \($iops | floor)"'
 }
 
 if [ "$WHAT" = io ] || [ "$WHAT" = all ]; then

@@ -48,7 +48,7 @@ static int stock_round(const char *dev, const struct secret *dek, struct crypt_d
 		r = crypt_load(*ret, CRYPT_LUKS2, NULL);
 	if (r == 0)
 		r = crypt_activate_by_volume_key(*ret, "bench-stock", (const char *)dek->data,
-						 dek->size, 0);
+		                                 dek->size, 0);
 	return r < 0 ? r : 0;
 }
 
@@ -57,8 +57,8 @@ int main(int argc, char **argv)
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_kms_client_ struct kms_client *kms = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
-	struct kms_options opts = {0};
-	double cpu[2] = {0}, wall[2] = {0};
+	struct kms_options opts = { 0 };
+	double cpu[2] = { 0 }, wall[2] = { 0 };
 	int rounds = argc > 2 ? atoi(argv[2]) : 20, r;
 
 	log_setup("unlock-cost");
@@ -68,7 +68,7 @@ int main(int argc, char **argv)
 	}
 	if ((r = volume_load(argv[1], NULL, &v)) < 0 || (r = kms_client_new(&opts, &kms)) < 0 ||
 	    (r = kms_decrypt(kms, v->token->key_arn, v->token->ciphertext, v->token->context, &dek,
-			     NULL)) < 0)
+	                     NULL)) < 0)
 		return dmbyok_exit_code(r);
 
 	for (int i = 0; i < rounds; i++) {

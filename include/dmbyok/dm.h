@@ -17,24 +17,24 @@
 #include "dmbyok/secret.h"
 
 /* dm-crypt optional parameters dmbyok may set (values match libcryptsetup's flags). */
-#define DM_CRYPT_ALLOW_DISCARDS     (UINT32_C(1) << 3)
-#define DM_CRYPT_SAME_CPU_CRYPT     (UINT32_C(1) << 6)
+#define DM_CRYPT_ALLOW_DISCARDS         (UINT32_C(1) << 3)
+#define DM_CRYPT_SAME_CPU_CRYPT         (UINT32_C(1) << 6)
 #define DM_CRYPT_SUBMIT_FROM_CRYPT_CPUS (UINT32_C(1) << 7)
-#define DM_CRYPT_NO_READ_WORKQUEUE  (UINT32_C(1) << 24)
-#define DM_CRYPT_NO_WRITE_WORKQUEUE (UINT32_C(1) << 25)
+#define DM_CRYPT_NO_READ_WORKQUEUE      (UINT32_C(1) << 24)
+#define DM_CRYPT_NO_WRITE_WORKQUEUE     (UINT32_C(1) << 25)
 
 /* dm UUIDs of LUKS2 mappings, as cryptsetup makes them: CRYPT-LUKS2-<uuid hex>-<name>. */
 #define DM_LUKS2_UUID_PREFIX "CRYPT-LUKS2-"
 
 struct dm_crypt_params {
-	const char *cipher;      /* "aes-xts-plain64" */
-	const char *key_desc;    /* logon key description, e.g. "dmbyok:<uuid>" */
-	size_t key_size;         /* bytes */
-	const char *device;      /* the underlying block device */
-	uint64_t offset;         /* data offset, 512-byte sectors */
-	uint64_t length;         /* mapping length, 512-byte sectors */
-	uint32_t sector_size;    /* encryption sector size, bytes */
-	uint32_t flags;          /* DM_CRYPT_* */
+	const char *cipher;   /* "aes-xts-plain64" */
+	const char *key_desc; /* logon key description, e.g. "dmbyok:<uuid>" */
+	size_t key_size;      /* bytes */
+	const char *device;   /* the underlying block device */
+	uint64_t offset;      /* data offset, 512-byte sectors */
+	uint64_t length;      /* mapping length, 512-byte sectors */
+	uint32_t sector_size; /* encryption sector size, bytes */
+	uint32_t flags;       /* DM_CRYPT_* */
 };
 
 /* What the kernel reports about a dm-crypt mapping. */
@@ -42,8 +42,8 @@ struct dm_crypt_info {
 	char *name;
 	char *dm_uuid;
 	char *cipher;
-	char *key_ref;    /* ":64:logon:dmbyok:..." as the table names the key, never key bytes */
-	char *device;     /* "/dev/block/MAJ:MIN" of the underlying device */
+	char *key_ref; /* ":64:logon:dmbyok:..." as the table names the key, never key bytes */
+	char *device;  /* "/dev/block/MAJ:MIN" of the underlying device */
 	uint64_t offset;
 	uint64_t length;
 	uint32_t sector_size;
@@ -66,7 +66,7 @@ int dm_luks2_uuid(const char *volume_uuid, const char *name, char **ret);
  * -EEXIST when `name` exists. On failure nothing is left behind.
  */
 int dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt_params *p,
-		    const struct secret *key);
+                    const struct secret *key);
 int dm_crypt_remove(const char *name);
 
 /* -ENODEV when there is no such mapping, -EINVAL when it is not a crypt mapping. */

@@ -29,13 +29,13 @@
 struct kms_client;
 
 struct kms_options {
-	const char *provider;   /* "aws" (the default when NULL) */
-	const char *region;     /* NULL: from the key ARN, AWS_REGION/AWS_DEFAULT_REGION, config */
-	const char *endpoint;   /* NULL: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, or AWS's own */
-	const char *ca_bundle;  /* NULL: AWS_CA_BUNDLE, or the system trust store */
-	const char *profile;    /* NULL: AWS_PROFILE, or "default" */
-	unsigned timeout_ms;    /* per attempt; 0 = provider default */
-	unsigned max_attempts;  /* 0 = provider default (3, the SDKs' standard retry mode) */
+	const char *provider;  /* "aws" (the default when NULL) */
+	const char *region;    /* NULL: from the key ARN, AWS_REGION/AWS_DEFAULT_REGION, config */
+	const char *endpoint;  /* NULL: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, or AWS's own */
+	const char *ca_bundle; /* NULL: AWS_CA_BUNDLE, or the system trust store */
+	const char *profile;   /* NULL: AWS_PROFILE, or "default" */
+	unsigned timeout_ms;   /* per attempt; 0 = provider default */
+	unsigned max_attempts; /* 0 = provider default (3, the SDKs' standard retry mode) */
 };
 
 struct kms_key_info {
@@ -58,16 +58,16 @@ const char *kms_last_error(struct kms_client *c);
  * returned base64-encoded, as stored in the volume's token; ret_key_arn names the key.
  */
 int kms_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
-			  size_t n_bytes, struct secret **ret_plaintext, char **ret_ciphertext_b64,
-			  char **ret_key_arn);
+                          size_t n_bytes, struct secret **ret_plaintext, char **ret_ciphertext_b64,
+                          char **ret_key_arn);
 
 /* Decrypt: `key_id` may be NULL (the blob names its key); the context must match exactly. */
 int kms_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
-		json_object *context, struct secret **ret_plaintext, char **ret_key_arn);
+                json_object *context, struct secret **ret_plaintext, char **ret_key_arn);
 
 /* ReEncrypt a blob under `dest_key_id`, same context, without the plaintext leaving KMS. */
 int kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
-		  const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
+                  const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
 
 int kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
 void kms_key_info_done(struct kms_key_info *info);

@@ -34,8 +34,7 @@ struct open_options {
 	uint32_t flags;
 };
 
-int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
-		  char **ret_uuid);
+int dmbyok_format(const struct format_options *o, const struct kms_options *kms, char **ret_uuid);
 int dmbyok_open(const struct open_options *o, const struct kms_options *kms);
 int dmbyok_close(const char *name);
 
@@ -45,21 +44,21 @@ struct volume;
  * no LUKS2 digest: the key check value in the token already proved the key.
  */
 int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
-		    const struct secret *dek);
+                    const struct secret *dek);
 int dmbyok_lock(const char *name);
 int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms);
 
 /* Re-wrap the DEK (KMS ReEncrypt) under `new_key_id`, or under the token's key_id again
  * (which follows an alias to its current key). The data and the DEK do not change. */
 int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id,
-		  const struct kms_options *kms);
+                  const struct kms_options *kms);
 
 /* What `status` and `list` show about a dmbyok mapping. */
 struct mapping_status {
 	struct dm_crypt_info dm;
-	bool locked;        /* suspended with its key wiped */
-	char *device;       /* the data device as opened */
-	char *header;       /* detached header, or NULL */
+	bool locked;  /* suspended with its key wiped */
+	char *device; /* the data device as opened */
+	char *header; /* detached header, or NULL */
 	char *volume_uuid;
 	char *key_id;
 	char *key_arn;

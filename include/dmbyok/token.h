@@ -20,11 +20,11 @@
 #include "dmbyok/macro.h"
 #include "dmbyok/secret.h"
 
-#define DMBYOK_TOKEN_TYPE      "dmbyok"
-#define DMBYOK_TOKEN_VERSION   1
-#define DMBYOK_CONTEXT_VOLUME  "dmbyok:volume"
+#define DMBYOK_TOKEN_TYPE              "dmbyok"
+#define DMBYOK_TOKEN_VERSION           1
+#define DMBYOK_CONTEXT_VOLUME          "dmbyok:volume"
 #define DMBYOK_CONTEXT_RESERVED_PREFIX "dmbyok:"
-#define DMBYOK_DEK_BYTES       64 /* aes-xts-plain64 with two AES-256 keys */
+#define DMBYOK_DEK_BYTES               64 /* aes-xts-plain64 with two AES-256 keys */
 
 struct dmbyok_token {
 	int version;
@@ -53,7 +53,7 @@ int dmbyok_token_to_json(const struct dmbyok_token *t, char **ret);
  * as "k=v" strings. Keys under "dmbyok:" are reserved; -EINVAL on a malformed pair.
  */
 int dmbyok_context_new(const char *volume_uuid, char *const *pairs, size_t n_pairs,
-		       json_object **ret);
+                       json_object **ret);
 
 /*
  * -EBADMSG unless the token belongs to the volume with this UUID: its context must name it.
@@ -65,7 +65,7 @@ int dmbyok_token_check_volume(const struct dmbyok_token *t, const char *volume_u
 int dmbyok_key_check_value(const struct secret *dek, const char *volume_uuid, char **ret);
 /* -EBADMSG when the DEK does not match the token's key check value. */
 int dmbyok_token_verify_dek(const struct dmbyok_token *t, const struct secret *dek,
-			    const char *volume_uuid);
+                            const char *volume_uuid);
 
 /* Current UTC time as RFC 3339 ("2026-11-23T06:00:00Z"). */
 int dmbyok_timestamp_now(char **ret);

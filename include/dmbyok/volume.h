@@ -22,14 +22,14 @@ struct crypt_device;
 
 struct volume {
 	struct crypt_device *cd;
-	char *device;        /* the data device */
-	char *header;        /* detached header file, or NULL when on the data device */
-	const char *uuid;    /* the LUKS2 UUID (owned by cd) */
-	int token_id;        /* LUKS2 token number of the dmbyok token */
+	char *device;     /* the data device */
+	char *header;     /* detached header file, or NULL when on the data device */
+	const char *uuid; /* the LUKS2 UUID (owned by cd) */
+	int token_id;     /* LUKS2 token number of the dmbyok token */
 	struct dmbyok_token *token;
-	uint64_t data_offset;    /* in 512-byte sectors */
-	uint64_t data_sectors;   /* size of the encrypted area, in 512-byte sectors */
-	uint32_t sector_size;    /* encryption sector size, bytes */
+	uint64_t data_offset;      /* in 512-byte sectors */
+	uint64_t data_sectors;     /* size of the encrypted area, in 512-byte sectors */
+	uint32_t sector_size;      /* encryption sector size, bytes */
 	uint32_t activation_flags; /* LUKS2 persistent CRYPT_ACTIVATE_* flags */
 };
 
@@ -54,8 +54,8 @@ int volume_new_uuid(char ret[static 37]);
 
 struct volume_format_params {
 	const char *device;
-	const char *header;   /* detached header file or NULL */
-	const char *uuid;     /* from volume_new_uuid(): the token's context names it */
+	const char *header; /* detached header file or NULL */
+	const char *uuid;   /* from volume_new_uuid(): the token's context names it */
 	const struct secret *dek;
 	struct dmbyok_token *token; /* keyslot is filled in */
 	uint32_t activation_flags;  /* persisted CRYPT_ACTIVATE_* performance flags */

@@ -17,16 +17,17 @@ static const struct {
 	int (*run)(struct cli *c);
 	const char *help;
 } verbs[] = {
-	{"format", verb_format, "DEVICE --key KEY_ID [--context k=v]... [--header FILE] [--force]"},
-	{"open", verb_open, "DEVICE NAME [--header FILE] [--perf FLAGS]"},
-	{"close", verb_close, "NAME"},
-	{"lock", verb_lock, "NAME"},
-	{"unlock", verb_unlock, "NAME [--header FILE]"},
-	{"rewrap", verb_rewrap, "DEVICE [--key NEW_KEY_ID] [--header FILE]"},
-	{"status", verb_status, "[NAME] [--json]"},
-	{"list", verb_list, "[--json]"},
-	{"dump", verb_dump, "DEVICE [--header FILE] [--json]"},
-	{"doctor", verb_doctor, "[--key KEY_ID]"},
+	{ "format", verb_format,
+	  "DEVICE --key KEY_ID [--context k=v]... [--header FILE] [--force]" },
+	{ "open", verb_open, "DEVICE NAME [--header FILE] [--perf FLAGS]" },
+	{ "close", verb_close, "NAME" },
+	{ "lock", verb_lock, "NAME" },
+	{ "unlock", verb_unlock, "NAME [--header FILE]" },
+	{ "rewrap", verb_rewrap, "DEVICE [--key NEW_KEY_ID] [--header FILE]" },
+	{ "status", verb_status, "[NAME] [--json]" },
+	{ "list", verb_list, "[--json]" },
+	{ "dump", verb_dump, "DEVICE [--header FILE] [--json]" },
+	{ "doctor", verb_doctor, "[--key KEY_ID]" },
 };
 
 static void usage(FILE *f)
@@ -35,11 +36,11 @@ static void usage(FILE *f)
 	for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
 		fprintf(f, "  %-7s %s\n", verbs[i].name, verbs[i].help);
 	fprintf(f, "\nCommon options:\n"
-		   "  --region R  --endpoint URL  --profile P  --ca-bundle FILE   KMS access\n"
-		   "  --verbose  --debug  --json  --help  --version\n"
-		   "Exit codes: 0 ok, 1 internal, 2 bad input, 3 key revoked, 4 KMS unreachable,\n"
-		   "5 credentials, 6 wrong token, 7 bad header, 8 busy, 9 no kernel support.\n"
-		   "See dmbyok(8).\n");
+	           "  --region R  --endpoint URL  --profile P  --ca-bundle FILE   KMS access\n"
+	           "  --verbose  --debug  --json  --help  --version\n"
+	           "Exit codes: 0 ok, 1 internal, 2 bad input, 3 key revoked, 4 KMS unreachable,\n"
+	           "5 credentials, 6 wrong token, 7 bad header, 8 busy, 9 no kernel support.\n"
+	           "See dmbyok(8).\n");
 }
 
 int cli_require_args(const struct cli *c, size_t min, size_t max, const char *u)
@@ -55,11 +56,11 @@ int cli_parse_perf_flags(const char *s, uint32_t *ret)
 		const char *name;
 		uint32_t flag;
 	} names[] = {
-		{"no_read_workqueue", DM_CRYPT_NO_READ_WORKQUEUE},
-		{"no_write_workqueue", DM_CRYPT_NO_WRITE_WORKQUEUE},
-		{"same_cpu_crypt", DM_CRYPT_SAME_CPU_CRYPT},
-		{"submit_from_crypt_cpus", DM_CRYPT_SUBMIT_FROM_CRYPT_CPUS},
-		{"allow_discards", DM_CRYPT_ALLOW_DISCARDS},
+		{ "no_read_workqueue", DM_CRYPT_NO_READ_WORKQUEUE },
+		{ "no_write_workqueue", DM_CRYPT_NO_WRITE_WORKQUEUE },
+		{ "same_cpu_crypt", DM_CRYPT_SAME_CPU_CRYPT },
+		{ "submit_from_crypt_cpus", DM_CRYPT_SUBMIT_FROM_CRYPT_CPUS },
+		{ "allow_discards", DM_CRYPT_ALLOW_DISCARDS },
 	};
 	_cleanup_free_ char *copy = strdup(s);
 	uint32_t flags = 0;
@@ -73,7 +74,8 @@ int cli_parse_perf_flags(const char *s, uint32_t *ret)
 			for (i = 0; i < ELEMENTSOF(names) && strcmp(w, names[i].name); i++)
 				;
 			if (i == ELEMENTSOF(names))
-				return log_error_errno(EINVAL, "Unknown performance flag \"%s\".", w);
+				return log_error_errno(EINVAL, "Unknown performance flag \"%s\".",
+				                       w);
 			flags |= names[i].flag;
 		}
 	*ret = flags;
@@ -82,26 +84,36 @@ int cli_parse_perf_flags(const char *s, uint32_t *ret)
 
 int main(int argc, char **argv)
 {
-	enum { ARG_HEADER = 0x100, ARG_CONTEXT, ARG_REGION, ARG_ENDPOINT, ARG_PROFILE,
-	       ARG_CA_BUNDLE, ARG_PERF, ARG_DEBUG, ARG_VERSION, ARG_JSON };
+	enum {
+		ARG_HEADER = 0x100,
+		ARG_CONTEXT,
+		ARG_REGION,
+		ARG_ENDPOINT,
+		ARG_PROFILE,
+		ARG_CA_BUNDLE,
+		ARG_PERF,
+		ARG_DEBUG,
+		ARG_VERSION,
+		ARG_JSON
+	};
 	static const struct option options[] = {
-		{"key", required_argument, NULL, 'k'},
-		{"header", required_argument, NULL, ARG_HEADER},
-		{"context", required_argument, NULL, ARG_CONTEXT},
-		{"force", no_argument, NULL, 'f'},
-		{"json", no_argument, NULL, ARG_JSON},
-		{"region", required_argument, NULL, ARG_REGION},
-		{"endpoint", required_argument, NULL, ARG_ENDPOINT},
-		{"profile", required_argument, NULL, ARG_PROFILE},
-		{"ca-bundle", required_argument, NULL, ARG_CA_BUNDLE},
-		{"perf", required_argument, NULL, ARG_PERF},
-		{"verbose", no_argument, NULL, 'v'},
-		{"debug", no_argument, NULL, ARG_DEBUG},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, ARG_VERSION},
+		{ "key", required_argument, NULL, 'k' },
+		{ "header", required_argument, NULL, ARG_HEADER },
+		{ "context", required_argument, NULL, ARG_CONTEXT },
+		{ "force", no_argument, NULL, 'f' },
+		{ "json", no_argument, NULL, ARG_JSON },
+		{ "region", required_argument, NULL, ARG_REGION },
+		{ "endpoint", required_argument, NULL, ARG_ENDPOINT },
+		{ "profile", required_argument, NULL, ARG_PROFILE },
+		{ "ca-bundle", required_argument, NULL, ARG_CA_BUNDLE },
+		{ "perf", required_argument, NULL, ARG_PERF },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "debug", no_argument, NULL, ARG_DEBUG },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, ARG_VERSION },
 		{},
 	};
-	struct cli c = {0};
+	struct cli c = { 0 };
 	const char *verb;
 	int opt, r;
 

@@ -48,7 +48,7 @@ static int check_kms(struct cli *c)
 	_cleanup_kms_client_ struct kms_client *k = NULL;
 	_cleanup_secret_ struct secret *dek = NULL, *again = NULL;
 	_cleanup_free_ char *blob = NULL, *arn = NULL, *blob2 = NULL, *arn2 = NULL;
-	struct kms_key_info info = {0};
+	struct kms_key_info info = { 0 };
 	json_object *ctx = NULL;
 	char detail[512];
 	int r, worst = 0;
@@ -74,8 +74,8 @@ static int check_kms(struct cli *c)
 	worst = r < 0 ? r : worst;
 	if (r == 0) {
 		r = kms_decrypt(k, arn, blob, ctx, &again, NULL);
-		if (r == 0 && (again->size != dek->size ||
-			       !secret_equal(again->data, dek->data, dek->size)))
+		if (r == 0 &&
+		    (again->size != dek->size || !secret_equal(again->data, dek->data, dek->size)))
 			r = -EBADMSG;
 		if (report("Decrypt", r, "round trip matches") < 0 && *kms_last_error(k))
 			printf("     %s\n", kms_last_error(k));

@@ -33,10 +33,12 @@ static json_object *status_json(const struct mapping_status *s)
 	json_object_object_add(o, "offset_sectors", json_object_new_int64((int64_t)s->dm.offset));
 	json_object_object_add(o, "size_sectors", json_object_new_int64((int64_t)s->dm.length));
 	json_object_object_add(o, "open_count", json_object_new_int(s->dm.open_count));
-	json_object_object_add(o, "no_read_workqueue",
-			       json_object_new_boolean(!!(s->dm.flags & DM_CRYPT_NO_READ_WORKQUEUE)));
-	json_object_object_add(o, "no_write_workqueue",
-			       json_object_new_boolean(!!(s->dm.flags & DM_CRYPT_NO_WRITE_WORKQUEUE)));
+	json_object_object_add(
+	    o, "no_read_workqueue",
+	    json_object_new_boolean(!!(s->dm.flags & DM_CRYPT_NO_READ_WORKQUEUE)));
+	json_object_object_add(
+	    o, "no_write_workqueue",
+	    json_object_new_boolean(!!(s->dm.flags & DM_CRYPT_NO_WRITE_WORKQUEUE)));
 #undef ADD_STR
 	return o;
 }
@@ -63,13 +65,13 @@ static void status_print(const struct mapping_status *s)
 static void print_json(json_object *o)
 {
 	printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
-							       JSON_C_TO_STRING_NOSLASHESCAPE));
+	                                                     JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(o);
 }
 
 int verb_status(struct cli *c)
 {
-	struct mapping_status s = {0};
+	struct mapping_status s = { 0 };
 	int r;
 
 	GUARD(cli_require_args(c, 0, 1, "status [NAME] [--json]"));
@@ -101,7 +103,7 @@ int verb_list(struct cli *c)
 	else
 		printf("%-16s %-10s %-20s %s\n", "NAME", "STATE", "DEVICE", "KEY");
 	for (char **p = names; *p; p++) {
-		struct mapping_status s = {0};
+		struct mapping_status s = { 0 };
 
 		if (dmbyok_status(*p, &s) < 0)
 			continue;
@@ -138,9 +140,9 @@ int verb_dump(struct cli *c)
 	json_object_object_add(o, "key_bits", json_object_new_int(DMBYOK_DEK_BYTES * 8));
 	json_object_object_add(o, "sector_size", json_object_new_int((int)v->sector_size));
 	json_object_object_add(o, "data_offset_sectors",
-			       json_object_new_int64((int64_t)v->data_offset));
+	                       json_object_new_int64((int64_t)v->data_offset));
 	json_object_object_add(o, "data_size_sectors",
-			       json_object_new_int64((int64_t)v->data_sectors));
+	                       json_object_new_int64((int64_t)v->data_sectors));
 	json_object_object_add(o, "keyslot", json_object_new_int(v->token->keyslot));
 	json_object_object_add(o, "token_id", json_object_new_int(v->token_id));
 	token = json_tokener_parse(token_json);

@@ -15,16 +15,17 @@ int verb_format(struct cli *c)
 	GUARD(cli_require_args(c, 1, 1, "format DEVICE --key KEY_ID [--context k=v]..."));
 	if (!c->key_id)
 		return log_error_errno(EINVAL, "format needs --key KEY_ID (key id, ARN or alias).");
-	r = dmbyok_format(&(struct format_options){
-				  .device = c->args[0],
-				  .header = c->header,
-				  .key_id = c->key_id,
-				  .context = c->context,
-				  .n_context = c->n_context,
-				  .force = c->force,
-				  .perf_flags = c->perf_set ? c->perf_flags : DMBYOK_DEFAULT_PERF_FLAGS,
-			  },
-			  &c->kms, &uuid);
+	r = dmbyok_format(
+	    &(struct format_options){
+	        .device = c->args[0],
+	        .header = c->header,
+	        .key_id = c->key_id,
+	        .context = c->context,
+	        .n_context = c->n_context,
+	        .force = c->force,
+	        .perf_flags = c->perf_set ? c->perf_flags : DMBYOK_DEFAULT_PERF_FLAGS,
+	    },
+	    &c->kms, &uuid);
 	if (r == 0)
 		printf("%s\n", uuid);
 	return r;
@@ -33,14 +34,15 @@ int verb_format(struct cli *c)
 int verb_open(struct cli *c)
 {
 	GUARD(cli_require_args(c, 2, 2, "open DEVICE NAME [--header FILE]"));
-	return dmbyok_open(&(struct open_options){
-				   .device = c->args[0],
-				   .name = c->args[1],
-				   .header = c->header,
-				   .override_flags = c->perf_set,
-				   .flags = c->perf_flags,
-			   },
-			   &c->kms);
+	return dmbyok_open(
+	    &(struct open_options){
+	        .device = c->args[0],
+	        .name = c->args[1],
+	        .header = c->header,
+	        .override_flags = c->perf_set,
+	        .flags = c->perf_flags,
+	    },
+	    &c->kms);
 }
 
 int verb_close(struct cli *c)

@@ -60,7 +60,7 @@ int log_internal(enum log_level level, int error, const char *fmt, ...)
 			fprintf(stderr, "<%d>%s\n", (int)level, buf);
 		else
 			fprintf(stderr, "%s: %s%s\n", program,
-				level == LOG_LEVEL_WARNING ? "warning: " : "", buf);
+			        level == LOG_LEVEL_WARNING ? "warning: " : "", buf);
 	}
 
 	errno = saved_errno;

@@ -35,8 +35,9 @@ int secret_new(size_t size, struct secret **ret)
 		int r = negative_errno();
 
 		munmap(p, len);
-		return log_error_errno(r, "Cannot lock memory for a secret (RLIMIT_MEMLOCK too low?): %s",
-				       strerror(-r));
+		return log_error_errno(
+		    r, "Cannot lock memory for a secret (RLIMIT_MEMLOCK too low?): %s",
+		    strerror(-r));
 	}
 	/* Best effort: older kernels lack these, the mlock above is what matters most. */
 	(void)madvise(p, len, MADV_DONTDUMP);
@@ -81,7 +82,7 @@ void secure_wipe(void *p, size_t n)
 
 int harden_process(void)
 {
-	struct rlimit no_core = {0, 0};
+	struct rlimit no_core = { 0, 0 };
 
 	if (setrlimit(RLIMIT_CORE, &no_core) < 0)
 		return log_error_errno(errno, "Cannot disable core dumps: %m");

@@ -15,17 +15,17 @@ static const struct {
 	uint32_t flag;
 	const char *arg;
 } crypt_args[] = {
-	{DM_CRYPT_ALLOW_DISCARDS, "allow_discards"},
-	{DM_CRYPT_SAME_CPU_CRYPT, "same_cpu_crypt"},
-	{DM_CRYPT_SUBMIT_FROM_CRYPT_CPUS, "submit_from_crypt_cpus"},
-	{DM_CRYPT_NO_READ_WORKQUEUE, "no_read_workqueue"},
-	{DM_CRYPT_NO_WRITE_WORKQUEUE, "no_write_workqueue"},
+	{ DM_CRYPT_ALLOW_DISCARDS, "allow_discards" },
+	{ DM_CRYPT_SAME_CPU_CRYPT, "same_cpu_crypt" },
+	{ DM_CRYPT_SUBMIT_FROM_CRYPT_CPUS, "submit_from_crypt_cpus" },
+	{ DM_CRYPT_NO_READ_WORKQUEUE, "no_read_workqueue" },
+	{ DM_CRYPT_NO_WRITE_WORKQUEUE, "no_write_workqueue" },
 };
 
-static void dm_log_cb(int level, const char *file, int line, int dm_errno_or_class,
-		      const char *fmt, ...) _printf_(5, 6);
-static void dm_log_cb(int level, const char *file, int line, int dm_errno_or_class,
-		      const char *fmt, ...)
+static void dm_log_cb(int level, const char *file, int line, int dm_errno_or_class, const char *fmt,
+                      ...) _printf_(5, 6);
+static void dm_log_cb(int level, const char *file, int line, int dm_errno_or_class, const char *fmt,
+                      ...)
 {
 	char buf[512];
 	va_list ap;
@@ -83,8 +83,8 @@ int dm_check_kernel_support(void)
 	dm_setup();
 	if (access("/dev/mapper/control", F_OK) < 0 || !dm_driver_version(version, sizeof(version)))
 		return log_error_errno(ENOTSUP, "The kernel has no device-mapper (no "
-						"/dev/mapper/control): load dm-mod or use a kernel "
-						"with CONFIG_BLK_DEV_DM.");
+		                                "/dev/mapper/control): load dm-mod or use a kernel "
+		                                "with CONFIG_BLK_DEV_DM.");
 
 	dmt = dm_task_create(DM_DEVICE_LIST_VERSIONS);
 	ENSURE_ALLOC(dmt);
@@ -99,7 +99,7 @@ int dm_check_kernel_support(void)
 	} while (last != target);
 
 	return log_error_errno(ENOTSUP, "The kernel's device-mapper has no crypt target: load "
-					"the dm-crypt module (modprobe dm-crypt).");
+	                                "the dm-crypt module (modprobe dm-crypt).");
 }
 
 int dm_luks2_uuid(const char *volume_uuid, const char *name, char **ret)
@@ -129,18 +129,18 @@ static int format_params(const struct dm_crypt_params *p, char **ret)
 		}
 	if (p->sector_size != 512) {
 		snprintf(opts + strlen(opts), sizeof(opts) - strlen(opts), " sector_size:%u",
-			 p->sector_size);
+		         p->sector_size);
 		n++;
 	}
 	/* <cipher> <key> <iv_offset> <device> <offset> [<#opt_params> <opt_params>] */
 	if (asprintf(ret, "%s :%zu:logon:%s 0 %s %" PRIu64 " %u%s", p->cipher, p->key_size,
-		     p->key_desc, p->device, p->offset, n, opts) < 0)
+	             p->key_desc, p->device, p->offset, n, opts) < 0)
 		return -ENOMEM;
 	return 0;
 }
 
 int dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt_params *p,
-		    const struct secret *key)
+                    const struct secret *key)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;
 	_cleanup_free_ char *params = NULL;
@@ -164,7 +164,7 @@ int dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt
 		return log_error_errno(EEXIST, "A mapping named %s already exists.", name);
 	if (r < 0)
 		return log_error_errno(r, "The kernel refused the dm-crypt table for %s: %s", name,
-				       dmbyok_strerror(r));
+		                       dmbyok_strerror(r));
 	return 0;
 }
 
@@ -180,8 +180,8 @@ int dm_crypt_remove(const char *name)
 		return -EINVAL;
 	r = run_with_udev(dmt, true);
 	if (r == -EBUSY)
-		return log_error_errno(EBUSY, "%s is in use (mounted or held open): unmount it first.",
-				       name);
+		return log_error_errno(
+		    EBUSY, "%s is in use (mounted or held open): unmount it first.", name);
 	if (r < 0)
 		return log_error_errno(r, "Cannot remove mapping %s: %s", name, dmbyok_strerror(r));
 	return 0;
@@ -194,7 +194,7 @@ void dm_crypt_info_done(struct dm_crypt_info *info)
 	free(info->cipher);
 	free(info->key_ref);
 	free(info->device);
-	*info = (struct dm_crypt_info){0};
+	*info = (struct dm_crypt_info){ 0 };
 }
 
 static int parse_crypt_params(const char *params, struct dm_crypt_info *info)
@@ -206,7 +206,7 @@ static int parse_crypt_params(const char *params, struct dm_crypt_info *info)
 	const char *p;
 
 	if (sscanf(params, "%127s %255s %llu %63s %llu%n", cipher, key, &iv_offset, dev, &offset,
-		   &consumed) != 5)
+	           &consumed) != 5)
 		return -EINVAL;
 	info->cipher = strdup(cipher);
 	/* Only a keyring reference is kept: a hex key (from --showkeys) is never copied. */
@@ -240,7 +240,7 @@ static int parse_crypt_params(const char *params, struct dm_crypt_info *info)
 int dm_crypt_get_info(const char *name, struct dm_crypt_info *ret)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;
-	struct dm_crypt_info info = {0};
+	struct dm_crypt_info info = { 0 };
 	struct dm_info di;
 	uint64_t start, length;
 	char *type = NULL, *params = NULL;
@@ -312,7 +312,7 @@ int dm_crypt_list(char ***ret_names)
 	ENSURE_ALLOC(l);
 	if (names && names->dev) {
 		do {
-			struct dm_crypt_info info = {0};
+			struct dm_crypt_info info = { 0 };
 			char **nl;
 
 			names = (struct dm_names *)((char *)names + next);
@@ -361,10 +361,10 @@ int dm_crypt_lock(const char *name)
 
 		if (q < 0)
 			log_error("Could not resume %s after the failed key wipe: %s. Run "
-				  "`dmsetup resume %s`.",
-				  name, dmbyok_strerror(q), name);
+			          "`dmsetup resume %s`.",
+			          name, dmbyok_strerror(q), name);
 		return log_error_errno(r, "dm-crypt refused to wipe the key of %s: %s", name,
-				       dmbyok_strerror(r));
+		                       dmbyok_strerror(r));
 	}
 	return 0;
 }
@@ -383,7 +383,7 @@ int dm_crypt_unlock(const char *name, const char *key_desc, const struct secret 
 	keyring_destroy_key(serial);
 	if (r < 0)
 		return log_error_errno(r, "dm-crypt refused the key for %s: %s", name,
-				       dmbyok_strerror(r));
+		                       dmbyok_strerror(r));
 	r = simple_task(DM_DEVICE_RESUME, name, NULL, true);
 	if (r < 0)
 		return log_error_errno(r, "Cannot resume %s: %s", name, dmbyok_strerror(r));

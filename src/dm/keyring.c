@@ -16,7 +16,8 @@ int keyring_add_logon_key(const char *description, const struct secret *key, int
 	if (serial < 0) {
 		if (errno == ENOSYS || errno == EOPNOTSUPP)
 			return log_error_errno(ENOTSUP, "The kernel keyring is not available: %m");
-		return log_error_errno(errno, "Cannot add the volume key to the kernel keyring: %m");
+		return log_error_errno(errno,
+		                       "Cannot add the volume key to the kernel keyring: %m");
 	}
 	*ret_serial = serial;
 	return 0;

@@ -8,7 +8,7 @@
 #include "kms-provider.h"
 
 static const struct kms_provider_ops *const providers[] = {
-    &aws_kms_provider_ops,
+	&aws_kms_provider_ops,
 };
 
 static const struct kms_provider_ops *provider_find(const char *name)

@@ -18,26 +18,28 @@ static int log_kms_failure(struct kms_client *c, int r, const char *what)
 
 	switch (dmbyok_error_class(r)) {
 	case DMBYOK_ERR_KEY_REVOKED:
-		return log_error_errno(r,
-				       "Cannot %s: the customer's KMS key is unusable (%s). The key "
-				       "owner must re-enable it or restore this host's access.",
-				       what, *detail ? detail : dmbyok_strerror(r));
+		return log_error_errno(
+		    r,
+		    "Cannot %s: the customer's KMS key is unusable (%s). The key "
+		    "owner must re-enable it or restore this host's access.",
+		    what, *detail ? detail : dmbyok_strerror(r));
 	case DMBYOK_ERR_KMS_TRANSIENT:
-		return log_error_errno(r, "Cannot %s: the KMS is unreachable or failing (%s). Retry "
-					  "later; nothing was changed.",
-				       what, *detail ? detail : dmbyok_strerror(r));
+		return log_error_errno(r,
+		                       "Cannot %s: the KMS is unreachable or failing (%s). Retry "
+		                       "later; nothing was changed.",
+		                       what, *detail ? detail : dmbyok_strerror(r));
 	case DMBYOK_ERR_CREDENTIALS:
 		return log_error_errno(r, "Cannot %s: %s (%s). Check this host's AWS credentials.",
-				       what, dmbyok_strerror(r), *detail ? detail : "no detail");
+		                       what, dmbyok_strerror(r), *detail ? detail : "no detail");
 	case DMBYOK_ERR_WRONG_TOKEN:
 		return log_error_errno(r,
-				       "Cannot %s: the KMS rejects the wrapped key under this "
-				       "volume's encryption context (%s): the token was altered or "
-				       "copied from another volume.",
-				       what, *detail ? detail : dmbyok_strerror(r));
+		                       "Cannot %s: the KMS rejects the wrapped key under this "
+		                       "volume's encryption context (%s): the token was altered or "
+		                       "copied from another volume.",
+		                       what, *detail ? detail : dmbyok_strerror(r));
 	default:
 		return log_error_errno(r, "Cannot %s: %s%s%s", what, dmbyok_strerror(r),
-				       *detail ? ": " : "", detail);
+		                       *detail ? ": " : "", detail);
 	}
 }
 
@@ -134,14 +136,13 @@ static void warn_if_not_accelerated(void)
 		log_debug("The kernel lists no xts(aes) implementation yet; it will load one.");
 	else if (!fast)
 		log_warning("The kernel's xts(aes) is %s, a software implementation: expect slow "
-			    "I/O (load aesni_intel or use a CPU with AES instructions).",
-			    driver);
+		            "I/O (load aesni_intel or use a CPU with AES instructions).",
+		            driver);
 	else
 		log_debug("xts(aes) is implemented by %s.", driver);
 }
 
-int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
-		  char **ret_uuid)
+int dmbyok_format(const struct format_options *o, const struct kms_options *kms, char **ret_uuid)
 {
 	_cleanup_kms_client_ struct kms_client *c = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
@@ -153,9 +154,10 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	ENSURE(o->device && o->key_id && *o->key_id, EINVAL);
 	GUARD(volume_check_blank(o->device, o->force));
 	if (o->header && access(o->header, F_OK) == 0 && !o->force)
-		return log_error_errno(ENOTEMPTY, "Header file %s exists. Nothing was written; to "
-					       "overwrite it, run again with --force.",
-				       o->header);
+		return log_error_errno(ENOTEMPTY,
+		                       "Header file %s exists. Nothing was written; to "
+		                       "overwrite it, run again with --force.",
+		                       o->header);
 
 	t = calloc(1, sizeof(*t));
 	ENSURE_ALLOC(t);
@@ -166,7 +168,7 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	GUARD(kms_connect(kms, region, &c));
 	log_info("Generating a 512-bit data key under %s...", o->key_id);
 	r = kms_generate_data_key(c, o->key_id, t->context, DMBYOK_DEK_BYTES, &dek, &t->ciphertext,
-				  &t->key_arn);
+	                          &t->key_arn);
 	if (r < 0)
 		return log_kms_failure(c, r, "generate the data key");
 
@@ -180,17 +182,17 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	GUARD(dmbyok_timestamp_now(&t->created));
 
 	log_info("Writing the LUKS2 header (aes-xts-plain64, 512-bit key) to %s...",
-		 o->header ? o->header : o->device);
+	         o->header ? o->header : o->device);
 	GUARD(volume_format(&(struct volume_format_params){
-		.device = o->device,
-		.header = o->header,
-		.uuid = uuid,
-		.dek = dek,
-		.token = t,
-		.activation_flags = o->perf_flags,
+	    .device = o->device,
+	    .header = o->header,
+	    .uuid = uuid,
+	    .dek = dek,
+	    .token = t,
+	    .activation_flags = o->perf_flags,
 	}));
 	log_info("Formatted %s as dmbyok volume %s, data key wrapped by %s.", o->device, uuid,
-		 t->key_arn);
+	         t->key_arn);
 	if (ret_uuid) {
 		*ret_uuid = strdup(uuid);
 		ENSURE_ALLOC(*ret_uuid);
@@ -199,31 +201,31 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 }
 
 int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
-		    const struct secret *dek)
+                    const struct secret *dek)
 {
 	_cleanup_free_ char *dm_uuid = NULL, *key_desc = NULL;
 
 	GUARD(dm_luks2_uuid(v->uuid, name, &dm_uuid));
 	GUARD(key_description(v->uuid, &key_desc));
 	return dm_crypt_create(name, dm_uuid,
-			       &(struct dm_crypt_params){
-				       .cipher = DM_CIPHER,
-				       .key_desc = key_desc,
-				       .key_size = dek->size,
-				       .device = v->device,
-				       .offset = v->data_offset,
-				       .length = v->data_sectors,
-				       .sector_size = v->sector_size,
-				       .flags = flags,
-			       },
-			       dek);
+	                       &(struct dm_crypt_params){
+	                           .cipher = DM_CIPHER,
+	                           .key_desc = key_desc,
+	                           .key_size = dek->size,
+	                           .device = v->device,
+	                           .offset = v->data_offset,
+	                           .length = v->data_sectors,
+	                           .sector_size = v->sector_size,
+	                           .flags = flags,
+	                       },
+	                       dek);
 }
 
 int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 {
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
-	struct dm_crypt_info existing = {0};
+	struct dm_crypt_info existing = { 0 };
 	struct registry_entry entry;
 	int r;
 
@@ -250,8 +252,8 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 	r = registry_save(&entry);
 	if (r < 0)
 		log_warning("Could not record %s under %s (%s): `unlock` will need --header for "
-			    "a detached header.",
-			    o->name, dmbyok_runtime_dir(), dmbyok_strerror(r));
+		            "a detached header.",
+		            o->name, dmbyok_runtime_dir(), dmbyok_strerror(r));
 	log_info("Opened %s as /dev/mapper/%s.", o->device, o->name);
 	return 0;
 }
@@ -264,13 +266,13 @@ void mapping_status_done(struct mapping_status *s)
 	free(s->volume_uuid);
 	free(s->key_id);
 	free(s->key_arn);
-	*s = (struct mapping_status){0};
+	*s = (struct mapping_status){ 0 };
 }
 
 int dmbyok_status(const char *name, struct mapping_status *ret)
 {
-	struct mapping_status s = {0};
-	struct registry_entry e = {0};
+	struct mapping_status s = { 0 };
+	struct registry_entry e = { 0 };
 	int r;
 
 	r = dm_crypt_get_info(name, &s.dm);
@@ -293,7 +295,7 @@ int dmbyok_status(const char *name, struct mapping_status *ret)
 	} else if (strstr(s.dm.key_ref, ":logon:" KEY_DESC_PREFIX)) {
 		s.device = strdup(s.dm.device);
 		s.volume_uuid = strdup(strstr(s.dm.key_ref, ":logon:" KEY_DESC_PREFIX) +
-				       strlen(":logon:" KEY_DESC_PREFIX));
+		                       strlen(":logon:" KEY_DESC_PREFIX));
 	} else {
 		/* A LUKS2 mapping dmbyok did not open (plain cryptsetup). */
 		mapping_status_done(&s);
@@ -350,7 +352,7 @@ static int require_mapping(const char *name, struct mapping_status *ret)
 
 int dmbyok_close(const char *name)
 {
-	struct mapping_status s = {0};
+	struct mapping_status s = { 0 };
 	int r;
 
 	GUARD(dm_check_kernel_support());
@@ -366,7 +368,7 @@ int dmbyok_close(const char *name)
 
 int dmbyok_lock(const char *name)
 {
-	struct mapping_status s = {0};
+	struct mapping_status s = { 0 };
 	bool locked;
 
 	GUARD(dm_check_kernel_support());
@@ -384,7 +386,7 @@ int dmbyok_lock(const char *name)
 
 int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms)
 {
-	struct mapping_status s = {0};
+	struct mapping_status s = { 0 };
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
 	_cleanup_free_ char *dm_uuid = NULL, *key_desc = NULL;
@@ -393,11 +395,12 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 	GUARD(dm_check_kernel_support());
 	GUARD(require_mapping(name, &s));
 	if (!s.locked) {
-		r = s.dm.suspended ? log_error_errno(EBUSY, "%s is suspended but still keyed: it was "
-							    "not locked by dmbyok; resume it with "
-							    "dmsetup resume.",
-						     name)
-				   : 0;
+		r = s.dm.suspended ? log_error_errno(EBUSY,
+		                                     "%s is suspended but still keyed: it was "
+		                                     "not locked by dmbyok; resume it with "
+		                                     "dmsetup resume.",
+		                                     name)
+		                   : 0;
 		if (r == 0)
 			log_info("%s is not locked.", name);
 		mapping_status_done(&s);
@@ -412,9 +415,10 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 	if (r < 0)
 		goto out;
 	if (strcmp(dm_uuid, s.dm.dm_uuid) != 0) {
-		r = log_error_errno(EBADMSG, "The header of %s (volume %s) is not the one %s was "
-					     "opened with.",
-				    v->device, v->uuid, name);
+		r = log_error_errno(EBADMSG,
+		                    "The header of %s (volume %s) is not the one %s was "
+		                    "opened with.",
+		                    v->device, v->uuid, name);
 		goto out;
 	}
 	r = unwrap_dek(v, kms, &dek);
@@ -432,7 +436,7 @@ out:
 }
 
 int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id,
-		  const struct kms_options *kms)
+                  const struct kms_options *kms)
 {
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_kms_client_ struct kms_client *c = NULL;
@@ -449,7 +453,7 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	GUARD(kms_connect(kms, dest_region ? dest_region : v->token->region, &c));
 
 	log_info("Re-wrapping the data key of %s from %s under %s...", device, v->token->key_arn,
-		 dest);
+	         dest);
 	r = kms_reencrypt(c, v->token->ciphertext, v->token->context, dest, &ciphertext, &arn);
 	if (r < 0)
 		return log_kms_failure(c, r, "re-wrap the data key");

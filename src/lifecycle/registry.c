@@ -33,7 +33,7 @@ void registry_entry_done(struct registry_entry *e)
 	free(e->volume_uuid);
 	free(e->key_id);
 	free(e->key_arn);
-	*e = (struct registry_entry){0};
+	*e = (struct registry_entry){ 0 };
 }
 
 static int mkdir_p(const char *dir)
@@ -102,7 +102,7 @@ static char *dup_member(json_object *o, const char *key)
 int registry_load(const char *name, struct registry_entry *ret)
 {
 	_cleanup_free_ char *path = NULL;
-	struct registry_entry e = {0};
+	struct registry_entry e = { 0 };
 	json_object *o;
 
 	GUARD(entry_path(name, &path));

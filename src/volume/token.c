@@ -40,7 +40,8 @@ static int get_string(json_object *o, const char *name, int required, char **ret
 		return 0;
 	}
 	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
-		return log_error_errno(EUCLEAN, "dmbyok token member \"%s\" is not a string.", name);
+		return log_error_errno(EUCLEAN, "dmbyok token member \"%s\" is not a string.",
+		                       name);
 	*ret = strdup(json_object_get_string(v));
 	ENSURE_ALLOC(*ret);
 	return 0;
@@ -69,26 +70,28 @@ int dmbyok_token_from_json(const char *json, struct dmbyok_token **ret)
 		goto out;
 	if (strcmp(type, DMBYOK_TOKEN_TYPE) != 0) {
 		r = log_error_errno(EUCLEAN, "Token type is \"%s\", not \"%s\".", type,
-				    DMBYOK_TOKEN_TYPE);
+		                    DMBYOK_TOKEN_TYPE);
 		goto out;
 	}
 
-	if (!json_object_object_get_ex(o, "version", &v) || !json_object_is_type(v, json_type_int)) {
+	if (!json_object_object_get_ex(o, "version", &v) ||
+	    !json_object_is_type(v, json_type_int)) {
 		r = log_error_errno(EUCLEAN, "dmbyok token lacks an integer \"version\".");
 		goto out;
 	}
 	t->version = json_object_get_int(v);
 	if (t->version != DMBYOK_TOKEN_VERSION) {
-		r = log_error_errno(EUCLEAN,
-				    "dmbyok token version %d is not supported (this build reads %d).",
-				    t->version, DMBYOK_TOKEN_VERSION);
+		r = log_error_errno(
+		    EUCLEAN, "dmbyok token version %d is not supported (this build reads %d).",
+		    t->version, DMBYOK_TOKEN_VERSION);
 		goto out;
 	}
 
-	if (!json_object_object_get_ex(o, "keyslots", &v) || !json_object_is_type(v, json_type_array) ||
-	    json_object_array_length(v) != 1 ||
+	if (!json_object_object_get_ex(o, "keyslots", &v) ||
+	    !json_object_is_type(v, json_type_array) || json_object_array_length(v) != 1 ||
 	    !json_object_is_type(slot = json_object_array_get_idx(v, 0), json_type_string)) {
-		r = log_error_errno(EUCLEAN, "dmbyok token must be assigned to exactly one keyslot.");
+		r = log_error_errno(EUCLEAN,
+		                    "dmbyok token must be assigned to exactly one keyslot.");
 		goto out;
 	}
 	t->keyslot = atoi(json_object_get_string(slot));
@@ -104,17 +107,18 @@ int dmbyok_token_from_json(const char *json, struct dmbyok_token **ret)
 		goto out;
 
 	if (strcmp(t->kms, "aws") != 0) {
-		r = log_error_errno(EUCLEAN, "dmbyok token names KMS \"%s\"; this build knows \"aws\".",
-				    t->kms);
+		r = log_error_errno(
+		    EUCLEAN, "dmbyok token names KMS \"%s\"; this build knows \"aws\".", t->kms);
 		goto out;
 	}
 
-	if (!json_object_object_get_ex(o, "context", &v) || !json_object_is_type(v, json_type_object)) {
-		r = log_error_errno(EUCLEAN, "dmbyok token lacks its encryption \"context\" object.");
+	if (!json_object_object_get_ex(o, "context", &v) ||
+	    !json_object_is_type(v, json_type_object)) {
+		r = log_error_errno(EUCLEAN,
+		                    "dmbyok token lacks its encryption \"context\" object.");
 		goto out;
 	}
-	json_object_object_foreach(v, key, val)
-	{
+	json_object_object_foreach (v, key, val) {
 		(void)key;
 		if (!json_object_is_type(val, json_type_string)) {
 			r = log_error_errno(EUCLEAN, "Encryption context values must be strings.");
@@ -168,7 +172,7 @@ out:
 }
 
 int dmbyok_context_new(const char *volume_uuid, char *const *pairs, size_t n_pairs,
-		       json_object **ret)
+                       json_object **ret)
 {
 	json_object *o = json_object_new_object();
 
@@ -181,8 +185,8 @@ int dmbyok_context_new(const char *volume_uuid, char *const *pairs, size_t n_pai
 
 		if (!eq || eq == pairs[i]) {
 			json_object_put(o);
-			return log_error_errno(EINVAL, "Context \"%s\" is not of the form key=value.",
-					       pairs[i]);
+			return log_error_errno(
+			    EINVAL, "Context \"%s\" is not of the form key=value.", pairs[i]);
 		}
 		key = strndup(pairs[i], (size_t)(eq - pairs[i]));
 		if (!key) {
@@ -190,11 +194,11 @@ int dmbyok_context_new(const char *volume_uuid, char *const *pairs, size_t n_pai
 			return -ENOMEM;
 		}
 		if (!strncmp(key, DMBYOK_CONTEXT_RESERVED_PREFIX,
-			     strlen(DMBYOK_CONTEXT_RESERVED_PREFIX)) ||
+		             strlen(DMBYOK_CONTEXT_RESERVED_PREFIX)) ||
 		    json_object_object_get_ex(o, key, NULL)) {
 			json_object_put(o);
-			return log_error_errno(EINVAL, "Context key \"%s\" is reserved or repeated.",
-					       key);
+			return log_error_errno(EINVAL,
+			                       "Context key \"%s\" is reserved or repeated.", key);
 		}
 		json_object_object_add(o, key, json_object_new_string(eq + 1));
 	}
@@ -208,11 +212,12 @@ int dmbyok_token_check_volume(const struct dmbyok_token *t, const char *volume_u
 
 	if (!json_object_object_get_ex(t->context, DMBYOK_CONTEXT_VOLUME, &v) ||
 	    strcmp(json_object_get_string(v), volume_uuid) != 0)
-		return log_error_errno(EBADMSG,
-				       "The dmbyok token names volume %s, but this header is %s: the "
-				       "token was copied from another volume. Restore this volume's "
-				       "own header backup.",
-				       v ? json_object_get_string(v) : "(none)", volume_uuid);
+		return log_error_errno(
+		    EBADMSG,
+		    "The dmbyok token names volume %s, but this header is %s: the "
+		    "token was copied from another volume. Restore this volume's "
+		    "own header backup.",
+		    v ? json_object_get_string(v) : "(none)", volume_uuid);
 	return 0;
 }
 
@@ -254,15 +259,16 @@ out:
 }
 
 int dmbyok_token_verify_dek(const struct dmbyok_token *t, const struct secret *dek,
-			    const char *volume_uuid)
+                            const char *volume_uuid)
 {
 	_cleanup_free_ char *kcv = NULL;
 
 	ENSURE(dek->size == DMBYOK_DEK_BYTES, EBADMSG);
 	GUARD(dmbyok_key_check_value(dek, volume_uuid, &kcv));
 	if (strlen(kcv) != strlen(t->key_check) || !secret_equal(kcv, t->key_check, strlen(kcv)))
-		return log_error_errno(EBADMSG, "The unwrapped data key does not match the token's "
-						"key check value: the token or header was altered.");
+		return log_error_errno(EBADMSG,
+		                       "The unwrapped data key does not match the token's "
+		                       "key check value: the token or header was altered.");
 	return 0;
 }
 

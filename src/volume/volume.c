@@ -22,8 +22,8 @@ static void crypt_log_cb(int level, const char *msg, void *usrptr)
 
 	(void)usrptr;
 	/* libcryptsetup's own wording goes to debug: our callers say what failed and why. */
-	if (level == CRYPT_LOG_DEBUG || level == CRYPT_LOG_DEBUG_JSON || level == CRYPT_LOG_NORMAL ||
-	    level == CRYPT_LOG_VERBOSE || level == CRYPT_LOG_ERROR)
+	if (level == CRYPT_LOG_DEBUG || level == CRYPT_LOG_DEBUG_JSON ||
+	    level == CRYPT_LOG_NORMAL || level == CRYPT_LOG_VERBOSE || level == CRYPT_LOG_ERROR)
 		log_debug("libcryptsetup: %.*s", (int)(n && msg[n - 1] == '\n' ? n - 1 : n), msg);
 }
 
@@ -81,8 +81,8 @@ out:
 /* Does the device start with a LUKS magic (primary or any secondary header offset)? */
 static bool has_luks_magic(const char *path)
 {
-	static const uint64_t offsets[] = {0,        0x4000,   0x8000,   0x10000,  0x20000,
-					   0x40000,  0x80000,  0x100000, 0x200000, 0x400000};
+	static const uint64_t offsets[] = { 0,       0x4000,  0x8000,   0x10000,  0x20000,
+		                            0x40000, 0x80000, 0x100000, 0x200000, 0x400000 };
 	uint8_t buf[6];
 	bool found = false;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -109,14 +109,15 @@ static int find_token(struct volume *v)
 		r = crypt_token_json_get(v->cd, i, &json);
 		if (r < 0)
 			return log_error_errno(EUCLEAN, "Cannot read dmbyok token %d of %s.", i,
-					       v->device);
+			                       v->device);
 		v->token_id = i;
 		return dmbyok_token_from_json(json, &v->token);
 	}
-	return log_error_errno(ENODATA,
-			       "%s is a LUKS2 volume without a dmbyok token (made by plain "
-			       "cryptsetup?): dmbyok cannot unwrap its key. Open it with cryptsetup.",
-			       v->device);
+	return log_error_errno(
+	    ENODATA,
+	    "%s is a LUKS2 volume without a dmbyok token (made by plain "
+	    "cryptsetup?): dmbyok cannot unwrap its key. Open it with cryptsetup.",
+	    v->device);
 }
 
 int volume_load(const char *device, const char *header, struct volume **ret)
@@ -146,19 +147,21 @@ int volume_load(const char *device, const char *header, struct volume **ret)
 	r = crypt_load(v->cd, CRYPT_LUKS2, NULL);
 	if (r < 0) {
 		if (has_luks_magic(hdr))
-			return log_error_errno(EUCLEAN,
-					       "The LUKS2 header on %s is corrupt or truncated. Restore "
-					       "it from a backup (cryptsetup luksHeaderRestore).",
-					       hdr);
+			return log_error_errno(
+			    EUCLEAN,
+			    "The LUKS2 header on %s is corrupt or truncated. Restore "
+			    "it from a backup (cryptsetup luksHeaderRestore).",
+			    hdr);
 		return log_error_errno(ENODATA, "%s is not a LUKS2 volume.", hdr);
 	}
 	if (strcmp(crypt_get_cipher(v->cd), DMBYOK_CIPHER) != 0 ||
 	    strcmp(crypt_get_cipher_mode(v->cd), DMBYOK_CIPHER_MODE) != 0 ||
 	    crypt_get_volume_key_size(v->cd) != DMBYOK_DEK_BYTES)
-		return log_error_errno(EUCLEAN, "%s uses %s-%s with a %d-byte key; dmbyok volumes use "
-						"aes-xts-plain64 with a 64-byte key.",
-				       hdr, crypt_get_cipher(v->cd), crypt_get_cipher_mode(v->cd),
-				       crypt_get_volume_key_size(v->cd));
+		return log_error_errno(EUCLEAN,
+		                       "%s uses %s-%s with a %d-byte key; dmbyok volumes use "
+		                       "aes-xts-plain64 with a 64-byte key.",
+		                       hdr, crypt_get_cipher(v->cd), crypt_get_cipher_mode(v->cd),
+		                       crypt_get_volume_key_size(v->cd));
 
 	GUARD(find_token(v));
 	v->uuid = crypt_get_uuid(v->cd);
@@ -168,7 +171,8 @@ int volume_load(const char *device, const char *header, struct volume **ret)
 
 	GUARD(device_size(device, &size, NULL));
 	if (size / 512 <= v->data_offset)
-		return log_error_errno(EUCLEAN, "%s is smaller than its header's data offset.", device);
+		return log_error_errno(EUCLEAN, "%s is smaller than its header's data offset.",
+		                       device);
 	v->data_sectors = size / 512 - v->data_offset;
 	/* The mapping must end on an encryption sector boundary. */
 	v->data_sectors -= v->data_sectors % (v->sector_size / 512);
@@ -187,8 +191,8 @@ int volume_check_blank(const char *device, bool force)
 	fd = open(device, O_RDONLY | O_CLOEXEC | O_EXCL);
 	if (fd < 0) {
 		if (errno == EBUSY)
-			return log_error_errno(EBUSY, "%s is in use (mounted, mapped or held open).",
-					       device);
+			return log_error_errno(
+			    EBUSY, "%s is in use (mounted, mapped or held open).", device);
 		return log_error_errno(errno, "Cannot open %s: %m", device);
 	}
 	if (fstat(fd, &st) < 0 || !S_ISBLK(st.st_mode)) {
@@ -219,14 +223,15 @@ int volume_check_blank(const char *device, bool force)
 			type = "unknown";
 		(void)blkid_probe_lookup_value(pr, "USAGE", &usage, NULL);
 		r = log_error_errno(ENOTEMPTY,
-				    "%s already holds a %s signature (%s). Nothing was written; to "
-				    "destroy it, run again with --force.",
-				    device, type, usage ? usage : "partition table");
+		                    "%s already holds a %s signature (%s). Nothing was written; to "
+		                    "destroy it, run again with --force.",
+		                    device, type, usage ? usage : "partition table");
 	} else {
-		r = log_error_errno(ENOTEMPTY,
-				    "%s holds ambiguous signatures. Nothing was written; to destroy "
-				    "them, run again with --force.",
-				    device);
+		r = log_error_errno(
+		    ENOTEMPTY,
+		    "%s holds ambiguous signatures. Nothing was written; to destroy "
+		    "them, run again with --force.",
+		    device);
 	}
 out:
 	blkid_free_probe(pr);
@@ -242,10 +247,9 @@ int volume_new_uuid(char ret[static 37])
 		return -EIO;
 	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
 	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
-	snprintf(ret, 37,
-		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-		 b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-		 b[15]);
+	snprintf(ret, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+	         b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+	         b[13], b[14], b[15]);
 	return 0;
 }
 
@@ -300,8 +304,8 @@ static void restore_area(const struct area_backup *b)
 	fd = open(b->path, O_WRONLY | O_CLOEXEC);
 	if (fd < 0 || pwrite(fd, b->data, b->size, 0) != (ssize_t)b->size || fsync(fd) < 0)
 		log_error("Could not restore the first %zu bytes of %s after the failure: %m. The "
-			  "device may hold a partial dmbyok header.",
-			  b->size, b->path);
+		          "device may hold a partial dmbyok header.",
+		          b->size, b->path);
 	else
 		log_info("Restored %s to its previous contents.", b->path);
 	if (fd >= 0)
@@ -330,7 +334,7 @@ static uint32_t choose_sector_size(const char *device, uint64_t data_offset_byte
 int volume_format(const struct volume_format_params *p)
 {
 	struct crypt_device *cd = NULL;
-	struct area_backup backup = {0};
+	struct area_backup backup = { 0 };
 	const char *hdr = p->header ? p->header : p->device;
 	struct crypt_pbkdf_type pbkdf = {
 		/* The passphrase is 512 random bits: key stretching would add cost, not safety. */
@@ -367,7 +371,7 @@ int volume_format(const struct volume_format_params *p)
 	}
 
 	r = p->header ? crypt_init_data_device(&cd, p->header, p->device)
-		      : crypt_init(&cd, p->device);
+	              : crypt_init(&cd, p->device);
 	if (r < 0) {
 		r = log_error_errno(r, "Cannot open %s: %s", hdr, dmbyok_strerror(r));
 		goto out;
@@ -376,7 +380,7 @@ int volume_format(const struct volume_format_params *p)
 	params.sector_size = choose_sector_size(p->device, p->header ? 0 : HEADER_AREA_BYTES);
 	written = true;
 	r = crypt_format(cd, CRYPT_LUKS2, DMBYOK_CIPHER, DMBYOK_CIPHER_MODE, p->uuid,
-			 (const char *)p->dek->data, p->dek->size, &params);
+	                 (const char *)p->dek->data, p->dek->size, &params);
 	if (r < 0)
 		goto fail;
 
@@ -387,9 +391,9 @@ int volume_format(const struct volume_format_params *p)
 	r = crypt_set_pbkdf_type(cd, &pbkdf);
 	if (r < 0)
 		goto fail;
-	slot = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, (const char *)p->dek->data,
-					       p->dek->size, (const char *)p->dek->data,
-					       p->dek->size);
+	slot =
+	    crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, (const char *)p->dek->data,
+	                                    p->dek->size, (const char *)p->dek->data, p->dek->size);
 	if (slot < 0) {
 		r = slot;
 		goto fail;
@@ -431,6 +435,6 @@ int volume_update_token(struct volume *v, const struct dmbyok_token *t)
 	r = crypt_token_json_set(v->cd, v->token_id, json);
 	if (r < 0)
 		return log_error_errno(r, "Cannot update the dmbyok token on %s: %s",
-				       v->header ? v->header : v->device, dmbyok_strerror(r));
+		                       v->header ? v->header : v->device, dmbyok_strerror(r));
 	return 0;
 }

@@ -85,11 +85,13 @@ static void test_error_code(void **state)
 	static const struct {
 		const char *type, *code;
 	} cases[] = {
-	    {"NotFoundException", "NotFoundException"},
-	    {"com.amazon.coral.service#UnknownOperationException", "UnknownOperationException"},
-	    {"aws.protocoltests.restjson#FooError:http://internal.amazon.com/coral/", "FooError"},
-	    {"FooError:http://internal.amazon.com/", "FooError"},
-	    {"", ""},
+		{ "NotFoundException", "NotFoundException" },
+		{ "com.amazon.coral.service#UnknownOperationException",
+		  "UnknownOperationException" },
+		{ "aws.protocoltests.restjson#FooError:http://internal.amazon.com/coral/",
+		  "FooError" },
+		{ "FooError:http://internal.amazon.com/", "FooError" },
+		{ "", "" },
 	};
 
 	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
@@ -108,28 +110,28 @@ static void test_error_mapping(void **state)
 		long status;
 		int r;
 	} cases[] = {
-	    {"DisabledException", 409, -EKEYREVOKED},
-	    {"KMSInvalidStateException", 409, -EKEYREVOKED},
-	    {"NotFoundException", 404, -EKEYREVOKED},
-	    {"AccessDeniedException", 400, -EKEYREVOKED},
-	    {"IncorrectKeyException", 400, -EKEYREVOKED},
-	    {"InvalidCiphertextException", 400, -EBADMSG},
-	    {"DependencyTimeoutException", 503, -EREMOTEIO},
-	    {"KMSInternalException", 500, -EREMOTEIO},
-	    {"KeyUnavailableException", 500, -EREMOTEIO},
-	    {"ThrottlingException", 400, -EAGAIN},
-	    {"ExpiredTokenException", 400, -EKEYEXPIRED},
-	    {"UnrecognizedClientException", 400, -EKEYREJECTED},
-	    {"InvalidSignatureException", 400, -EKEYREJECTED},
-	    {"IncompleteSignatureException", 400, -EKEYREJECTED},
-	    {"ValidationException", 400, -EINVAL},
-	    {"InvalidKeyUsageException", 400, -EINVAL},
-	    {"UnknownOperationException", 400, -EINVAL},
-	    {NULL, 500, -EREMOTEIO},
-	    {NULL, 503, -EREMOTEIO},
-	    {NULL, 429, -EAGAIN},
-	    {NULL, 403, -EPROTO},
-	    {"", 200, -EPROTO},
+		{ "DisabledException", 409, -EKEYREVOKED },
+		{ "KMSInvalidStateException", 409, -EKEYREVOKED },
+		{ "NotFoundException", 404, -EKEYREVOKED },
+		{ "AccessDeniedException", 400, -EKEYREVOKED },
+		{ "IncorrectKeyException", 400, -EKEYREVOKED },
+		{ "InvalidCiphertextException", 400, -EBADMSG },
+		{ "DependencyTimeoutException", 503, -EREMOTEIO },
+		{ "KMSInternalException", 500, -EREMOTEIO },
+		{ "KeyUnavailableException", 500, -EREMOTEIO },
+		{ "ThrottlingException", 400, -EAGAIN },
+		{ "ExpiredTokenException", 400, -EKEYEXPIRED },
+		{ "UnrecognizedClientException", 400, -EKEYREJECTED },
+		{ "InvalidSignatureException", 400, -EKEYREJECTED },
+		{ "IncompleteSignatureException", 400, -EKEYREJECTED },
+		{ "ValidationException", 400, -EINVAL },
+		{ "InvalidKeyUsageException", 400, -EINVAL },
+		{ "UnknownOperationException", 400, -EINVAL },
+		{ NULL, 500, -EREMOTEIO },
+		{ NULL, 503, -EREMOTEIO },
+		{ NULL, 429, -EAGAIN },
+		{ NULL, 403, -EPROTO },
+		{ "", 200, -EPROTO },
 	};
 
 	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
@@ -390,13 +392,13 @@ static void test_json_take_string(void **state)
 	secret_free(b);
 
 	static const char *const bad[] = {
-	    "not json",
-	    "{\"Plaintext\":1}",
-	    "{\"Plaintext\":\"a\\nb\"}",
-	    "{\"Plaintext\":\"a\",\"Plaintext\":\"b\"}",
-	    "{\"Plaintext\":\"abc",
-	    "[1]",
-	    "{\"x\":\"y\" \"Plaintext\":\"a\"}",
+		"not json",
+		"{\"Plaintext\":1}",
+		"{\"Plaintext\":\"a\\nb\"}",
+		"{\"Plaintext\":\"a\",\"Plaintext\":\"b\"}",
+		"{\"Plaintext\":\"abc",
+		"[1]",
+		"{\"x\":\"y\" \"Plaintext\":\"a\"}",
 	};
 	for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
 		b = body(bad[i]);
@@ -420,12 +422,12 @@ static void test_client_options(void **state)
 	assert_string_equal(kms_last_error(c), "");
 	kms_client_free(c);
 	assert_int_equal(
-	    kms_client_new(&(struct kms_options){.region = "eu-north-1", .provider = "aws"}, &c),
+	    kms_client_new(&(struct kms_options){ .region = "eu-north-1", .provider = "aws" }, &c),
 	    0);
 	assert_string_equal(kms_client_region(c), "eu-north-1");
 	kms_client_free(c);
 	kms_client_free(NULL);
-	assert_int_equal(kms_client_new(&(struct kms_options){.provider = "nope"}, &c), -EINVAL);
+	assert_int_equal(kms_client_new(&(struct kms_options){ .provider = "nope" }, &c), -EINVAL);
 	assert_string_equal(kms_last_error(NULL), "");
 }
 
@@ -447,18 +449,18 @@ static int teardown(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_ini),
-	    cmocka_unit_test(test_ini_bad),
-	    cmocka_unit_test(test_error_code),
-	    cmocka_unit_test(test_error_mapping),
-	    cmocka_unit_test(test_retry_policy),
-	    cmocka_unit_test(test_arn_region),
-	    cmocka_unit_test(test_region),
-	    cmocka_unit_test(test_endpoint),
-	    cmocka_unit_test(test_config_paths),
-	    cmocka_unit_test(test_iso8601),
-	    cmocka_unit_test(test_json_take_string),
-	    cmocka_unit_test(test_client_options),
+		cmocka_unit_test(test_ini),
+		cmocka_unit_test(test_ini_bad),
+		cmocka_unit_test(test_error_code),
+		cmocka_unit_test(test_error_mapping),
+		cmocka_unit_test(test_retry_policy),
+		cmocka_unit_test(test_arn_region),
+		cmocka_unit_test(test_region),
+		cmocka_unit_test(test_endpoint),
+		cmocka_unit_test(test_config_paths),
+		cmocka_unit_test(test_iso8601),
+		cmocka_unit_test(test_json_take_string),
+		cmocka_unit_test(test_client_options),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

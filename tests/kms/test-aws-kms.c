@@ -47,18 +47,18 @@ static const char *need_env(const char *name)
 static void env_reset(void)
 {
 	static const char *const vars[] = {
-	    "AWS_ACCESS_KEY_ID",
-	    "AWS_SECRET_ACCESS_KEY",
-	    "AWS_SESSION_TOKEN",
-	    "AWS_PROFILE",
-	    "AWS_DEFAULT_PROFILE",
-	    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-	    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-	    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-	    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-	    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-	    "AWS_ENDPOINT_URL",
-	    "AWS_DEFAULT_REGION",
+		"AWS_ACCESS_KEY_ID",
+		"AWS_SECRET_ACCESS_KEY",
+		"AWS_SESSION_TOKEN",
+		"AWS_PROFILE",
+		"AWS_DEFAULT_PROFILE",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI",
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+		"AWS_CONTAINER_AUTHORIZATION_TOKEN",
+		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+		"AWS_EC2_METADATA_SERVICE_ENDPOINT",
+		"AWS_ENDPOINT_URL",
+		"AWS_DEFAULT_REGION",
 	};
 	char path[512];
 
@@ -513,17 +513,17 @@ static void test_creds_profiles(void **state)
 	/* an explicit profile beats environment keys; a bad one fails */
 	setenv("AWS_PROFILE", "default", 1);
 	env_creds("AKIDNOBODY0000000000", "whatever", NULL);
-	expect_works(&(struct kms_options){.profile = "cfg"});
+	expect_works(&(struct kms_options){ .profile = "cfg" });
 	{
 		_cleanup_kms_client_ struct kms_client *c =
-		    client_with(&(struct kms_options){.profile = "other"});
+		    client_with(&(struct kms_options){ .profile = "other" });
 		struct kms_key_info info = {};
 
 		assert_int_equal(kms_describe_key(c, key_a, &info), -EKEYREJECTED);
 	}
 	{
 		_cleanup_kms_client_ struct kms_client *c =
-		    client_with(&(struct kms_options){.profile = "missing"});
+		    client_with(&(struct kms_options){ .profile = "missing" });
 		struct kms_key_info info = {};
 
 		assert_int_equal(kms_describe_key(c, key_a, &info), -ENOKEY);
@@ -588,8 +588,9 @@ static void test_creds_imds(void **state)
 static void test_retry_recovers(void **state)
 {
 	static const char *const kinds[] = {
-	    "throttle",           "http500",         "http503", "internal",
-	    "dependency_timeout", "key_unavailable", "reset"};
+		"throttle",           "http500",         "http503", "internal",
+		"dependency_timeout", "key_unavailable", "reset"
+	};
 	_cleanup_kms_client_ struct kms_client *c = host_client();
 	_cleanup_secret_ struct secret *pt = NULL;
 	_cleanup_free_ char *blob = NULL;
@@ -615,13 +616,13 @@ static void test_retry_exhausted(void **state)
 		const char *kind;
 		int r;
 	} cases[] = {
-	    {"throttle", -EAGAIN},
-	    {"internal", -EREMOTEIO},
-	    {"dependency_timeout", -EREMOTEIO},
-	    {"key_unavailable", -EREMOTEIO},
-	    {"http500", -EREMOTEIO},
-	    {"http503", -EREMOTEIO},
-	    {"reset", -ECONNRESET},
+		{ "throttle", -EAGAIN },
+		{ "internal", -EREMOTEIO },
+		{ "dependency_timeout", -EREMOTEIO },
+		{ "key_unavailable", -EREMOTEIO },
+		{ "http500", -EREMOTEIO },
+		{ "http503", -EREMOTEIO },
+		{ "reset", -ECONNRESET },
 	};
 	_cleanup_kms_client_ struct kms_client *c = host_client();
 	_cleanup_secret_ struct secret *pt = NULL;
@@ -675,7 +676,7 @@ static void test_timeout(void **state)
 
 	env_reset();
 	env_creds(HOST_AKID, HOST_SECRET, NULL);
-	c = client_with(&(struct kms_options){.timeout_ms = 400, .max_attempts = 2});
+	c = client_with(&(struct kms_options){ .timeout_ms = 400, .max_attempts = 2 });
 	wrap(c, key_a, "vol-t", &pt, &blob);
 	snprintf(
 	    body, sizeof(body),
@@ -699,7 +700,7 @@ static void test_tls(void **state)
 	env_reset();
 	env_creds(HOST_AKID, HOST_SECRET, NULL);
 	/* a CA that did not sign the emulator's certificate */
-	c = client_with(&(struct kms_options){.ca_bundle = other_ca});
+	c = client_with(&(struct kms_options){ .ca_bundle = other_ca });
 	assert_int_equal(kms_describe_key(c, key_a, &info), -EINVAL);
 	assert_non_null(strstr(kms_last_error(c), "CA bundle"));
 	kms_client_free(c);
@@ -712,20 +713,22 @@ static void test_tls(void **state)
 
 	/* the explicit option beats the environment */
 	setenv("AWS_CA_BUNDLE", other_ca, 1);
-	expect_works(&(struct kms_options){.ca_bundle = ca});
+	expect_works(&(struct kms_options){ .ca_bundle = ca });
 
 	/* a bundle that cannot be read is refused up front */
 	assert_int_equal(
-	    kms_client_new(&(struct kms_options){.ca_bundle = "/nonexistent/ca.pem"}, &c), -ENOENT);
+	    kms_client_new(&(struct kms_options){ .ca_bundle = "/nonexistent/ca.pem" }, &c),
+	    -ENOENT);
 	/* plain http is for loopback only */
 	assert_int_equal(
-	    kms_client_new(&(struct kms_options){.endpoint = "http://kms.example.com"}, &c),
+	    kms_client_new(&(struct kms_options){ .endpoint = "http://kms.example.com" }, &c),
 	    -EINVAL);
 }
 
 static void test_emulator_down(void **state)
 {
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+		                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t len = sizeof(sa);
 	struct kms_key_info info = {};
 	struct timespec t0, t1;
@@ -743,7 +746,7 @@ static void test_emulator_down(void **state)
 	env_reset();
 	env_creds(HOST_AKID, HOST_SECRET, NULL);
 	_cleanup_kms_client_ struct kms_client *c =
-	    client_with(&(struct kms_options){.endpoint = url});
+	    client_with(&(struct kms_options){ .endpoint = url });
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	assert_int_equal(kms_describe_key(c, key_a, &info), -ECONNREFUSED);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -763,7 +766,7 @@ static void test_bad_arguments(void **state)
 	assert_int_equal(kms_generate_data_key(c, key_a, NULL, 0, &pt, &blob, NULL), -EINVAL);
 	assert_int_equal(kms_decrypt(c, NULL, "", NULL, &pt, NULL), -EINVAL);
 	json_object_put(bad);
-	assert_int_equal(kms_client_new(&(struct kms_options){.provider = "kmip"}, &c), -EINVAL);
+	assert_int_equal(kms_client_new(&(struct kms_options){ .provider = "kmip" }, &c), -EINVAL);
 	/* validation errors from the service are input errors */
 	assert_int_equal(kms_decrypt(c, NULL, "bm90IGEgYmxvYg==", NULL, &pt, NULL) < 0, 1);
 	assert_int_equal(
@@ -805,24 +808,24 @@ static int group_teardown(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_roundtrip),
-	    cmocka_unit_test(test_describe),
-	    cmocka_unit_test(test_wrong_context),
-	    cmocka_unit_test(test_disabled),
-	    cmocka_unit_test(test_pending_deletion_and_deleted),
-	    cmocka_unit_test(test_policy_denies_host),
-	    cmocka_unit_test(test_credential_errors),
-	    cmocka_unit_test(test_creds_session_env),
-	    cmocka_unit_test(test_creds_profiles),
-	    cmocka_unit_test(test_creds_container),
-	    cmocka_unit_test(test_creds_imds),
-	    cmocka_unit_test(test_retry_recovers),
-	    cmocka_unit_test(test_retry_exhausted),
-	    cmocka_unit_test(test_no_retry_on_permanent),
-	    cmocka_unit_test(test_timeout),
-	    cmocka_unit_test(test_tls),
-	    cmocka_unit_test(test_emulator_down),
-	    cmocka_unit_test(test_bad_arguments),
+		cmocka_unit_test(test_roundtrip),
+		cmocka_unit_test(test_describe),
+		cmocka_unit_test(test_wrong_context),
+		cmocka_unit_test(test_disabled),
+		cmocka_unit_test(test_pending_deletion_and_deleted),
+		cmocka_unit_test(test_policy_denies_host),
+		cmocka_unit_test(test_credential_errors),
+		cmocka_unit_test(test_creds_session_env),
+		cmocka_unit_test(test_creds_profiles),
+		cmocka_unit_test(test_creds_container),
+		cmocka_unit_test(test_creds_imds),
+		cmocka_unit_test(test_retry_recovers),
+		cmocka_unit_test(test_retry_exhausted),
+		cmocka_unit_test(test_no_retry_on_permanent),
+		cmocka_unit_test(test_timeout),
+		cmocka_unit_test(test_tls),
+		cmocka_unit_test(test_emulator_down),
+		cmocka_unit_test(test_bad_arguments),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

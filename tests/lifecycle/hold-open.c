@@ -14,7 +14,7 @@
 
 int main(int argc, char **argv)
 {
-	struct kms_options kms = {0};
+	struct kms_options kms = { 0 };
 	char c;
 	int r;
 
@@ -25,7 +25,7 @@ int main(int argc, char **argv)
 	}
 	r = harden_process();
 	if (r == 0)
-		r = dmbyok_open(&(struct open_options){.device = argv[1], .name = argv[2]}, &kms);
+		r = dmbyok_open(&(struct open_options){ .device = argv[1], .name = argv[2] }, &kms);
 	if (r < 0)
 		return dmbyok_exit_code(r);
 	printf("opened\n");

@@ -23,7 +23,9 @@ static void search(const unsigned char *buf, size_t n, uint64_t base, const char
 	/* The whole key, then each half on its own. */
 	const struct {
 		size_t off, len;
-	} parts[] = {{0, needle_len}, {0, needle_len / 2}, {needle_len / 2, needle_len / 2}};
+	} parts[] = { { 0, needle_len },
+		      { 0, needle_len / 2 },
+		      { needle_len / 2, needle_len / 2 } };
 
 	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
 		const unsigned char *p = buf, *end = buf + n;
@@ -106,7 +108,8 @@ int main(int argc, char **argv)
 		char perms[8], where[300] = "";
 
 		if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %7s %*s %*s %*s %299[^\n]", &start, &end,
-			   perms, where) < 3 || perms[0] != 'r')
+		           perms, where) < 3 ||
+		    perms[0] != 'r')
 			continue;
 		if (strstr(where, "[vvar]") || strstr(where, "[vsyscall]"))
 			continue;

@@ -16,8 +16,13 @@ static const struct {
 	const char *plain;
 	const char *b64;
 } vectors[] = {
-	{"", ""},          {"f", "Zg=="},         {"fo", "Zm8="},         {"foo", "Zm9v"},
-	{"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+	{ "", "" },
+	{ "f", "Zg==" },
+	{ "fo", "Zm8=" },
+	{ "foo", "Zm9v" },
+	{ "foob", "Zm9vYg==" },
+	{ "fooba", "Zm9vYmE=" },
+	{ "foobar", "Zm9vYmFy" },
 };
 
 static void test_base64_rfc4648_vectors(void **state)
@@ -28,7 +33,8 @@ static void test_base64_rfc4648_vectors(void **state)
 		uint8_t out[16];
 		int n;
 
-		assert_int_equal(base64_encode(vectors[i].plain, strlen(vectors[i].plain), &enc), 0);
+		assert_int_equal(base64_encode(vectors[i].plain, strlen(vectors[i].plain), &enc),
+		                 0);
 		assert_string_equal(enc, vectors[i].b64);
 		free(enc);
 

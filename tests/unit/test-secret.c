@@ -48,7 +48,7 @@ static void test_secret_is_locked_zeroed_and_released(void **state)
 static void test_secret_append_bounds(void **state)
 {
 	_cleanup_secret_ struct secret *s = NULL;
-	uint8_t big[8192] = {0};
+	uint8_t big[8192] = { 0 };
 
 	(void)state;
 	assert_int_equal(secret_new(0, &s), 0);

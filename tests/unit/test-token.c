@@ -15,11 +15,11 @@
 #define UUID "3f1c2b9e-5d6a-4e7f-8a9b-0c1d2e3f4a5b"
 
 static const char *good_json =
-	"{\"type\":\"dmbyok\",\"keyslots\":[\"0\"],\"version\":1,\"kms\":\"aws\","
-	"\"key_id\":\"alias/orders\",\"key_arn\":\"arn:aws:kms:eu-west-1:111122223333:key/k1\","
-	"\"region\":\"eu-west-1\",\"ciphertext\":\"AQID\","
-	"\"context\":{\"dmbyok:volume\":\"" UUID "\",\"tenant\":\"acme\"},"
-	"\"key_check\":\"hmac-sha256-128:00\",\"created\":\"2026-11-23T06:00:00Z\"}";
+    "{\"type\":\"dmbyok\",\"keyslots\":[\"0\"],\"version\":1,\"kms\":\"aws\","
+    "\"key_id\":\"alias/orders\",\"key_arn\":\"arn:aws:kms:eu-west-1:111122223333:key/k1\","
+    "\"region\":\"eu-west-1\",\"ciphertext\":\"AQID\","
+    "\"context\":{\"dmbyok:volume\":\"" UUID "\",\"tenant\":\"acme\"},"
+    "\"key_check\":\"hmac-sha256-128:00\",\"created\":\"2026-11-23T06:00:00Z\"}";
 
 static int quiet(void **state)
 {
@@ -83,15 +83,15 @@ static void test_token_from_other_volume_is_refused(void **state)
 	(void)state;
 	assert_int_equal(dmbyok_token_from_json(good_json, &t), 0);
 	assert_int_equal(dmbyok_token_check_volume(t, "00000000-0000-4000-8000-000000000000"),
-			 -EBADMSG);
+	                 -EBADMSG);
 }
 
 static void test_context_pairs(void **state)
 {
-	char *ok[] = {"tenant=acme", "env=prod=blue"};
-	char *reserved[] = {"dmbyok:volume=x"};
-	char *malformed[] = {"=x"};
-	char *repeated[] = {"a=1", "a=2"};
+	char *ok[] = { "tenant=acme", "env=prod=blue" };
+	char *reserved[] = { "dmbyok:volume=x" };
+	char *malformed[] = { "=x" };
+	char *repeated[] = { "a=1", "a=2" };
 	json_object *ctx = NULL, *v;
 
 	(void)state;

@@ -39,7 +39,7 @@ static int ini_add(struct aws_ini *ini, const char *section, const char *key, co
 	e = reallocarray(ini->entries, ini->n_entries + 1, sizeof(*e));
 	ENSURE_ALLOC(e);
 	ini->entries = e;
-	ini->entries[ini->n_entries++] = (struct aws_ini_entry){section, key, value};
+	ini->entries[ini->n_entries++] = (struct aws_ini_entry){ section, key, value };
 	return 0;
 }
 

@@ -266,9 +266,9 @@ static int metadata_request(struct aws_http *h, const char *method, const char *
 static bool container_host_allowed(const char *url)
 {
 	static const char *const hosts[] = {
-	    "http://169.254.170.2/",
-	    "http://169.254.170.23/",
-	    "http://[fd00:ec2::23]/",
+		"http://169.254.170.2/",
+		"http://169.254.170.23/",
+		"http://[fd00:ec2::23]/",
 	};
 
 	if (!strncasecmp(url, "https://", 8) || aws_url_is_loopback(url))

@@ -276,29 +276,29 @@ unsigned aws_retry_backoff_ms(unsigned attempt)
 bool aws_error_is_retryable(const char *code, long status)
 {
 	static const char *const retryable[] = {
-	    /* throttling, as the SDKs' standard mode lists it */
-	    "Throttling",
-	    "ThrottlingException",
-	    "ThrottledException",
-	    "RequestThrottledException",
-	    "TooManyRequestsException",
-	    "ProvisionedThroughputExceededException",
-	    "TransactionInProgressException",
-	    "RequestLimitExceeded",
-	    "BandwidthLimitExceeded",
-	    "LimitExceededException",
-	    "RequestThrottled",
-	    "SlowDown",
-	    "PriorRequestNotComplete",
-	    "EC2ThrottledException",
-	    /* transient */
-	    "RequestTimeout",
-	    "RequestTimeoutException",
-	    "InternalError",
-	    /* KMS's own service-side errors */
-	    "KMSInternalException",
-	    "KeyUnavailableException",
-	    "DependencyTimeoutException",
+		/* throttling, as the SDKs' standard mode lists it */
+		"Throttling",
+		"ThrottlingException",
+		"ThrottledException",
+		"RequestThrottledException",
+		"TooManyRequestsException",
+		"ProvisionedThroughputExceededException",
+		"TransactionInProgressException",
+		"RequestLimitExceeded",
+		"BandwidthLimitExceeded",
+		"LimitExceededException",
+		"RequestThrottled",
+		"SlowDown",
+		"PriorRequestNotComplete",
+		"EC2ThrottledException",
+		/* transient */
+		"RequestTimeout",
+		"RequestTimeoutException",
+		"InternalError",
+		/* KMS's own service-side errors */
+		"KMSInternalException",
+		"KeyUnavailableException",
+		"DependencyTimeoutException",
 	};
 
 	if (status == 500 || status == 502 || status == 503 || status == 504)
@@ -349,7 +349,7 @@ void aws_retry_release(struct aws_retry *rt, int r, bool retried)
 
 void aws_sleep_ms(unsigned ms)
 {
-	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
 
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;

@@ -53,26 +53,26 @@ static bool code_in(const char *code, const char *const *list)
 int aws_error_to_errno(const char *code, long status)
 {
 	static const char *const revoked[] = {
-	    "DisabledException",     "KMSInvalidStateException", "NotFoundException",
-	    "AccessDeniedException", "IncorrectKeyException",    NULL,
+		"DisabledException",     "KMSInvalidStateException", "NotFoundException",
+		"AccessDeniedException", "IncorrectKeyException",    NULL,
 	};
 	static const char *const remote[] = {
-	    "DependencyTimeoutException", "KMSInternalException",
-	    "KeyUnavailableException",    "InternalFailure",
-	    "ServiceUnavailable",         NULL,
+		"DependencyTimeoutException", "KMSInternalException",
+		"KeyUnavailableException",    "InternalFailure",
+		"ServiceUnavailable",         NULL,
 	};
 	static const char *const rejected[] = {
-	    "UnrecognizedClientException",
-	    "InvalidSignatureException",
-	    "IncompleteSignatureException",
-	    "MissingAuthenticationTokenException",
-	    "InvalidClientTokenId",
-	    "SignatureDoesNotMatch",
-	    /* a signature outside the allowed window: this host's clock is off */
-	    "RequestExpired",
-	    NULL,
+		"UnrecognizedClientException",
+		"InvalidSignatureException",
+		"IncompleteSignatureException",
+		"MissingAuthenticationTokenException",
+		"InvalidClientTokenId",
+		"SignatureDoesNotMatch",
+		/* a signature outside the allowed window: this host's clock is off */
+		"RequestExpired",
+		NULL,
 	};
-	static const char *const expired[] = {"ExpiredTokenException", "ExpiredToken", NULL};
+	static const char *const expired[] = { "ExpiredTokenException", "ExpiredToken", NULL };
 
 	if (code && *code) {
 		if (code_in(code, revoked))
@@ -618,12 +618,12 @@ static const char *aws_region(struct kms_client *c)
 }
 
 const struct kms_provider_ops aws_kms_provider_ops = {
-    .name = "aws",
-    .client_new = aws_client_new,
-    .client_free = aws_client_free,
-    .generate_data_key = aws_generate_data_key,
-    .decrypt = aws_decrypt,
-    .reencrypt = aws_reencrypt,
-    .describe_key = aws_describe_key,
-    .region = aws_region,
+	.name = "aws",
+	.client_new = aws_client_new,
+	.client_free = aws_client_free,
+	.generate_data_key = aws_generate_data_key,
+	.decrypt = aws_decrypt,
+	.reencrypt = aws_reencrypt,
+	.describe_key = aws_describe_key,
+	.region = aws_region,
 };
