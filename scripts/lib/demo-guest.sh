@@ -19,7 +19,7 @@ echo "    endpoint $KMS_URL; dmbyok acts as role/dmbyok-host"
 say "The customer creates a key and an alias with the real AWS CLI."
 customer_aws() {
 	AWS_ACCESS_KEY_ID=AKIDCUSTOMER00000001 AWS_SECRET_ACCESS_KEY=customersecret \
-		aws --endpoint-url "$KMS_URL" kms "$@"
+		/usr/bin/aws --endpoint-url "$KMS_URL" kms "$@"
 }
 KEY_ARN=$(customer_aws create-key --description "orders database" --query KeyMetadata.Arn --output text)
 customer_aws create-alias --alias-name alias/orders --target-key-id "$KEY_ARN"

@@ -41,6 +41,8 @@ step "the customer revokes the key"
 kms_as customer PutKeyPolicy "{\"KeyId\":\"$KEY_A\",\"PolicyName\":\"default\",\"Policy\":$(jq -Rs . <<<"$deny_host_policy")}" >/dev/null
 refuses 3 "policy denies the host Decrypt" $A $DMBYOK open $A data
 check "the message says the key is unusable" grep -q 'unusable' "$WORK/err"
+expect_exit 3 "doctor reports the denied Decrypt" $DMBYOK doctor --key alias/a
+check "doctor names Decrypt as failing" grep -q '^FAIL Decrypt' "$WORK/out"
 kms_as customer PutKeyPolicy "{\"KeyId\":\"$KEY_A\",\"PolicyName\":\"default\",\"Policy\":$(jq -Rs . <<<"$default_policy")}" >/dev/null
 kms_as customer DisableKey "{\"KeyId\":\"$KEY_A\"}" >/dev/null
 refuses 3 "disabled key" $A $DMBYOK open $A data

@@ -21,7 +21,7 @@ step "the AWS CLI unwraps the token's ciphertext (the real client as oracle)"
 TOKEN=$(token_json $DISK)
 echo "$TOKEN" | json_get ciphertext | base64 -d >"$WORK/blob"
 aws_decrypt() {
-	aws kms decrypt --endpoint-url "$KMS_URL" --ciphertext-blob "fileb://$WORK/blob" \
+	/usr/bin/aws kms decrypt --endpoint-url "$KMS_URL" --ciphertext-blob "fileb://$WORK/blob" \
 		--encryption-context "$(echo "$TOKEN" | json_get context)" \
 		--query Plaintext --output text --cli-connect-timeout 5 >"$WORK/dek.b64"
 }
@@ -40,8 +40,8 @@ STOCK_TABLE=$(dmsetup table stock)
 echo "dmbyok: $DMBYOK_TABLE"
 echo "stock:  $STOCK_TABLE"
 # Same cipher, offset, sector size and IV scheme; only the key reference differs.
-norm() { awk '{ $5 = "KEY"; print }' | sed 's/ no_read_workqueue no_write_workqueue//; s/ [0-9] sector_size/ N sector_size/; s/ [0-9] / N /'; }
-check "dmbyok's table equals cryptsetup's but for the key and workqueue flags" \
+norm() { awk '{ $5 = "KEY"; print }'; }
+check "dmbyok's table equals cryptsetup's but for the key reference" \
 	test "$(norm <<<"$DMBYOK_TABLE")" = "$(norm <<<"$STOCK_TABLE")"
 check "cryptsetup close" cryptsetup close stock
 rm -f "$WORK/dek" "$WORK/dek.b64"

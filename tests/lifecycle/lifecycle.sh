@@ -11,6 +11,13 @@ start_kms
 KEY_ARN=$(create_key alias/orders)
 echo "key $KEY_ARN"
 
+step "doctor"
+check "doctor passes: kernel support and every KMS call allowed" \
+	bash -c "$DMBYOK doctor --key alias/orders | tee $WORK/doctor"
+for op in "device-mapper with crypt target" "kernel keyring" DescribeKey GenerateDataKey Decrypt ReEncrypt; do
+	check "doctor checked: $op" grep -q "^ok   $op" "$WORK/doctor"
+done
+
 step "format"
 check "format succeeds" $DMBYOK format $DISK --key alias/orders --context tenant=acme
 check "luksDump shows a LUKS2 header with the dmbyok token" \
@@ -31,13 +38,17 @@ echo "$TABLE"
 check "table cipher is aes-xts-plain64" grep -q ' crypt aes-xts-plain64 ' <<<"$TABLE"
 check "table names a logon key in the keyring, not key bytes" grep -q ':64:logon:dmbyok:' <<<"$TABLE"
 check "table uses 4096-byte sectors" grep -q 'sector_size:4096' <<<"$TABLE"
-check "table bypasses the kcryptd workqueues" grep -q 'no_read_workqueue no_write_workqueue' <<<"$TABLE"
+check "table keeps dm-crypt's default workqueues" bash -c "! grep -q workqueue <<<'$TABLE'"
 unwrap_dek_to $DISK $WORK/dek
 DEK_HEX=$(od -An -tx1 $WORK/dek | tr -d " \n")
 check "dmsetup table --showkeys has no key hex" bash -c "! dmsetup table --showkeys data | grep -qi $DEK_HEX"
 check "no dmbyok key is left in any keyring" bash -c "! grep -q 'dmbyok:' /proc/keys"
 check "dm UUID has cryptsetup's LUKS2 form" bash -c "dmsetup info -c --noheadings -o uuid data | grep -q '^CRYPT-LUKS2-'"
 check "cryptsetup status understands the mapping" bash -c "cryptsetup status data | grep -q 'type:    LUKS2'"
+check "close" $DMBYOK close data
+check "open --perf bypasses the kcryptd workqueues" $DMBYOK open $DISK data --perf no_read_workqueue,no_write_workqueue
+check "the table carries both flags" bash -c "dmsetup table data | grep -q 'no_read_workqueue no_write_workqueue'"
+check "status --json reports them" test "$($DMBYOK status data --json | jq -c '[.no_read_workqueue, .no_write_workqueue]')" = "[true,true]"
 check "status --json says active" test "$($DMBYOK status data --json | jq -r .state)" = active
 check "list shows the mapping" bash -c "$DMBYOK list --json | jq -e '.[] | select(.name == \"data\")' >/dev/null"
 

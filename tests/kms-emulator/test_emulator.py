@@ -1,0 +1,225 @@
+#!/usr/bin/python3
+"""Unit tests of the KMS emulator's internals (stdlib unittest).
+
+Run: /usr/bin/python3 tests/kms-emulator/test_emulator.py
+"""
+
+import base64
+import datetime
+import http.client
+import json
+import os
+import sys
+import tempfile
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+
+from botocore.auth import SigV4Auth  # noqa: E402
+from botocore.awsrequest import AWSRequest  # noqa: E402
+from botocore.credentials import Credentials  # noqa: E402
+
+from kms_emulator import crypto, faults, policy, sigv4  # noqa: E402
+from kms_emulator.errors import KMSError  # noqa: E402
+from kms_emulator.model import ServiceModel  # noqa: E402
+from kms_emulator.server import Emulator, Handler, Server, parse_args  # noqa: E402
+from kms_emulator.store import Store, Transaction  # noqa: E402
+
+MODEL = ServiceModel()
+KEY_ID = "1234abcd-12ab-34cd-56ef-1234567890ab"
+PRINCIPALS = {"AKIDTEST": {"secret": "s3cret", "arn": "arn:aws:iam::111122223333:user/t"},
+              "ASIATEST": {"secret": "s", "arn": "arn:aws:iam::111122223333:role/r",
+                           "session_token": "tok"}}
+
+
+def sign(body, creds=("AKIDTEST", "s3cret", None), region="us-east-1", host="h:1"):
+    req = AWSRequest(method="POST", url=f"http://{host}/", data=body, headers={
+        "Content-Type": "application/x-amz-json-1.1",
+        "X-Amz-Target": "TrentService.ListKeys"})
+    SigV4Auth(Credentials(*creds), "kms", region).add_auth(req)
+    msg = http.client.HTTPMessage()
+    for name, value in req.headers.items():
+        msg[name] = value
+    msg["Host"] = host
+    msg["User-Agent"] = "unsigned/1.0"
+    return msg
+
+
+class CryptoTest(unittest.TestCase):
+    def test_roundtrip_and_binding(self):
+        material = crypto.new_key_material()
+        blob = crypto.seal(KEY_ID, 3, material, b"data", {"b": "2", "a": "1"})
+        self.assertEqual(crypto.peek(blob), (KEY_ID, 3))
+        self.assertEqual(crypto.unseal(blob, material, {"a": "1", "b": "2"}), b"data")
+        for context in ({}, {"a": "1"}, {"a": "1", "b": "3"}):
+            with self.assertRaises(KMSError) as err:
+                crypto.unseal(blob, material, context)
+            self.assertEqual(err.exception.error_type, "InvalidCiphertextException")
+        swapped = blob[:41] + (4).to_bytes(4, "big") + blob[45:]
+        with self.assertRaises(KMSError):
+            crypto.unseal(swapped, material, {"a": "1", "b": "2"})
+
+    def test_garbage(self):
+        for blob in (b"", b"x" * 10, b"y" * 100):
+            with self.assertRaises(KMSError):
+                crypto.peek(blob)
+
+
+class ModelTest(unittest.TestCase):
+    def validate(self, op, body):
+        try:
+            MODEL.validate(op, body)
+        except KMSError as err:
+            return err.error_type, err.message
+        return None
+
+    def test_constraints(self):
+        kind, msg = self.validate("GenerateDataKey", {"KeyId": "k", "NumberOfBytes": 2000})
+        self.assertEqual(kind, "ValidationException")
+        self.assertIn("Value '2000' at 'numberOfBytes'", msg)
+        kind, msg = self.validate("Encrypt", {"Plaintext": "eA=="})
+        self.assertIn("Value null at 'keyId'", msg)
+        kind, msg = self.validate("GenerateDataKey", {"KeyId": "k", "KeySpec": "AES_512"})
+        self.assertIn("enum value set", msg)
+        self.assertEqual(self.validate("Encrypt", {"KeyId": "k", "Plaintext": "!!"})[0],
+                         "SerializationException")
+        self.assertEqual(self.validate("Encrypt", {"KeyId": 5, "Plaintext": "eA=="})[0],
+                         "SerializationException")
+        kind, msg = self.validate("Encrypt", {"KeyId": "k",
+                                              "Plaintext": base64.b64encode(b"x" * 4097).decode()})
+        self.assertIn("length less than or equal to 4096", msg)
+
+    def test_decodes_blobs(self):
+        out = MODEL.validate("Encrypt", {"KeyId": "k", "Plaintext": "eA==",
+                                         "EncryptionContext": {"a": "b"}})
+        self.assertEqual(out["Plaintext"], b"x")
+        self.assertTrue(MODEL.has_operation("RotateKeyOnDemand"))
+
+
+class SigV4Test(unittest.TestCase):
+    def test_valid_and_invalid(self):
+        body = b"{}"
+        headers = sign(body)
+        self.assertEqual(sigv4.verify("POST", "/", headers, body, PRINCIPALS,
+                                      "us-east-1")[0], "AKIDTEST")
+        with self.assertRaises(KMSError) as err:
+            sigv4.verify("POST", "/", headers, b"{ }", PRINCIPALS, "us-east-1")
+        self.assertEqual(err.exception.error_type, "InvalidSignatureException")
+        with self.assertRaises(KMSError) as err:
+            sigv4.verify("POST", "/", headers, body, PRINCIPALS, "eu-west-1")
+        self.assertEqual(err.exception.error_type, "InvalidSignatureException")
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=16)
+        with self.assertRaises(KMSError) as err:
+            sigv4.verify("POST", "/", headers, body, PRINCIPALS, "us-east-1", now=later)
+        self.assertIn("Signature expired", err.exception.message)
+
+    def test_session_token(self):
+        good = sign(b"{}", ("ASIATEST", "s", "tok"))
+        sigv4.verify("POST", "/", good, b"{}", PRINCIPALS, "us-east-1")
+        missing = sign(b"{}", ("ASIATEST", "s", None))
+        with self.assertRaises(KMSError) as err:
+            sigv4.verify("POST", "/", missing, b"{}", PRINCIPALS, "us-east-1")
+        self.assertEqual(err.exception.error_type, "UnrecognizedClientException")
+
+
+class PolicyTest(unittest.TestCase):
+    HOST = "arn:aws:iam::111122223333:role/h"
+    KEY = "arn:aws:kms:us-east-1:111122223333:key/" + KEY_ID
+
+    def test_root_allows_account_and_deny_wins(self):
+        doc = json.loads(policy.default_policy("111122223333"))
+        self.assertEqual(policy.evaluate(doc, self.HOST, "kms:Decrypt", self.KEY, {}), "Allow")
+        self.assertIsNone(policy.evaluate(doc, "arn:aws:iam::999999999999:user/x",
+                                          "kms:Decrypt", self.KEY, {}))
+        doc["Statement"].append({"Effect": "Deny", "Principal": {"AWS": [self.HOST]},
+                                 "Action": "kms:Decrypt"})
+        self.assertEqual(policy.evaluate(doc, self.HOST, "kms:Decrypt", self.KEY, {}), "Deny")
+
+    def test_conditions_and_grants(self):
+        doc = {"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*",
+                              "Condition": {"StringEquals": {
+                                  "kms:EncryptionContext:vol": "v1"}}}]}
+        self.assertEqual(policy.evaluate(doc, self.HOST, "kms:Decrypt", self.KEY,
+                                         {"vol": "v1"}), "Allow")
+        self.assertIsNone(policy.evaluate(doc, self.HOST, "kms:Decrypt", self.KEY, {}))
+        grant = {"GranteePrincipal": self.HOST, "Operations": ["Decrypt"],
+                 "Constraints": {"EncryptionContextEquals": {"vol": "v1"}}}
+        self.assertTrue(policy.grant_allows(grant, self.HOST, "Decrypt", {"vol": "v1"}))
+        self.assertFalse(policy.grant_allows(grant, self.HOST, "Decrypt",
+                                             {"vol": "v1", "x": "y"}))
+        self.assertFalse(policy.grant_allows(grant, self.HOST, "Encrypt", {"vol": "v1"}))
+
+    def test_malformed(self):
+        for text in ("nope", "{}", '{"Statement": [{"Effect": "Maybe"}]}'):
+            with self.assertRaises(KMSError):
+                policy.parse(text)
+
+
+class FaultTest(unittest.TestCase):
+    def test_count(self):
+        txn = Transaction({"faults": [faults.parse({"operation": "Decrypt",
+                                                    "fault": "throttle", "count": 2})]})
+        self.assertIsNone(faults.take(txn, "Encrypt"))
+        self.assertEqual(faults.take(txn, "Decrypt")["fault"], "throttle")
+        self.assertEqual(faults.take(txn, "Decrypt")["fault"], "throttle")
+        self.assertIsNone(faults.take(txn, "Decrypt"))
+        with self.assertRaises(KMSError):
+            faults.parse({"fault": "explode"})
+
+
+class ServerTest(unittest.TestCase):
+    """A live server in this process: two stores on one file, keep-alive."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        state = os.path.join(cls.tmp.name, "state.json")
+        cls.server = Server(("127.0.0.1", 0), Handler)
+        cls.server.app = Emulator(parse_args(["--listen", "127.0.0.1:0", "--state", state]))
+        cls.server.verbose = False
+        cls.server.tls_context = None
+        cls.port = cls.server.server_address[1]
+        cls.thread = threading.Thread(target=cls.server.serve_forever, daemon=True)
+        cls.thread.start()
+        cls.state = state
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.shutdown()
+        cls.server.server_close()
+        cls.tmp.cleanup()
+
+    def call(self, conn, op, body, creds=("AKIDCUSTOMER00000001", "customersecret", None)):
+        data = json.dumps(body).encode()
+        req = AWSRequest(method="POST", url=f"http://127.0.0.1:{self.port}/", data=data,
+                         headers={"Content-Type": "application/x-amz-json-1.1",
+                                  "X-Amz-Target": "TrentService." + op})
+        SigV4Auth(Credentials(*creds), "kms", "us-east-1").add_auth(req)
+        conn.request("POST", "/", body=data, headers=dict(req.headers.items()))
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+
+    def test_keep_alive_and_shared_state(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        status, out = self.call(conn, "CreateKey", {})
+        self.assertEqual(status, 200)
+        key = out["KeyMetadata"]["KeyId"]
+        sock = conn.sock
+        status, out = self.call(conn, "Encrypt", {"KeyId": key, "Plaintext": "eA=="})
+        self.assertEqual(status, 200)
+        self.assertIs(conn.sock, sock, "connection was not reused")
+        # Another Store on the same file (as another process would) sees the
+        # key and can change it; the server sees that change.
+        other = Store(self.state)
+        with other.transaction() as txn:
+            self.assertIn(key, txn.data["keys"])
+            txn.data["keys"][key]["KeyState"] = "Disabled"
+            txn.dirty = True
+        status, out = self.call(conn, "Encrypt", {"KeyId": key, "Plaintext": "eA=="})
+        self.assertEqual((status, out["__type"]), (409, "DisabledException"))
+        conn.close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=1)
