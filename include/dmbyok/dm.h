@@ -72,8 +72,8 @@ int dm_crypt_remove(const char *name);
 /* -ENODEV when there is no such mapping, -EINVAL when it is not a crypt mapping. */
 int dm_crypt_get_info(const char *name, struct dm_crypt_info *ret);
 
-/* Names of all crypt mappings (NULL-terminated, free with strv_free()). */
-int dm_crypt_list(char ***ret_names);
+/* Names of all device-mapper devices (NULL-terminated, free with strv_free()). */
+int dm_list_names(char ***ret_names);
 void strv_free(char **l);
 
 /* Freeze file systems, flush, suspend I/O, then drop the key from dm-crypt's memory. */

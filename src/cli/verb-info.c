@@ -93,30 +93,28 @@ int verb_status(struct cli *c)
 
 int verb_list(struct cli *c)
 {
-	char **names = NULL;
+	struct mapping_status *l = NULL;
 	json_object *arr = NULL;
+	size_t n = 0;
 
 	GUARD(dm_check_kernel_support());
-	GUARD(dmbyok_list(&names));
+	GUARD(dmbyok_list(&l, &n));
 	if (c->json)
 		arr = json_object_new_array();
 	else
 		printf("%-16s %-10s %-20s %s\n", "NAME", "STATE", "DEVICE", "KEY");
-	for (char **p = names; *p; p++) {
-		struct mapping_status s = { 0 };
+	for (size_t i = 0; i < n; i++) {
+		const struct mapping_status *s = &l[i];
 
-		if (dmbyok_status(*p, &s) < 0)
-			continue;
 		if (arr)
-			json_object_array_add(arr, status_json(&s));
+			json_object_array_add(arr, status_json(s));
 		else
-			printf("%-16s %-10s %-20s %s\n", s.dm.name, state_name(&s),
-			       s.device ? s.device : s.dm.device, s.key_arn ? s.key_arn : "-");
-		mapping_status_done(&s);
+			printf("%-16s %-10s %-20s %s\n", s->dm.name, state_name(s),
+			       s->device ? s->device : s->dm.device, s->key_arn ? s->key_arn : "-");
 	}
 	if (arr)
 		print_json(arr);
-	strv_free(names);
+	mapping_status_list_free(l, n);
 	return 0;
 }
 

@@ -293,7 +293,7 @@ void strv_free(char **l)
 	free(l);
 }
 
-int dm_crypt_list(char ***ret_names)
+int dm_list_names(char ***ret_names)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;
 	struct dm_names *names;
@@ -312,14 +312,10 @@ int dm_crypt_list(char ***ret_names)
 	ENSURE_ALLOC(l);
 	if (names && names->dev) {
 		do {
-			struct dm_crypt_info info = { 0 };
 			char **nl;
 
 			names = (struct dm_names *)((char *)names + next);
 			next = names->next;
-			if (dm_crypt_get_info(names->name, &info) < 0)
-				continue;
-			dm_crypt_info_done(&info);
 			nl = realloc(l, (n + 2) * sizeof(char *));
 			if (!nl || !(nl[n] = strdup(names->name))) {
 				strv_free(nl ? nl : l);

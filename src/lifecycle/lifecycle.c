@@ -305,36 +305,34 @@ int dmbyok_status(const char *name, struct mapping_status *ret)
 	return 0;
 }
 
-int dmbyok_list(char ***ret_names)
+void mapping_status_list_free(struct mapping_status *l, size_t n)
 {
-	char **all = NULL, **mine;
-	size_t n = 0;
+	for (size_t i = 0; i < n; i++)
+		mapping_status_done(&l[i]);
+	free(l);
+}
 
-	GUARD(dm_crypt_list(&all));
-	mine = calloc(1, sizeof(char *));
-	if (!mine) {
-		strv_free(all);
+int dmbyok_list(struct mapping_status **ret, size_t *ret_n)
+{
+	char **names = NULL;
+	struct mapping_status *l;
+	size_t n = 0, all = 0;
+
+	GUARD(dm_list_names(&names));
+	while (names[all])
+		all++;
+	l = calloc(all ? all : 1, sizeof(*l));
+	if (!l) {
+		strv_free(names);
 		return -ENOMEM;
 	}
-	for (char **p = all; *p; p++) {
-		struct mapping_status s;
-
-		if (dmbyok_status(*p, &s) < 0)
-			continue;
-		mapping_status_done(&s);
-		mine[n++] = TAKE_PTR(*p);
-		mine[n] = NULL;
-		/* Room for the next one; the list stays NULL-terminated throughout. */
-		char **grown = realloc(mine, (n + 1) * sizeof(char *));
-		if (!grown) {
-			strv_free(mine);
-			strv_free(all);
-			return -ENOMEM;
-		}
-		mine = grown;
-	}
-	strv_free(all);
-	*ret_names = mine;
+	/* Anything that is not a dmbyok crypt mapping (or vanished meanwhile) is skipped. */
+	for (size_t i = 0; i < all; i++)
+		if (dmbyok_status(names[i], &l[n]) == 0)
+			n++;
+	strv_free(names);
+	*ret = l;
+	*ret_n = n;
 	return 0;
 }
 
