@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -31,7 +32,11 @@ int secret_new(size_t size, struct secret **ret)
 	if (p == MAP_FAILED)
 		return log_error_errno(errno, "Cannot map memory for a secret: %m");
 
-	if (mlock(p, len) < 0) {
+	/*
+	 * The raw system call: sanitizer runtimes turn mlock() into a no-op, and a build that
+	 * silently stops locking keys is one we would never notice.
+	 */
+	if (syscall(SYS_mlock, p, len) < 0) {
 		int r = negative_errno();
 
 		munmap(p, len);
@@ -55,7 +60,7 @@ void secret_free(struct secret *s)
 	if (!s)
 		return;
 	secure_wipe(s->data, s->capacity);
-	munlock(s->data, s->capacity);
+	(void)syscall(SYS_munlock, s->data, s->capacity);
 	munmap(s->data, s->capacity);
 	free(s);
 }
