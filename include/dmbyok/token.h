@@ -24,7 +24,8 @@
 #define DMBYOK_TOKEN_VERSION           1
 #define DMBYOK_CONTEXT_VOLUME          "dmbyok:volume"
 #define DMBYOK_CONTEXT_RESERVED_PREFIX "dmbyok:"
-#define DMBYOK_DEK_BYTES               64 /* aes-xts-plain64 with two AES-256 keys */
+#define DMBYOK_DEK_BYTES               64   /* aes-xts-plain64 with two AES-256 keys */
+#define DMBYOK_CONTEXT_MAX_BYTES       4096 /* serialized encryption context */
 
 struct dmbyok_token {
 	int version;

@@ -202,6 +202,13 @@ int dmbyok_context_new(const char *volume_uuid, char *const *pairs, size_t n_pai
 		}
 		json_object_object_add(o, key, json_object_new_string(eq + 1));
 	}
+	/* The token must fit the LUKS2 JSON area (12 KiB by default) with room to spare. */
+	if (strlen(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN)) >
+	    DMBYOK_CONTEXT_MAX_BYTES) {
+		json_object_put(o);
+		return log_error_errno(E2BIG, "The encryption context is larger than %d bytes.",
+		                       DMBYOK_CONTEXT_MAX_BYTES);
+	}
 	*ret = o;
 	return 0;
 }

@@ -36,6 +36,15 @@ expect_exit 2 "open with a missing argument" $DMBYOK open $A
 expect_exit 2 "lock of an unknown mapping" $DMBYOK lock nosuch
 expect_exit 2 "format a device that does not exist" $DMBYOK format /dev/nosuch --key alias/a
 expect_exit 2 "reserved context key" $DMBYOK format $A --key alias/a --force --context dmbyok:volume=x
+refuses 2 "encryption context too large" $A $DMBYOK format $A --key alias/a --force \
+	--context "big=$(head -c 5000 /dev/zero | tr '\0' x)"
+mkdir -p "$WORK/small" && mount -t tmpfs -o size=64k tmpfs "$WORK/small"
+CSUM=$(header_sum $C)
+expect_exit 1 "a detached header that cannot be written (full file system)" \
+	$DMBYOK format $C --key alias/a --force --header "$WORK/small/c.hdr"
+check "the half-written header file was removed" test ! -e "$WORK/small/c.hdr"
+check "the data device is untouched" test "$(header_sum $C)" = "$CSUM"
+umount "$WORK/small"
 
 step "the customer revokes the key"
 kms_as customer PutKeyPolicy "{\"KeyId\":\"$KEY_A\",\"PolicyName\":\"default\",\"Policy\":$(jq -Rs . <<<"$deny_host_policy")}" >/dev/null

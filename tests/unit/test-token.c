@@ -105,6 +105,14 @@ static void test_context_pairs(void **state)
 	assert_int_equal(dmbyok_context_new(UUID, reserved, 1, &ctx), -EINVAL);
 	assert_int_equal(dmbyok_context_new(UUID, malformed, 1, &ctx), -EINVAL);
 	assert_int_equal(dmbyok_context_new(UUID, repeated, 2, &ctx), -EINVAL);
+
+	char *big[] = { calloc(1, DMBYOK_CONTEXT_MAX_BYTES + 8) };
+	assert_non_null(big[0]);
+	memset(big[0], 'x', DMBYOK_CONTEXT_MAX_BYTES + 6);
+	big[0][0] = 'k';
+	big[0][1] = '=';
+	assert_int_equal(dmbyok_context_new(UUID, big, 1, &ctx), -E2BIG);
+	free(big[0]);
 }
 
 static void test_key_check_value(void **state)
