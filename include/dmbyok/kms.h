@@ -72,5 +72,8 @@ int kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object 
 int kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
 void kms_key_info_done(struct kms_key_info *info);
 
+/* The region named by a key ARN, or -EINVAL when key_id is not an ARN. */
+int kms_key_region(const char *key_id, char **ret);
+
 /* The region a client talks to (resolved at creation). */
 const char *kms_client_region(struct kms_client *c);

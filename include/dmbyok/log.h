@@ -11,6 +11,7 @@
  */
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 #include "dmbyok/error.h"
 #include "dmbyok/macro.h"
@@ -24,6 +25,8 @@ enum log_level {
 };
 
 void log_setup(const char *program_name);
+/* Whether an error-level message was logged: lets a caller avoid a silent failure. */
+bool log_error_was_logged(void);
 void log_set_max_level(enum log_level level);
 enum log_level log_get_max_level(void);
 

@@ -19,6 +19,7 @@ struct crypt_device;
 
 #define DMBYOK_CIPHER      "aes"
 #define DMBYOK_CIPHER_MODE "xts-plain64"
+#define DMBYOK_DM_CIPHER   DMBYOK_CIPHER "-" DMBYOK_CIPHER_MODE /* as dm-crypt names it */
 
 struct volume {
 	struct crypt_device *cd;
@@ -48,6 +49,9 @@ int volume_load(const char *device, const char *header, struct volume **ret);
  * table, RAID...) unless `force`: -EBUSY, -ENOTEMPTY with the signature named.
  */
 int volume_check_blank(const char *device, bool force);
+
+/* -EBUSY unless the device can be opened exclusively (not mounted, mapped or held). */
+int volume_check_unused(const char *device);
 
 /* A fresh random (version 4) UUID for a new header. */
 int volume_new_uuid(char ret[static 37]);

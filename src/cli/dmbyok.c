@@ -37,7 +37,7 @@ static void usage(FILE *f)
 		fprintf(f, "  %-7s %s\n", verbs[i].name, verbs[i].help);
 	fprintf(f, "\nCommon options:\n"
 	           "  --region R  --endpoint URL  --profile P  --ca-bundle FILE   KMS access\n"
-	           "  --verbose  --debug  --json  --help  --version\n"
+	           "  --quiet  --debug  --json  --help  --version\n"
 	           "Exit codes: 0 ok, 1 internal, 2 bad input, 3 key revoked, 4 KMS unreachable,\n"
 	           "5 credentials, 6 wrong token, 7 bad header, 8 busy, 9 no kernel support.\n"
 	           "See dmbyok(8).\n");
@@ -107,7 +107,7 @@ int main(int argc, char **argv)
 		{ "profile", required_argument, NULL, ARG_PROFILE },
 		{ "ca-bundle", required_argument, NULL, ARG_CA_BUNDLE },
 		{ "perf", required_argument, NULL, ARG_PERF },
-		{ "verbose", no_argument, NULL, 'v' },
+		{ "quiet", no_argument, NULL, 'q' },
 		{ "debug", no_argument, NULL, ARG_DEBUG },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, ARG_VERSION },
@@ -123,7 +123,7 @@ int main(int argc, char **argv)
 		return dmbyok_exit_code(log_oom());
 
 	/* GNU getopt permutes: options may come before or after the verb and its arguments. */
-	while ((opt = getopt_long(argc, argv, "k:fvh", options, NULL)) >= 0) {
+	while ((opt = getopt_long(argc, argv, "k:fqh", options, NULL)) >= 0) {
 		switch (opt) {
 		case 'k':
 			c.key_id = optarg;
@@ -158,8 +158,8 @@ int main(int argc, char **argv)
 				return dmbyok_exit_code(r);
 			c.perf_set = true;
 			break;
-		case 'v':
-			log_set_max_level(LOG_LEVEL_INFO);
+		case 'q':
+			log_set_max_level(LOG_LEVEL_WARNING);
 			break;
 		case ARG_DEBUG:
 			log_set_max_level(LOG_LEVEL_DEBUG);
@@ -191,6 +191,9 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
 		if (!strcmp(verb, verbs[i].name)) {
 			r = verbs[i].run(&c);
+			/* Every failure says something, even one a lower layer only returned. */
+			if (r < 0 && !log_error_was_logged())
+				log_error("%s failed: %s", verb, dmbyok_strerror(r));
 			free(c.context);
 			return dmbyok_exit_code(r);
 		}

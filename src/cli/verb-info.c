@@ -52,7 +52,7 @@ static void status_print(const struct mapping_status *s)
 	if (s->volume_uuid)
 		printf("  volume:      %s\n", s->volume_uuid);
 	if (s->key_arn)
-		printf("  key:         %s (%s)\n", s->key_id, s->key_arn);
+		printf("  key:         %s (%s)\n", s->key_id ? s->key_id : "-", s->key_arn);
 	printf("  cipher:      %s, %u-byte sectors\n", s->dm.cipher, s->dm.sector_size);
 	printf("  offset:      %" PRIu64 " sectors\n  size:        %" PRIu64 " sectors\n",
 	       s->dm.offset, s->dm.length);
@@ -118,23 +118,20 @@ int verb_list(struct cli *c)
 	return 0;
 }
 
-int verb_dump(struct cli *c)
+static json_object *dump_json(const struct volume *v)
 {
-	_cleanup_volume_ struct volume *v = NULL;
-	json_object *o, *token;
 	_cleanup_free_ char *token_json = NULL;
+	json_object *o = json_object_new_object();
 
-	GUARD(cli_require_args(c, 1, 1, "dump DEVICE [--header FILE] [--json]"));
-	GUARD(volume_load(c->args[0], c->header, &v));
-	GUARD(dmbyok_token_to_json(v->token, &token_json));
-
-	o = json_object_new_object();
-	ENSURE_ALLOC(o);
+	if (!o || dmbyok_token_to_json(v->token, &token_json) < 0) {
+		json_object_put(o);
+		return NULL;
+	}
 	json_object_object_add(o, "device", json_object_new_string(v->device));
 	if (v->header)
 		json_object_object_add(o, "header", json_object_new_string(v->header));
 	json_object_object_add(o, "volume_uuid", json_object_new_string(v->uuid));
-	json_object_object_add(o, "cipher", json_object_new_string("aes-xts-plain64"));
+	json_object_object_add(o, "cipher", json_object_new_string(DMBYOK_DM_CIPHER));
 	json_object_object_add(o, "key_bits", json_object_new_int(DMBYOK_DEK_BYTES * 8));
 	json_object_object_add(o, "sector_size", json_object_new_int((int)v->sector_size));
 	json_object_object_add(o, "data_offset_sectors",
@@ -143,10 +140,21 @@ int verb_dump(struct cli *c)
 	                       json_object_new_int64((int64_t)v->data_sectors));
 	json_object_object_add(o, "keyslot", json_object_new_int(v->token->keyslot));
 	json_object_object_add(o, "token_id", json_object_new_int(v->token_id));
-	token = json_tokener_parse(token_json);
-	json_object_object_add(o, "token", token);
+	json_object_object_add(o, "token", json_tokener_parse(token_json));
+	return o;
+}
+
+int verb_dump(struct cli *c)
+{
+	_cleanup_volume_ struct volume *v = NULL;
+	json_object *o;
+
+	GUARD(cli_require_args(c, 1, 1, "dump DEVICE [--header FILE] [--json]"));
+	GUARD(volume_load(c->args[0], c->header, &v));
 
 	if (c->json) {
+		o = dump_json(v);
+		ENSURE_ALLOC(o);
 		print_json(o);
 		return 0;
 	}
@@ -154,7 +162,8 @@ int verb_dump(struct cli *c)
 	printf("  device:       %s\n", v->device);
 	if (v->header)
 		printf("  header:       %s\n", v->header);
-	printf("  cipher:       aes-xts-plain64, 512-bit key, %u-byte sectors\n", v->sector_size);
+	printf("  cipher:       " DMBYOK_DM_CIPHER ", %d-bit key, %u-byte sectors\n",
+	       DMBYOK_DEK_BYTES * 8, v->sector_size);
 	printf("  data:         offset %" PRIu64 " sectors, %" PRIu64 " sectors\n", v->data_offset,
 	       v->data_sectors);
 	printf("  keyslot:      %d (unlocked by the data key itself)\n", v->token->keyslot);
@@ -167,6 +176,5 @@ int verb_dump(struct cli *c)
 	printf("  created:      %s\n", v->token->created ? v->token->created : "-");
 	if (v->token->rewrapped)
 		printf("  re-wrapped:   %s\n", v->token->rewrapped);
-	json_object_put(o);
 	return 0;
 }

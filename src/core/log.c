@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 static const char *program = "dmbyok";
 static enum log_level max_level = LOG_LEVEL_INFO;
 static int journal_prefix = 0;
+static bool error_logged = false;
 
 void log_setup(const char *program_name)
 {
@@ -51,6 +53,8 @@ int log_internal(enum log_level level, int error, const char *fmt, ...)
 	char buf[2048];
 	va_list ap;
 
+	if (level <= LOG_LEVEL_ERROR)
+		error_logged = true;
 	if (level <= max_level) {
 		va_start(ap, fmt);
 		vsnprintf(buf, sizeof(buf), fmt, ap);
@@ -65,4 +69,9 @@ int log_internal(enum log_level level, int error, const char *fmt, ...)
 
 	errno = saved_errno;
 	return error == 0 ? 0 : -abs(error);
+}
+
+bool log_error_was_logged(void)
+{
+	return error_logged;
 }

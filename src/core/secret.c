@@ -95,5 +95,12 @@ int harden_process(void)
 		return log_error_errno(errno, "Cannot mark the process non-dumpable: %m");
 	/* Freed heap is overwritten with this byte (glibc M_PERTURB). */
 	(void)mallopt(M_PERTURB, 0xa5);
+	/*
+	 * Libraries handed a key (libcryptsetup at format, OpenSSL's HMAC, the TLS buffers a
+	 * KMS response crosses) keep transient copies in ordinary heap: lock all of it, as
+	 * cryptsetup does, so none of it can reach swap. Best effort for unprivileged tests.
+	 */
+	if (mlockall(MCL_CURRENT | MCL_FUTURE) < 0)
+		log_debug("Cannot lock the process's memory (%m); only key buffers are locked.");
 	return 0;
 }

@@ -81,6 +81,10 @@ int dm_check_kernel_support(void)
 	char version[64];
 
 	dm_setup();
+	if (access("/dev/mapper/control", R_OK | W_OK) < 0 && errno == EACCES)
+		return log_error_errno(EPERM,
+		                       "Access to /dev/mapper/control denied: dmbyok must run "
+		                       "as root.");
 	if (access("/dev/mapper/control", F_OK) < 0 || !dm_driver_version(version, sizeof(version)))
 		return log_error_errno(ENOTSUP, "The kernel has no device-mapper (no "
 		                                "/dev/mapper/control): load dm-mod or use a kernel "
@@ -160,8 +164,11 @@ int dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt
 	/* One ioctl creates, loads and resumes; libdevmapper removes the device if load fails. */
 	r = run_with_udev(dmt, true);
 	keyring_destroy_key(serial);
-	if (r == -EEXIST || r == -EBUSY)
+	if (r == -EEXIST)
 		return log_error_errno(EEXIST, "A mapping named %s already exists.", name);
+	if (r == -EBUSY)
+		return log_error_errno(EBUSY, "%s is in use (mounted or mapped elsewhere).",
+		                       p->device);
 	if (r < 0)
 		return log_error_errno(r, "The kernel refused the dm-crypt table for %s: %s", name,
 		                       dmbyok_strerror(r));
@@ -347,7 +354,10 @@ int dm_crypt_lock(const char *name)
 	int r;
 
 	dm_setup();
-	/* Suspend freezes the file system and flushes: every acknowledged write is on disk. */
+	/*
+	 * Suspend freezes a mounted file system (which syncs it, with a cache flush) and waits
+	 * for in-flight I/O, so everything fsync'ed before the lock is on the device.
+	 */
 	r = simple_task(DM_DEVICE_SUSPEND, name, NULL, false);
 	if (r < 0)
 		return log_error_errno(r, "Cannot suspend %s: %s", name, dmbyok_strerror(r));
@@ -382,6 +392,9 @@ int dm_crypt_unlock(const char *name, const char *key_desc, const struct secret 
 		                       dmbyok_strerror(r));
 	r = simple_task(DM_DEVICE_RESUME, name, NULL, true);
 	if (r < 0)
-		return log_error_errno(r, "Cannot resume %s: %s", name, dmbyok_strerror(r));
+		return log_error_errno(r,
+		                       "%s has its key again but did not resume: %s. Run "
+		                       "`dmsetup resume %s`.",
+		                       name, dmbyok_strerror(r), name);
 	return 0;
 }

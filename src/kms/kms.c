@@ -5,6 +5,7 @@
 
 #include "dmbyok/kms.h"
 #include "dmbyok/log.h"
+#include "aws/aws.h"
 #include "kms-provider.h"
 
 static const struct kms_provider_ops *const providers[] = {
@@ -129,4 +130,9 @@ void kms_key_info_done(struct kms_key_info *info)
 const char *kms_client_region(struct kms_client *c)
 {
 	return c ? c->ops->region(c) : NULL;
+}
+
+int kms_key_region(const char *key_id, char **ret)
+{
+	return aws_arn_region(key_id, ret);
 }

@@ -9,7 +9,6 @@
 #include "registry.h"
 
 #define KEY_DESC_PREFIX "dmbyok:"
-#define DM_CIPHER       "aes-xts-plain64"
 
 /* Explain a KMS failure in the operator's terms, with what to do; returns r. */
 static int log_kms_failure(struct kms_client *c, int r, const char *what)
@@ -43,18 +42,12 @@ static int log_kms_failure(struct kms_client *c, int r, const char *what)
 	}
 }
 
-/* The region named by a key ARN ("arn:aws:kms:REGION:ACCOUNT:key/ID"), if it is one. */
+/* The region a key ARN names, or NULL (an alias or bare key id names none). */
 static char *region_of_arn(const char *key_id)
 {
-	const char *p = key_id, *end;
+	char *region = NULL;
 
-	if (strncmp(p, "arn:", 4) != 0)
-		return NULL;
-	for (int i = 0; i < 3 && p; i++)
-		p = strchr(p, ':') ? strchr(p, ':') + 1 : NULL;
-	if (!p || !(end = strchr(p, ':')) || end == p)
-		return NULL;
-	return strndup(p, (size_t)(end - p));
+	return kms_key_region(key_id, &region) >= 0 ? region : NULL;
 }
 
 static int kms_connect(const struct kms_options *base, const char *region, struct kms_client **ret)
@@ -181,7 +174,7 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	GUARD(dmbyok_key_check_value(dek, uuid, &t->key_check));
 	GUARD(dmbyok_timestamp_now(&t->created));
 
-	log_info("Writing the LUKS2 header (aes-xts-plain64, 512-bit key) to %s...",
+	log_info("Writing the LUKS2 header (" DMBYOK_DM_CIPHER ", 512-bit key) to %s...",
 	         o->header ? o->header : o->device);
 	GUARD(volume_format(&(struct volume_format_params){
 	    .device = o->device,
@@ -209,7 +202,7 @@ int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
 	GUARD(key_description(v->uuid, &key_desc));
 	return dm_crypt_create(name, dm_uuid,
 	                       &(struct dm_crypt_params){
-	                           .cipher = DM_CIPHER,
+	                           .cipher = DMBYOK_DM_CIPHER,
 	                           .key_desc = key_desc,
 	                           .key_size = dek->size,
 	                           .device = v->device,
@@ -225,26 +218,36 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 {
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
+	_cleanup_free_ char *device_path = NULL, *header_path = NULL;
 	struct dm_crypt_info existing = { 0 };
 	struct registry_entry entry;
 	int r;
 
 	ENSURE(o->device && o->name && *o->name, EINVAL);
 	GUARD(dm_check_kernel_support());
-	if (dm_crypt_get_info(o->name, &existing) != -ENODEV) {
+	r = dm_crypt_get_info(o->name, &existing);
+	if (r == 0 || r == -EINVAL) {
 		dm_crypt_info_done(&existing);
 		return log_error_errno(EEXIST, "A mapping named %s already exists.", o->name);
 	}
+	if (r != -ENODEV)
+		return log_error_errno(r, "Cannot look up mapping %s: %s", o->name,
+		                       dmbyok_strerror(r));
 
 	GUARD(volume_load(o->device, o->header, &v));
+	/* Two mappings of one disk would corrupt it: cryptsetup refuses this too. */
+	GUARD(volume_check_unused(o->device));
 	GUARD(unwrap_dek(v, kms, &dek));
 	warn_if_not_accelerated();
 	GUARD(dmbyok_activate(v, o->name, o->override_flags ? o->flags : v->activation_flags, dek));
 
+	/* Absolute paths: unlock and the agent run from other directories. */
+	device_path = realpath(o->device, NULL);
+	header_path = o->header ? realpath(o->header, NULL) : NULL;
 	entry = (struct registry_entry){
 		.name = (char *)o->name,
-		.device = (char *)o->device,
-		.header = (char *)o->header,
+		.device = device_path ? device_path : (char *)o->device,
+		.header = header_path ? header_path : (char *)o->header,
 		.volume_uuid = (char *)v->uuid,
 		.key_id = v->token->key_id,
 		.key_arn = v->token->key_arn,
@@ -276,8 +279,10 @@ int dmbyok_status(const char *name, struct mapping_status *ret)
 	int r;
 
 	r = dm_crypt_get_info(name, &s.dm);
+	if (r == -EINVAL)
+		return -ENODEV; /* a mapping, but not dm-crypt: not ours */
 	if (r < 0)
-		return r == -ENODEV ? -ENODEV : r;
+		return r;
 	if (strncmp(s.dm.dm_uuid, DM_LUKS2_UUID_PREFIX, strlen(DM_LUKS2_UUID_PREFIX)) != 0) {
 		mapping_status_done(&s);
 		return -ENODEV;
@@ -439,7 +444,8 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_kms_client_ struct kms_client *c = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
-	_cleanup_free_ char *ciphertext = NULL, *arn = NULL, *now = NULL, *dest_region = NULL;
+	_cleanup_free_ char *ciphertext = NULL, *arn = NULL, *now = NULL, *dest_region = NULL,
+	                    *arn_region = NULL;
 	struct dmbyok_token t;
 	const char *dest;
 	int r;
@@ -448,6 +454,12 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	GUARD(dmbyok_token_check_volume(v->token, v->uuid));
 	dest = new_key_id ? new_key_id : v->token->key_id;
 	dest_region = region_of_arn(dest);
+	/* ReEncrypt runs in one region: a blob cannot move to a key of another one this way. */
+	if (dest_region && v->token->region && strcmp(dest_region, v->token->region) != 0)
+		return log_error_errno(EINVAL,
+		                       "%s is in region %s but the volume's key is in %s: re-wrap "
+		                       "within one region (or format a new volume there).",
+		                       dest, dest_region, v->token->region);
 	GUARD(kms_connect(kms, dest_region ? dest_region : v->token->region, &c));
 
 	log_info("Re-wrapping the data key of %s from %s under %s...", device, v->token->key_arn,
@@ -467,9 +479,10 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	t.key_id = (char *)dest;
 	t.key_arn = arn;
 	t.ciphertext = ciphertext;
-	if (region_of_arn(arn)) {
+	arn_region = region_of_arn(arn);
+	if (arn_region) {
 		free(dest_region);
-		dest_region = region_of_arn(arn);
+		dest_region = TAKE_PTR(arn_region);
 	}
 	t.region = dest_region ? dest_region : v->token->region;
 	t.rewrapped = now;

@@ -52,6 +52,7 @@ int dmbyok_token_from_json(const char *json, struct dmbyok_token **ret)
 	_cleanup_token_ struct dmbyok_token *t = NULL;
 	json_object *o = NULL, *v, *slot;
 	_cleanup_free_ char *type = NULL;
+	char *end = NULL;
 	int r;
 
 	o = json_tokener_parse(json);
@@ -94,7 +95,13 @@ int dmbyok_token_from_json(const char *json, struct dmbyok_token **ret)
 		                    "dmbyok token must be assigned to exactly one keyslot.");
 		goto out;
 	}
-	t->keyslot = atoi(json_object_get_string(slot));
+	errno = 0;
+	t->keyslot = (int)strtol(json_object_get_string(slot), &end, 10);
+	if (errno || !end || *end || end == json_object_get_string(slot) || t->keyslot < 0 ||
+	    t->keyslot >= 32) {
+		r = log_error_errno(EUCLEAN, "dmbyok token names an invalid keyslot.");
+		goto out;
+	}
 
 	if ((r = get_string(o, "kms", 1, &t->kms)) < 0 ||
 	    (r = get_string(o, "key_id", 1, &t->key_id)) < 0 ||

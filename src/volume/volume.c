@@ -78,22 +78,26 @@ out:
 	return r;
 }
 
-/* Does the device start with a LUKS magic (primary or any secondary header offset)? */
-static bool has_luks_magic(const char *path)
+/*
+ * The LUKS version (1 or 2) named by a magic at the start or at any LUKS2 secondary header
+ * offset, or 0 when there is none: tells a damaged LUKS2 header from something else.
+ */
+static int luks_version(const char *path)
 {
 	static const uint64_t offsets[] = { 0,       0x4000,  0x8000,   0x10000,  0x20000,
 		                            0x40000, 0x80000, 0x100000, 0x200000, 0x400000 };
-	uint8_t buf[6];
-	bool found = false;
+	uint8_t buf[8];
+	int version = 0;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
 	if (fd < 0)
-		return false;
-	for (size_t i = 0; i < ELEMENTSOF(offsets) && !found; i++)
-		if (pread(fd, buf, sizeof(buf), (off_t)offsets[i]) == (ssize_t)sizeof(buf))
-			found = !memcmp(buf, "LUKS\xba\xbe", 6) || !memcmp(buf, "SKUL\xba\xbe", 6);
+		return 0;
+	for (size_t i = 0; i < ELEMENTSOF(offsets) && !version; i++)
+		if (pread(fd, buf, sizeof(buf), (off_t)offsets[i]) == (ssize_t)sizeof(buf) &&
+		    (!memcmp(buf, "LUKS\xba\xbe", 6) || !memcmp(buf, "SKUL\xba\xbe", 6)))
+			version = buf[6] << 8 | buf[7];
 	close(fd);
-	return found;
+	return version == 1 || version == 2 ? version : 0;
 }
 
 static int find_token(struct volume *v)
@@ -123,7 +127,7 @@ static int find_token(struct volume *v)
 int volume_load(const char *device, const char *header, struct volume **ret)
 {
 	_cleanup_volume_ struct volume *v = NULL;
-	const char *hdr = header ? header : device;
+	const char *hdr = header ? header : device, *cipher, *mode;
 	uint64_t size = 0;
 	int r;
 
@@ -146,24 +150,42 @@ int volume_load(const char *device, const char *header, struct volume **ret)
 
 	r = crypt_load(v->cd, CRYPT_LUKS2, NULL);
 	if (r < 0) {
-		if (has_luks_magic(hdr))
+		int version = luks_version(hdr);
+
+		if (version == 1)
+			return log_error_errno(
+			    ENODATA, "%s is a LUKS1 volume; dmbyok volumes are LUKS2.", hdr);
+		/* A LUKS2 magic that does not load: bad checksums (EINVAL) or cut short (EIO). */
+		if (version == 2 && (r == -EINVAL || r == -EIO))
 			return log_error_errno(
 			    EUCLEAN,
 			    "The LUKS2 header on %s is corrupt or truncated. Restore "
 			    "it from a backup (cryptsetup luksHeaderRestore).",
 			    hdr);
-		return log_error_errno(ENODATA, "%s is not a LUKS2 volume.", hdr);
+		if (r == -EINVAL)
+			return log_error_errno(ENODATA, "%s is not a LUKS2 volume.", hdr);
+		return log_error_errno(r, "Cannot read the header on %s: %s", hdr,
+		                       dmbyok_strerror(r));
 	}
-	if (strcmp(crypt_get_cipher(v->cd), DMBYOK_CIPHER) != 0 ||
-	    strcmp(crypt_get_cipher_mode(v->cd), DMBYOK_CIPHER_MODE) != 0 ||
+
+	cipher = crypt_get_cipher(v->cd);
+	mode = crypt_get_cipher_mode(v->cd);
+	if (!cipher || !mode || strcmp(cipher, DMBYOK_CIPHER) != 0 ||
+	    strcmp(mode, DMBYOK_CIPHER_MODE) != 0 ||
 	    crypt_get_volume_key_size(v->cd) != DMBYOK_DEK_BYTES)
-		return log_error_errno(EUCLEAN,
-		                       "%s uses %s-%s with a %d-byte key; dmbyok volumes use "
-		                       "aes-xts-plain64 with a 64-byte key.",
-		                       hdr, crypt_get_cipher(v->cd), crypt_get_cipher_mode(v->cd),
-		                       crypt_get_volume_key_size(v->cd));
+		return log_error_errno(
+		    EUCLEAN,
+		    "%s uses %s-%s with a %d-byte key; dmbyok volumes use " DMBYOK_DM_CIPHER
+		    " with a 64-byte key.",
+		    hdr, cipher ? cipher : "?", mode ? mode : "?",
+		    crypt_get_volume_key_size(v->cd));
 
 	GUARD(find_token(v));
+	r = crypt_keyslot_status(v->cd, v->token->keyslot);
+	if (r != CRYPT_SLOT_ACTIVE && r != CRYPT_SLOT_ACTIVE_LAST)
+		return log_error_errno(
+		    EUCLEAN, "The dmbyok token of %s names keyslot %d, which is not in use.", hdr,
+		    v->token->keyslot);
 	v->uuid = crypt_get_uuid(v->cd);
 	v->data_offset = crypt_get_data_offset(v->cd);
 	v->sector_size = (uint32_t)crypt_get_sector_size(v->cd);
@@ -181,14 +203,12 @@ int volume_load(const char *device, const char *header, struct volume **ret)
 	return 0;
 }
 
-int volume_check_blank(const char *device, bool force)
+/* An exclusive open fails while the device is mounted, mapped (dm) or otherwise held. */
+static int open_unused(const char *device)
 {
-	blkid_probe pr = NULL;
-	const char *type = NULL, *usage = NULL;
 	struct stat st;
-	int fd, r;
+	int fd = open(device, O_RDONLY | O_CLOEXEC | O_EXCL);
 
-	fd = open(device, O_RDONLY | O_CLOEXEC | O_EXCL);
 	if (fd < 0) {
 		if (errno == EBUSY)
 			return log_error_errno(
@@ -199,6 +219,28 @@ int volume_check_blank(const char *device, bool force)
 		close(fd);
 		return log_error_errno(ENOTBLK, "%s is not a block device.", device);
 	}
+	return fd;
+}
+
+int volume_check_unused(const char *device)
+{
+	int fd = open_unused(device);
+
+	if (fd < 0)
+		return fd;
+	close(fd);
+	return 0;
+}
+
+int volume_check_blank(const char *device, bool force)
+{
+	blkid_probe pr = NULL;
+	const char *type = NULL, *usage = NULL;
+	int fd, r;
+
+	fd = open_unused(device);
+	if (fd < 0)
+		return fd;
 	if (force) {
 		close(fd);
 		return 0;
@@ -226,12 +268,14 @@ int volume_check_blank(const char *device, bool force)
 		                    "%s already holds a %s signature (%s). Nothing was written; to "
 		                    "destroy it, run again with --force.",
 		                    device, type, usage ? usage : "partition table");
-	} else {
+	} else if (r == -2) {
 		r = log_error_errno(
 		    ENOTEMPTY,
 		    "%s holds ambiguous signatures. Nothing was written; to destroy "
 		    "them, run again with --force.",
 		    device);
+	} else {
+		r = log_error_errno(EIO, "Cannot probe %s for signatures.", device);
 	}
 out:
 	blkid_free_probe(pr);
@@ -265,7 +309,7 @@ static int backup_area(const char *path, struct area_backup *b)
 {
 	uint64_t size = 0;
 	ssize_t n;
-	int fd;
+	int fd, r;
 
 	b->path = strdup(path);
 	ENSURE_ALLOC(b->path);
@@ -276,9 +320,10 @@ static int backup_area(const char *path, struct area_backup *b)
 		return log_error_errno(errno, "Cannot open %s: %m", path);
 	}
 	b->existed = true;
-	if (device_size(path, &size, NULL) < 0) {
+	r = device_size(path, &size, NULL);
+	if (r < 0) {
 		close(fd);
-		return -EIO;
+		return r;
 	}
 	b->size = size < HEADER_AREA_BYTES ? (size_t)size : HEADER_AREA_BYTES;
 	b->data = malloc(b->size ? b->size : 1);
@@ -326,8 +371,11 @@ static uint32_t choose_sector_size(const char *device, uint64_t data_offset_byte
 
 	if (device_size(device, &size, &logical) < 0)
 		return 512;
-	if (logical > 4096 || (size - data_offset_bytes) % 4096 != 0)
-		return logical > 4096 ? logical : 512;
+	/* dm-crypt cannot use encryption sectors smaller than the device's own blocks. */
+	if (logical > 4096)
+		return 0;
+	if ((size - data_offset_bytes) % 4096 != 0)
+		return logical;
 	return 4096;
 }
 
@@ -378,6 +426,13 @@ int volume_format(const struct volume_format_params *p)
 	}
 	volume_setup_logging(cd);
 	params.sector_size = choose_sector_size(p->device, p->header ? 0 : HEADER_AREA_BYTES);
+	if (params.sector_size == 0) {
+		r = log_error_errno(ENOTSUP,
+		                    "%s has blocks larger than 4096 bytes, which dm-crypt cannot "
+		                    "encrypt.",
+		                    p->device);
+		goto out;
+	}
 	written = true;
 	r = crypt_format(cd, CRYPT_LUKS2, DMBYOK_CIPHER, DMBYOK_CIPHER_MODE, p->uuid,
 	                 (const char *)p->dek->data, p->dek->size, &params);

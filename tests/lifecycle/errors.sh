@@ -2,7 +2,7 @@
 # Every documented failure gives its exit code and a message, and changes nothing: the
 # header bytes and the set of mappings are the same after the failed command as before.
 . "$(dirname "$0")/lib.sh"
-A=/dev/vda B=/dev/vdb C=/dev/vdc
+A=/dev/vda B=/dev/vdb C=/dev/vdc D=/dev/vdd
 CTL="$DMBYOK_SOURCE_DIR/tests/kms-emulator/emulatorctl"
 
 # refuses CODE "what" DEVICE command...: exit CODE, header and mappings untouched.
@@ -91,8 +91,21 @@ check "three Decrypt calls reached the KMS" test "$(($(decrypt_calls) - calls))"
 
 step "busy"
 refuses 8 "a mapping of that name exists" $B $DMBYOK open $B data
+refuses 8 "the same device under a second name" $A $DMBYOK open $A data2
+check "the message says the device is in use" grep -q 'in use' "$WORK/err"
 refuses 8 "format of a device in use" $A $DMBYOK format $A --key alias/a --force
 check "close" $DMBYOK close data
+
+step "volumes and mappings that are not dmbyok's"
+printf 'x' >"$WORK/pass"
+cryptsetup luksFormat -q --type luks1 --pbkdf-force-iterations 1000 --key-file "$WORK/pass" $D
+refuses 7 "a LUKS1 volume" $D $DMBYOK open $D old
+check "the message says LUKS1, not corrupt" grep -q 'LUKS1 volume' "$WORK/err"
+dmsetup create lin --table "0 2048 linear $D 0"
+expect_exit 2 "close refuses a non-crypt mapping" $DMBYOK close lin
+check "it says there is no such dmbyok mapping" grep -q 'No dmbyok mapping named lin' "$WORK/err"
+check "and leaves it alone" dmsetup info lin
+dmsetup remove lin
 
 step "no dm-crypt in the kernel"
 rmmod dm_crypt

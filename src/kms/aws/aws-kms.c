@@ -161,7 +161,14 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 	bool refreshed = false, retried = false;
 	int r = -EIO;
 
-	GUARD(call_target(k, key_id, &region, &url));
+	r = call_target(k, key_id, &region, &url);
+	if (r == -EINVAL)
+		kms_set_last_error(c,
+		                   "no AWS region for %s: set AWS_REGION or the profile's region, "
+		                   "or name the key by its ARN",
+		                   key_id ? key_id : "the key");
+	if (r < 0)
+		return r;
 	if (asprintf(&sigv4, "aws:amz:%s:kms", region) < 0 ||
 	    asprintf(&target, "X-Amz-Target: TrentService.%s", operation) < 0)
 		return log_oom();
