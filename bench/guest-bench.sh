@@ -59,6 +59,8 @@ if [ "$WHAT" = io ] || [ "$WHAT" = all ]; then
 		stock) path=/dev/mapper/stock ;;
 		dmbyok)
 			$DMBYOK open $DMB fast 2>/dev/null
+			echo "  tables: stock  $(dmsetup table stock | cut -d' ' -f4,6- )"
+			echo "          dmbyok $(dmsetup table fast | cut -d' ' -f4,6- )"
 			path=/dev/mapper/fast ;;
 		dmbyok-bypass)
 			$DMBYOK close fast 2>/dev/null
@@ -77,7 +79,7 @@ if [ "$WHAT" = io ] || [ "$WHAT" = all ]; then
 	done
 	echo "  stock = a cryptsetup luksFormat volume with cryptsetup's defaults; dmbyok = dmbyok's"
 	echo "  default table; dmbyok-bypass = --perf no_read_workqueue,no_write_workqueue."
-	echo "  stock and dmbyok load the same kind of table: their ratio shows this run's noise."
+	echo "  stock and dmbyok differ only in the encryption sector size (see the tables above)."
 	echo "  ratios:"
 	for w in read write randread randwrite; do
 		col=1; [ "$w" = randread ] || [ "$w" = randwrite ] && col=2
