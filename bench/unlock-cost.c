@@ -33,7 +33,7 @@ static int dmbyok_round(const char *dev, const struct secret *dek)
 	_cleanup_volume_ struct volume *v = NULL;
 	double c0 = now(CLOCK_PROCESS_CPUTIME_ID);
 
-	GUARD(volume_load(dev, NULL, &v));
+	GUARD(dmbyok_volume_load(dev, NULL, &v));
 	header_cpu += now(CLOCK_PROCESS_CPUTIME_ID) - c0;
 	GUARD(dmbyok_token_check_volume(v->token, v->uuid));
 	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid));
@@ -61,14 +61,15 @@ int main(int argc, char **argv)
 	double cpu[2] = { 0 }, wall[2] = { 0 };
 	int rounds = argc > 2 ? atoi(argv[2]) : 20, r;
 
-	log_setup("unlock-cost");
+	dmbyok_log_setup("unlock-cost");
 	if (argc < 2 || rounds < 1) {
 		fprintf(stderr, "usage: unlock-cost DEVICE [ROUNDS]\n");
 		return 2;
 	}
-	if ((r = volume_load(argv[1], NULL, &v)) < 0 || (r = kms_client_new(&opts, &kms)) < 0 ||
-	    (r = kms_decrypt(kms, v->token->key_arn, v->token->ciphertext, v->token->context, &dek,
-	                     NULL)) < 0)
+	if ((r = dmbyok_volume_load(argv[1], NULL, &v)) < 0 ||
+	    (r = dmbyok_kms_client_new(&opts, &kms)) < 0 ||
+	    (r = dmbyok_kms_decrypt(kms, v->token->key_arn, v->token->ciphertext, v->token->context,
+	                            &dek, NULL)) < 0)
 		return dmbyok_exit_code(r);
 
 	for (int i = 0; i < rounds; i++) {
@@ -79,7 +80,7 @@ int main(int argc, char **argv)
 			return dmbyok_exit_code(r);
 		cpu[0] += now(CLOCK_PROCESS_CPUTIME_ID) - c0;
 		wall[0] += now(CLOCK_MONOTONIC) - w0;
-		if ((r = dm_crypt_remove("bench-dmbyok")) < 0)
+		if ((r = dmbyok_dm_crypt_remove("bench-dmbyok")) < 0)
 			return dmbyok_exit_code(r);
 
 		c0 = now(CLOCK_PROCESS_CPUTIME_ID), w0 = now(CLOCK_MONOTONIC);

@@ -53,34 +53,35 @@ struct dm_crypt_info {
 	unsigned major, minor; /* of the mapping itself */
 };
 
-void dm_crypt_info_done(struct dm_crypt_info *info);
+void dmbyok_dm_crypt_info_done(struct dm_crypt_info *info);
 
 /* -ENOTSUP with a clear message when the kernel has no device-mapper or no crypt target. */
-int dm_check_kernel_support(void);
+int dmbyok_dm_check_kernel_support(void);
 
 /* The dm UUID cryptsetup uses for a LUKS2 mapping, so `cryptsetup status/close` know it. */
-int dm_luks2_uuid(const char *volume_uuid, const char *name, char **ret);
+int dmbyok_dm_luks2_uuid(const char *volume_uuid, const char *name, char **ret);
 
 /*
  * Create and activate a mapping whose key is `key`, passed through the kernel keyring.
  * -EEXIST when `name` exists. On failure nothing is left behind.
  */
-int dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt_params *p,
-                    const struct secret *key);
-int dm_crypt_remove(const char *name);
+int dmbyok_dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt_params *p,
+                           const struct secret *key);
+int dmbyok_dm_crypt_remove(const char *name);
 
 /* -ENODEV when there is no such mapping, -EINVAL when it is not a crypt mapping. */
-int dm_crypt_get_info(const char *name, struct dm_crypt_info *ret);
+int dmbyok_dm_crypt_get_info(const char *name, struct dm_crypt_info *ret);
 
-/* Names of all device-mapper devices (NULL-terminated, free with strv_free()). */
-int dm_list_names(char ***ret_names);
-void strv_free(char **l);
+/* Names of all device-mapper devices (NULL-terminated, free with dmbyok_strv_free()). */
+int dmbyok_dm_list_names(char ***ret_names);
+void dmbyok_strv_free(char **l);
 
 /* Freeze file systems, flush, suspend I/O, then drop the key from dm-crypt's memory. */
-int dm_crypt_lock(const char *name);
+int dmbyok_dm_crypt_lock(const char *name);
 /* Hand dm-crypt the key again (through the keyring) and resume I/O. */
-int dm_crypt_unlock(const char *name, const char *key_desc, const struct secret *key);
+int dmbyok_dm_crypt_unlock(const char *name, const char *key_desc, const struct secret *key);
 
 /* The thread-keyring logon key used for one table load or `key set` message. */
-int keyring_add_logon_key(const char *description, const struct secret *key, int32_t *ret_serial);
-void keyring_destroy_key(int32_t serial);
+int dmbyok_keyring_add_logon_key(const char *description, const struct secret *key,
+                                 int32_t *ret_serial);
+void dmbyok_keyring_destroy_key(int32_t serial);

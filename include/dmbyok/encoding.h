@@ -7,13 +7,13 @@
 #include <stdint.h>
 
 /* A newly allocated NUL-terminated base64 string (standard alphabet, padded). */
-int base64_encode(const void *data, size_t n, char **ret);
+int dmbyok_base64_encode(const void *data, size_t n, char **ret);
 
 /*
  * Decode base64 into out[0..out_size); returns the decoded length or -EINVAL for malformed
  * input, -E2BIG when it would not fit. Usable with secret memory as `out`.
  */
-int base64_decode(const char *b64, size_t b64_len, void *out, size_t out_size);
+int dmbyok_base64_decode(const char *b64, size_t b64_len, void *out, size_t out_size);
 
 /* Lower-case hex of data into a new string (never use for secrets). */
-int hex_encode(const void *data, size_t n, char **ret);
+int dmbyok_hex_encode(const void *data, size_t n, char **ret);

@@ -12,7 +12,7 @@
  *   credentials   -EKEYEXPIRED, -EKEYREJECTED, -ENOKEY
  *   -EBADMSG      the blob does not decrypt under this context (swapped or tampered)
  *   -EINVAL       bad input or configuration
- * After a failure kms_last_error() gives the provider's own words (e.g.
+ * After a failure dmbyok_kms_last_error() gives the provider's own words (e.g.
  * "DisabledException: arn:aws:kms:...:key/... is disabled.") for the operator.
  *
  * Encryption contexts are json-c objects whose values are strings. They are not secret.
@@ -44,36 +44,36 @@ struct kms_key_info {
 	bool enabled;
 };
 
-int kms_client_new(const struct kms_options *opts, struct kms_client **ret);
-void kms_client_free(struct kms_client *c);
-DEFINE_CLEANUP_FUNC(struct kms_client *, kms_client_free);
-#define _cleanup_kms_client_ _cleanup_(kms_client_freep)
+int dmbyok_kms_client_new(const struct kms_options *opts, struct kms_client **ret);
+void dmbyok_kms_client_free(struct kms_client *c);
+DEFINE_CLEANUP_FUNC(struct kms_client *, dmbyok_kms_client_free);
+#define _cleanup_kms_client_ _cleanup_(dmbyok_kms_client_freep)
 
 /* The provider's last error text, or "" (owned by the client, valid until the next call). */
-const char *kms_last_error(struct kms_client *c);
+const char *dmbyok_kms_last_error(struct kms_client *c);
 
 /*
  * GenerateDataKey: `n_bytes` of fresh plaintext key (in locked memory) and the same key
  * wrapped under `key_id` (alias or id or ARN) and bound to `context`. The ciphertext is
  * returned base64-encoded, as stored in the volume's token; ret_key_arn names the key.
  */
-int kms_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
-                          size_t n_bytes, struct secret **ret_plaintext, char **ret_ciphertext_b64,
-                          char **ret_key_arn);
+int dmbyok_kms_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
+                                 size_t n_bytes, struct secret **ret_plaintext,
+                                 char **ret_ciphertext_b64, char **ret_key_arn);
 
 /* Decrypt: `key_id` may be NULL (the blob names its key); the context must match exactly. */
-int kms_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
-                json_object *context, struct secret **ret_plaintext, char **ret_key_arn);
+int dmbyok_kms_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
+                       json_object *context, struct secret **ret_plaintext, char **ret_key_arn);
 
 /* ReEncrypt a blob under `dest_key_id`, same context, without the plaintext leaving KMS. */
-int kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
-                  const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
+int dmbyok_kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
+                         const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
 
-int kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
-void kms_key_info_done(struct kms_key_info *info);
+int dmbyok_kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
+void dmbyok_kms_key_info_done(struct kms_key_info *info);
 
 /* The region named by a key ARN, or -EINVAL when key_id is not an ARN. */
-int kms_key_region(const char *key_id, char **ret);
+int dmbyok_kms_key_region(const char *key_id, char **ret);
 
 /* The region a client talks to (resolved at creation). */
-const char *kms_client_region(struct kms_client *c);
+const char *dmbyok_kms_client_region(struct kms_client *c);

@@ -67,12 +67,12 @@ struct mapping_status {
 	char *key_id;
 	char *key_arn;
 };
-void mapping_status_done(struct mapping_status *s);
+void dmbyok_mapping_status_done(struct mapping_status *s);
 /* -ENODEV when NAME is not a dmbyok mapping. */
 int dmbyok_status(const char *name, struct mapping_status *ret);
-/* Status of every dmbyok mapping; free with mapping_status_list_free(). */
+/* Status of every dmbyok mapping; free with dmbyok_mapping_status_list_free(). */
 int dmbyok_list(struct mapping_status **ret, size_t *ret_n);
-void mapping_status_list_free(struct mapping_status *l, size_t n);
+void dmbyok_mapping_status_list_free(struct mapping_status *l, size_t n);
 
 /* The kernel's preferred xts(aes) driver, and whether it is hardware accelerated. */
 int dmbyok_xts_driver(char **ret_driver, bool *ret_accelerated);

@@ -24,26 +24,26 @@ enum log_level {
 	LOG_LEVEL_DEBUG = 7,
 };
 
-void log_setup(const char *program_name);
+void dmbyok_log_setup(const char *program_name);
 /* Whether an error-level message was logged: lets a caller avoid a silent failure. */
-bool log_error_was_logged(void);
-void log_set_max_level(enum log_level level);
-enum log_level log_get_max_level(void);
+bool dmbyok_log_error_was_logged(void);
+void dmbyok_log_set_max_level(enum log_level level);
+enum log_level dmbyok_log_get_max_level(void);
 
 /* Returns -abs(error), or 0 when error is 0. */
-int log_internal(enum log_level level, int error, const char *fmt, ...) _printf_(3, 4);
+int dmbyok_log_internal(enum log_level level, int error, const char *fmt, ...) _printf_(3, 4);
 
-#define log_full_errno(level, error, ...) log_internal((level), (error), __VA_ARGS__)
+#define log_full_errno(level, error, ...) dmbyok_log_internal((level), (error), __VA_ARGS__)
 
-#define log_debug(...)   (void)log_internal(LOG_LEVEL_DEBUG, 0, __VA_ARGS__)
-#define log_info(...)    (void)log_internal(LOG_LEVEL_INFO, 0, __VA_ARGS__)
-#define log_notice(...)  (void)log_internal(LOG_LEVEL_NOTICE, 0, __VA_ARGS__)
-#define log_warning(...) (void)log_internal(LOG_LEVEL_WARNING, 0, __VA_ARGS__)
-#define log_error(...)   (void)log_internal(LOG_LEVEL_ERROR, 0, __VA_ARGS__)
+#define log_debug(...)   (void)dmbyok_log_internal(LOG_LEVEL_DEBUG, 0, __VA_ARGS__)
+#define log_info(...)    (void)dmbyok_log_internal(LOG_LEVEL_INFO, 0, __VA_ARGS__)
+#define log_notice(...)  (void)dmbyok_log_internal(LOG_LEVEL_NOTICE, 0, __VA_ARGS__)
+#define log_warning(...) (void)dmbyok_log_internal(LOG_LEVEL_WARNING, 0, __VA_ARGS__)
+#define log_error(...)   (void)dmbyok_log_internal(LOG_LEVEL_ERROR, 0, __VA_ARGS__)
 
-#define log_debug_errno(error, ...)   log_internal(LOG_LEVEL_DEBUG, (error), __VA_ARGS__)
-#define log_warning_errno(error, ...) log_internal(LOG_LEVEL_WARNING, (error), __VA_ARGS__)
-#define log_error_errno(error, ...)   log_internal(LOG_LEVEL_ERROR, (error), __VA_ARGS__)
+#define log_debug_errno(error, ...)   dmbyok_log_internal(LOG_LEVEL_DEBUG, (error), __VA_ARGS__)
+#define log_warning_errno(error, ...) dmbyok_log_internal(LOG_LEVEL_WARNING, (error), __VA_ARGS__)
+#define log_error_errno(error, ...)   dmbyok_log_internal(LOG_LEVEL_ERROR, (error), __VA_ARGS__)
 
 /* Memory exhaustion is reported once, the same way everywhere. */
-#define log_oom() log_internal(LOG_LEVEL_ERROR, ENOMEM, "Out of memory.")
+#define log_oom() dmbyok_log_internal(LOG_LEVEL_ERROR, ENOMEM, "Out of memory.")

@@ -27,12 +27,17 @@
 		_taken;                                                                            \
 	})
 
-/* Defines func##p(type *p), a cleanup helper that calls a NULL-accepting destructor. */
+/*
+ * Defines func##p(type *p), a cleanup helper that calls the destructor and resets the
+ * pointer, so a second call (or a cleanup after an explicit one) is harmless.
+ */
 #define DEFINE_CLEANUP_FUNC(type, func)                                                            \
 	static inline void func##p(type *p)                                                        \
 	{                                                                                          \
-		if (*p)                                                                            \
+		if (*p) {                                                                          \
 			func(*p);                                                                  \
+			*p = NULL;                                                                 \
+		}                                                                                  \
 	}
 
 static inline void freep(void *p)

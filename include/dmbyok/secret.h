@@ -19,24 +19,24 @@ struct secret {
 };
 
 /* A zero-filled secret of `size` bytes (capacity may be larger). */
-int secret_new(size_t size, struct secret **ret);
+int dmbyok_secret_new(size_t size, struct secret **ret);
 /* Wipes and frees; accepts NULL. */
-void secret_free(struct secret *s);
-DEFINE_CLEANUP_FUNC(struct secret *, secret_free);
-#define _cleanup_secret_ _cleanup_(secret_freep)
+void dmbyok_secret_free(struct secret *s);
+DEFINE_CLEANUP_FUNC(struct secret *, dmbyok_secret_free);
+#define _cleanup_secret_ _cleanup_(dmbyok_secret_freep)
 
 /* Append bytes (for streaming a response into locked memory); -E2BIG beyond capacity. */
-int secret_append(struct secret *s, const void *data, size_t n);
+int dmbyok_secret_append(struct secret *s, const void *data, size_t n);
 
 /* Constant-time comparison of two buffers of equal length. */
-int secret_equal(const void *a, const void *b, size_t n);
+int dmbyok_secret_equal(const void *a, const void *b, size_t n);
 
 /* Zero memory in a way the compiler may not elide. */
-void secure_wipe(void *p, size_t n);
+void dmbyok_secure_wipe(void *p, size_t n);
 
 /*
  * Process-wide hardening for anything that handles keys: no core dumps, not dumpable,
  * and glibc's allocator fills freed memory, so transient copies made by libraries
  * (json-c, libcurl) do not linger in the heap after they are freed.
  */
-int harden_process(void);
+int dmbyok_harden_process(void);

@@ -34,32 +34,32 @@ struct volume {
 	uint32_t activation_flags; /* LUKS2 persistent CRYPT_ACTIVATE_* flags */
 };
 
-void volume_free(struct volume *v);
-DEFINE_CLEANUP_FUNC(struct volume *, volume_free);
-#define _cleanup_volume_ _cleanup_(volume_freep)
+void dmbyok_volume_free(struct volume *v);
+DEFINE_CLEANUP_FUNC(struct volume *, dmbyok_volume_free);
+#define _cleanup_volume_ _cleanup_(dmbyok_volume_freep)
 
 /*
  * Load a dmbyok volume's header (from `header` when detached). Errors: -ENOENT no such
  * device, -ENODATA not LUKS2 or no dmbyok token, -EUCLEAN corrupt header or token.
  */
-int volume_load(const char *device, const char *header, struct volume **ret);
+int dmbyok_volume_load(const char *device, const char *header, struct volume **ret);
 
 /*
  * Refuse a device that is in use or carries any signature (file system, LUKS, partition
  * table, RAID...) unless `force`: -EBUSY, -ENOTEMPTY with the signature named.
  */
-int volume_check_blank(const char *device, bool force);
+int dmbyok_volume_check_blank(const char *device, bool force);
 
 /* -EBUSY unless the device can be opened exclusively (not mounted, mapped or held). */
-int volume_check_unused(const char *device);
+int dmbyok_volume_check_unused(const char *device);
 
 /* A fresh random (version 4) UUID for a new header. */
-int volume_new_uuid(char ret[static 37]);
+int dmbyok_volume_new_uuid(char ret[static 37]);
 
 struct volume_format_params {
 	const char *device;
 	const char *header; /* detached header file or NULL */
-	const char *uuid;   /* from volume_new_uuid(): the token's context names it */
+	const char *uuid;   /* from dmbyok_volume_new_uuid(): the token's context names it */
 	const struct secret *dek;
 	struct dmbyok_token *token; /* keyslot is filled in */
 	uint32_t activation_flags;  /* persisted CRYPT_ACTIVATE_* performance flags */
@@ -69,10 +69,10 @@ struct volume_format_params {
  * Write a LUKS2 header with the DEK as volume key, the DEK keyslot and the token. On any
  * failure the header area is restored byte for byte, so the device is as it was.
  */
-int volume_format(const struct volume_format_params *p);
+int dmbyok_volume_format(const struct volume_format_params *p);
 
 /* Replace the token (after a re-wrap), keeping its LUKS2 token number. */
-int volume_update_token(struct volume *v, const struct dmbyok_token *t);
+int dmbyok_volume_update_token(struct volume *v, const struct dmbyok_token *t);
 
 /* Route libcryptsetup's messages into dmbyok's log. */
-void volume_setup_logging(struct crypt_device *cd);
+void dmbyok_volume_setup_logging(struct crypt_device *cd);

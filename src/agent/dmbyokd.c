@@ -15,12 +15,12 @@ int main(int argc, char **argv)
 {
 	int r;
 
-	log_setup("dmbyokd");
+	dmbyok_log_setup("dmbyokd");
 	if (argc > 1 && !strcmp(argv[1], "--version")) {
 		printf("dmbyokd %s\n", DMBYOK_VERSION);
 		return 0;
 	}
-	r = harden_process();
+	r = dmbyok_harden_process();
 	if (r < 0)
 		return dmbyok_exit_code(r);
 	log_error("The revocation watch loop is not implemented yet; use `dmbyok lock/unlock`.");

@@ -117,7 +117,7 @@ int main(int argc, char **argv)
 	const char *verb;
 	int opt, r;
 
-	log_setup("dmbyok");
+	dmbyok_log_setup("dmbyok");
 	c.context = calloc((size_t)argc, sizeof(char *));
 	if (!c.context)
 		return dmbyok_exit_code(log_oom());
@@ -159,10 +159,10 @@ int main(int argc, char **argv)
 			c.perf_set = true;
 			break;
 		case 'q':
-			log_set_max_level(LOG_LEVEL_WARNING);
+			dmbyok_log_set_max_level(LOG_LEVEL_WARNING);
 			break;
 		case ARG_DEBUG:
-			log_set_max_level(LOG_LEVEL_DEBUG);
+			dmbyok_log_set_max_level(LOG_LEVEL_DEBUG);
 			break;
 		case 'h':
 			usage(stdout);
@@ -184,7 +184,7 @@ int main(int argc, char **argv)
 	c.n_args = (size_t)(argc - optind);
 
 	/* Everything below may hold a data key. */
-	r = harden_process();
+	r = dmbyok_harden_process();
 	if (r < 0)
 		return dmbyok_exit_code(r);
 
@@ -192,7 +192,7 @@ int main(int argc, char **argv)
 		if (!strcmp(verb, verbs[i].name)) {
 			r = verbs[i].run(&c);
 			/* Every failure says something, even one a lower layer only returned. */
-			if (r < 0 && !log_error_was_logged())
+			if (r < 0 && !dmbyok_log_error_was_logged())
 				log_error("%s failed: %s", verb, dmbyok_strerror(r));
 			free(c.context);
 			return dmbyok_exit_code(r);

@@ -23,13 +23,13 @@ static int check_kernel(void)
 	int32_t serial = 0;
 	int r, worst = 0;
 
-	r = report("device-mapper with crypt target", dm_check_kernel_support(), NULL);
+	r = report("device-mapper with crypt target", dmbyok_dm_check_kernel_support(), NULL);
 	worst = r < 0 ? r : worst;
 
-	r = secret_new(DMBYOK_DEK_BYTES, &probe);
+	r = dmbyok_secret_new(DMBYOK_DEK_BYTES, &probe);
 	if (r == 0)
-		r = keyring_add_logon_key("dmbyok:doctor-probe", probe, &serial);
-	keyring_destroy_key(serial);
+		r = dmbyok_keyring_add_logon_key("dmbyok:doctor-probe", probe, &serial);
+	dmbyok_keyring_destroy_key(serial);
 	r = report("kernel keyring (logon keys)", r, NULL);
 	worst = r < 0 ? r : worst;
 
@@ -53,37 +53,37 @@ static int check_kms(struct cli *c)
 	char detail[512];
 	int r, worst = 0;
 
-	r = kms_client_new(&c->kms, &k);
+	r = dmbyok_kms_client_new(&c->kms, &k);
 	if (report("KMS client and credentials", r, NULL) < 0)
 		return r;
 
-	r = kms_describe_key(k, c->key_id, &info);
+	r = dmbyok_kms_describe_key(k, c->key_id, &info);
 	if (r == 0)
 		snprintf(detail, sizeof(detail), "%s is %s", info.key_arn, info.key_state);
-	if (report("DescribeKey", r, detail) < 0 && *kms_last_error(k))
-		printf("     %s\n", kms_last_error(k));
+	if (report("DescribeKey", r, detail) < 0 && *dmbyok_kms_last_error(k))
+		printf("     %s\n", dmbyok_kms_last_error(k));
 	worst = r < 0 ? r : worst;
-	kms_key_info_done(&info);
+	dmbyok_kms_key_info_done(&info);
 
 	r = dmbyok_context_new("00000000-0000-0000-0000-000000000000", NULL, 0, &ctx);
 	if (r < 0)
 		return r;
-	r = kms_generate_data_key(k, c->key_id, ctx, DMBYOK_DEK_BYTES, &dek, &blob, &arn);
-	if (report("GenerateDataKey", r, arn) < 0 && *kms_last_error(k))
-		printf("     %s\n", kms_last_error(k));
+	r = dmbyok_kms_generate_data_key(k, c->key_id, ctx, DMBYOK_DEK_BYTES, &dek, &blob, &arn);
+	if (report("GenerateDataKey", r, arn) < 0 && *dmbyok_kms_last_error(k))
+		printf("     %s\n", dmbyok_kms_last_error(k));
 	worst = r < 0 ? r : worst;
 	if (r == 0) {
-		r = kms_decrypt(k, arn, blob, ctx, &again, NULL);
-		if (r == 0 &&
-		    (again->size != dek->size || !secret_equal(again->data, dek->data, dek->size)))
+		r = dmbyok_kms_decrypt(k, arn, blob, ctx, &again, NULL);
+		if (r == 0 && (again->size != dek->size ||
+		               !dmbyok_secret_equal(again->data, dek->data, dek->size)))
 			r = -EBADMSG;
-		if (report("Decrypt", r, "round trip matches") < 0 && *kms_last_error(k))
-			printf("     %s\n", kms_last_error(k));
+		if (report("Decrypt", r, "round trip matches") < 0 && *dmbyok_kms_last_error(k))
+			printf("     %s\n", dmbyok_kms_last_error(k));
 		worst = r < 0 ? r : worst;
 
-		r = kms_reencrypt(k, blob, ctx, c->key_id, &blob2, &arn2);
-		if (report("ReEncrypt", r, arn2) < 0 && *kms_last_error(k))
-			printf("     %s\n", kms_last_error(k));
+		r = dmbyok_kms_reencrypt(k, blob, ctx, c->key_id, &blob2, &arn2);
+		if (report("ReEncrypt", r, arn2) < 0 && *dmbyok_kms_last_error(k))
+			printf("     %s\n", dmbyok_kms_last_error(k));
 		worst = r < 0 ? r : worst;
 	}
 	json_object_put(ctx);

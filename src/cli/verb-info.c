@@ -77,7 +77,7 @@ int verb_status(struct cli *c)
 	GUARD(cli_require_args(c, 0, 1, "status [NAME] [--json]"));
 	if (c->n_args == 0)
 		return verb_list(c);
-	GUARD(dm_check_kernel_support());
+	GUARD(dmbyok_dm_check_kernel_support());
 	r = dmbyok_status(c->args[0], &s);
 	if (r == -ENODEV)
 		return log_error_errno(ENOENT, "No dmbyok mapping named %s.", c->args[0]);
@@ -87,7 +87,7 @@ int verb_status(struct cli *c)
 		print_json(status_json(&s));
 	else
 		status_print(&s);
-	mapping_status_done(&s);
+	dmbyok_mapping_status_done(&s);
 	return 0;
 }
 
@@ -97,7 +97,7 @@ int verb_list(struct cli *c)
 	json_object *arr = NULL;
 	size_t n = 0;
 
-	GUARD(dm_check_kernel_support());
+	GUARD(dmbyok_dm_check_kernel_support());
 	GUARD(dmbyok_list(&l, &n));
 	if (c->json)
 		arr = json_object_new_array();
@@ -114,7 +114,7 @@ int verb_list(struct cli *c)
 	}
 	if (arr)
 		print_json(arr);
-	mapping_status_list_free(l, n);
+	dmbyok_mapping_status_list_free(l, n);
 	return 0;
 }
 
@@ -150,7 +150,7 @@ int verb_dump(struct cli *c)
 	json_object *o;
 
 	GUARD(cli_require_args(c, 1, 1, "dump DEVICE [--header FILE] [--json]"));
-	GUARD(volume_load(c->args[0], c->header, &v));
+	GUARD(dmbyok_volume_load(c->args[0], c->header, &v));
 
 	if (c->json) {
 		o = dump_json(v);

@@ -7,7 +7,7 @@
 #include "dmbyok/macro.h"
 #include "dmbyok/secret.h"
 
-int base64_encode(const void *data, size_t n, char **ret)
+int dmbyok_base64_encode(const void *data, size_t n, char **ret)
 {
 	char *s;
 
@@ -19,7 +19,7 @@ int base64_encode(const void *data, size_t n, char **ret)
 	return 0;
 }
 
-int base64_decode(const char *b64, size_t len, void *out, size_t out_size)
+int dmbyok_base64_decode(const char *b64, size_t len, void *out, size_t out_size)
 {
 	uint8_t *tmp;
 	size_t pad = 0, max;
@@ -43,16 +43,16 @@ int base64_decode(const char *b64, size_t len, void *out, size_t out_size)
 	if (out_size >= max) {
 		n = EVP_DecodeBlock(out, (const unsigned char *)b64, (int)len);
 		if (n < 0 || (size_t)n != max) {
-			secure_wipe(out, max);
+			dmbyok_secure_wipe(out, max);
 			return -EINVAL;
 		}
-		secure_wipe((uint8_t *)out + max - pad, pad);
+		dmbyok_secure_wipe((uint8_t *)out + max - pad, pad);
 		return (int)(max - pad);
 	}
 
 	/* Otherwise decode via a locked bounce buffer, since `out` may be a secret. */
 	_cleanup_secret_ struct secret *bounce = NULL;
-	GUARD(secret_new(max, &bounce));
+	GUARD(dmbyok_secret_new(max, &bounce));
 	tmp = bounce->data;
 	n = EVP_DecodeBlock(tmp, (const unsigned char *)b64, (int)len);
 	if (n < 0 || (size_t)n != max)
@@ -61,7 +61,7 @@ int base64_decode(const char *b64, size_t len, void *out, size_t out_size)
 	return (int)(max - pad);
 }
 
-int hex_encode(const void *data, size_t n, char **ret)
+int dmbyok_hex_encode(const void *data, size_t n, char **ret)
 {
 	static const char digits[] = "0123456789abcdef";
 	const uint8_t *p = data;

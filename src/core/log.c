@@ -13,7 +13,7 @@ static enum log_level max_level = LOG_LEVEL_INFO;
 static int journal_prefix = 0;
 static bool error_logged = false;
 
-void log_setup(const char *program_name)
+void dmbyok_log_setup(const char *program_name)
 {
 	const char *level;
 
@@ -37,17 +37,17 @@ void log_setup(const char *program_name)
 	}
 }
 
-void log_set_max_level(enum log_level level)
+void dmbyok_log_set_max_level(enum log_level level)
 {
 	max_level = level;
 }
 
-enum log_level log_get_max_level(void)
+enum log_level dmbyok_log_get_max_level(void)
 {
 	return max_level;
 }
 
-int log_internal(enum log_level level, int error, const char *fmt, ...)
+int dmbyok_log_internal(enum log_level level, int error, const char *fmt, ...)
 {
 	int saved_errno = errno;
 	char buf[2048];
@@ -71,7 +71,7 @@ int log_internal(enum log_level level, int error, const char *fmt, ...)
 	return error == 0 ? 0 : -abs(error);
 }
 
-bool log_error_was_logged(void)
+bool dmbyok_log_error_was_logged(void)
 {
 	return error_logged;
 }

@@ -19,7 +19,7 @@ static size_t page_round(size_t n)
 	return (n + page - 1) / page * page;
 }
 
-int secret_new(size_t size, struct secret **ret)
+int dmbyok_secret_new(size_t size, struct secret **ret)
 {
 	_cleanup_free_ struct secret *s = NULL;
 	size_t len = page_round(size ? size : 1);
@@ -55,17 +55,17 @@ int secret_new(size_t size, struct secret **ret)
 	return 0;
 }
 
-void secret_free(struct secret *s)
+void dmbyok_secret_free(struct secret *s)
 {
 	if (!s)
 		return;
-	secure_wipe(s->data, s->capacity);
+	dmbyok_secure_wipe(s->data, s->capacity);
 	(void)syscall(SYS_munlock, s->data, s->capacity);
 	munmap(s->data, s->capacity);
 	free(s);
 }
 
-int secret_append(struct secret *s, const void *data, size_t n)
+int dmbyok_secret_append(struct secret *s, const void *data, size_t n)
 {
 	if (n > s->capacity - s->size)
 		return -E2BIG;
@@ -74,18 +74,18 @@ int secret_append(struct secret *s, const void *data, size_t n)
 	return 0;
 }
 
-int secret_equal(const void *a, const void *b, size_t n)
+int dmbyok_secret_equal(const void *a, const void *b, size_t n)
 {
 	return CRYPTO_memcmp(a, b, n) == 0;
 }
 
-void secure_wipe(void *p, size_t n)
+void dmbyok_secure_wipe(void *p, size_t n)
 {
 	if (p && n)
 		OPENSSL_cleanse(p, n);
 }
 
-int harden_process(void)
+int dmbyok_harden_process(void)
 {
 	struct rlimit no_core = { 0, 0 };
 

@@ -31,7 +31,7 @@ static void dm_log_cb(int level, const char *file, int line, int dm_errno_or_cla
 	va_list ap;
 
 	(void)level, (void)file, (void)line, (void)dm_errno_or_class;
-	if (log_get_max_level() < LOG_LEVEL_DEBUG)
+	if (dmbyok_log_get_max_level() < LOG_LEVEL_DEBUG)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
@@ -74,7 +74,7 @@ static int run_with_udev(struct dm_task *dmt, bool udev_sync)
 	return ok ? 0 : task_errno(dmt);
 }
 
-int dm_check_kernel_support(void)
+int dmbyok_dm_check_kernel_support(void)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;
 	struct dm_versions *target, *last;
@@ -106,7 +106,7 @@ int dm_check_kernel_support(void)
 	                                "the dm-crypt module (modprobe dm-crypt).");
 }
 
-int dm_luks2_uuid(const char *volume_uuid, const char *name, char **ret)
+int dmbyok_dm_luks2_uuid(const char *volume_uuid, const char *name, char **ret)
 {
 	char hex[64];
 	size_t n = 0;
@@ -143,8 +143,8 @@ static int format_params(const struct dm_crypt_params *p, char **ret)
 	return 0;
 }
 
-int dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt_params *p,
-                    const struct secret *key)
+int dmbyok_dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt_params *p,
+                           const struct secret *key)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;
 	_cleanup_free_ char *params = NULL;
@@ -160,10 +160,10 @@ int dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt
 	    !dm_task_add_target(dmt, 0, p->length, "crypt", params) || !dm_task_secure_data(dmt))
 		return log_error_errno(EINVAL, "Cannot prepare the dm-crypt table for %s.", name);
 
-	GUARD(keyring_add_logon_key(p->key_desc, key, &serial));
+	GUARD(dmbyok_keyring_add_logon_key(p->key_desc, key, &serial));
 	/* One ioctl creates, loads and resumes; libdevmapper removes the device if load fails. */
 	r = run_with_udev(dmt, true);
-	keyring_destroy_key(serial);
+	dmbyok_keyring_destroy_key(serial);
 	if (r == -EEXIST)
 		return log_error_errno(EEXIST, "A mapping named %s already exists.", name);
 	if (r == -EBUSY)
@@ -175,7 +175,7 @@ int dm_crypt_create(const char *name, const char *dm_uuid, const struct dm_crypt
 	return 0;
 }
 
-int dm_crypt_remove(const char *name)
+int dmbyok_dm_crypt_remove(const char *name)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;
 	int r;
@@ -194,7 +194,7 @@ int dm_crypt_remove(const char *name)
 	return 0;
 }
 
-void dm_crypt_info_done(struct dm_crypt_info *info)
+void dmbyok_dm_crypt_info_done(struct dm_crypt_info *info)
 {
 	free(info->name);
 	free(info->dm_uuid);
@@ -220,7 +220,7 @@ static int parse_crypt_params(const char *params, struct dm_crypt_info *info)
 	info->key_ref = key[0] == ':' ? strdup(key) : strdup("-");
 	if (asprintf(&info->device, "/dev/block/%s", dev) < 0)
 		info->device = NULL;
-	secure_wipe(key, sizeof(key));
+	dmbyok_secure_wipe(key, sizeof(key));
 	ENSURE(info->cipher && info->key_ref && info->device, ENOMEM);
 	info->offset = offset;
 	info->sector_size = 512;
@@ -244,7 +244,7 @@ static int parse_crypt_params(const char *params, struct dm_crypt_info *info)
 	return 0;
 }
 
-int dm_crypt_get_info(const char *name, struct dm_crypt_info *ret)
+int dmbyok_dm_crypt_get_info(const char *name, struct dm_crypt_info *ret)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;
 	struct dm_crypt_info info = { 0 };
@@ -272,7 +272,7 @@ int dm_crypt_get_info(const char *name, struct dm_crypt_info *ret)
 
 	r = parse_crypt_params(params, &info);
 	if (r < 0) {
-		dm_crypt_info_done(&info);
+		dmbyok_dm_crypt_info_done(&info);
 		return r;
 	}
 	uuid = dm_task_get_uuid(dmt);
@@ -284,14 +284,14 @@ int dm_crypt_get_info(const char *name, struct dm_crypt_info *ret)
 	info.major = di.major;
 	info.minor = di.minor;
 	if (!info.name || !info.dm_uuid) {
-		dm_crypt_info_done(&info);
+		dmbyok_dm_crypt_info_done(&info);
 		return -ENOMEM;
 	}
 	*ret = info;
 	return 0;
 }
 
-void strv_free(char **l)
+void dmbyok_strv_free(char **l)
 {
 	if (!l)
 		return;
@@ -300,7 +300,7 @@ void strv_free(char **l)
 	free(l);
 }
 
-int dm_list_names(char ***ret_names)
+int dmbyok_dm_list_names(char ***ret_names)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;
 	struct dm_names *names;
@@ -325,7 +325,7 @@ int dm_list_names(char ***ret_names)
 			next = names->next;
 			nl = realloc(l, (n + 2) * sizeof(char *));
 			if (!nl || !(nl[n] = strdup(names->name))) {
-				strv_free(nl ? nl : l);
+				dmbyok_strv_free(nl ? nl : l);
 				return -ENOMEM;
 			}
 			nl[++n] = NULL;
@@ -349,7 +349,7 @@ static int simple_task(int type, const char *name, const char *message, bool ude
 	return run_with_udev(dmt, udev_sync);
 }
 
-int dm_crypt_lock(const char *name)
+int dmbyok_dm_crypt_lock(const char *name)
 {
 	int r;
 
@@ -375,7 +375,7 @@ int dm_crypt_lock(const char *name)
 	return 0;
 }
 
-int dm_crypt_unlock(const char *name, const char *key_desc, const struct secret *key)
+int dmbyok_dm_crypt_unlock(const char *name, const char *key_desc, const struct secret *key)
 {
 	_cleanup_free_ char *msg = NULL;
 	int32_t serial = 0;
@@ -384,9 +384,9 @@ int dm_crypt_unlock(const char *name, const char *key_desc, const struct secret 
 	dm_setup();
 	if (asprintf(&msg, "key set :%zu:logon:%s", key->size, key_desc) < 0)
 		return -ENOMEM;
-	GUARD(keyring_add_logon_key(key_desc, key, &serial));
+	GUARD(dmbyok_keyring_add_logon_key(key_desc, key, &serial));
 	r = simple_task(DM_DEVICE_TARGET_MSG, name, msg, false);
-	keyring_destroy_key(serial);
+	dmbyok_keyring_destroy_key(serial);
 	if (r < 0)
 		return log_error_errno(r, "dm-crypt refused the key for %s: %s", name,
 		                       dmbyok_strerror(r));

@@ -4,7 +4,8 @@
 #include "dmbyok/dm.h"
 #include "dmbyok/log.h"
 
-int keyring_add_logon_key(const char *description, const struct secret *key, int32_t *ret_serial)
+int dmbyok_keyring_add_logon_key(const char *description, const struct secret *key,
+                                 int32_t *ret_serial)
 {
 	key_serial_t serial;
 
@@ -23,7 +24,7 @@ int keyring_add_logon_key(const char *description, const struct secret *key, int
 	return 0;
 }
 
-void keyring_destroy_key(int32_t serial)
+void dmbyok_keyring_destroy_key(int32_t serial)
 {
 	if (serial <= 0)
 		return;

@@ -35,6 +35,6 @@ struct kms_client {
 };
 
 /* Record the provider's own words about the last failure (never secret material). */
-void kms_set_last_error(struct kms_client *c, const char *fmt, ...) _printf_(2, 3);
+void dmbyok_kms_set_last_error(struct kms_client *c, const char *fmt, ...) _printf_(2, 3);
 
-extern const struct kms_provider_ops aws_kms_provider_ops;
+extern const struct kms_provider_ops dmbyok_aws_kms_provider_ops;

@@ -9,7 +9,7 @@
 #include "kms-provider.h"
 
 static const struct kms_provider_ops *const providers[] = {
-	&aws_kms_provider_ops,
+	&dmbyok_aws_kms_provider_ops,
 };
 
 static const struct kms_provider_ops *provider_find(const char *name)
@@ -20,7 +20,7 @@ static const struct kms_provider_ops *provider_find(const char *name)
 	return NULL;
 }
 
-void kms_set_last_error(struct kms_client *c, const char *fmt, ...)
+void dmbyok_kms_set_last_error(struct kms_client *c, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -29,7 +29,7 @@ void kms_set_last_error(struct kms_client *c, const char *fmt, ...)
 	va_end(ap);
 }
 
-int kms_client_new(const struct kms_options *opts, struct kms_client **ret)
+int dmbyok_kms_client_new(const struct kms_options *opts, struct kms_client **ret)
 {
 	static const struct kms_options no_opts = {};
 	_cleanup_kms_client_ struct kms_client *c = NULL;
@@ -52,7 +52,7 @@ int kms_client_new(const struct kms_options *opts, struct kms_client **ret)
 	return 0;
 }
 
-void kms_client_free(struct kms_client *c)
+void dmbyok_kms_client_free(struct kms_client *c)
 {
 	if (!c)
 		return;
@@ -61,7 +61,7 @@ void kms_client_free(struct kms_client *c)
 	free(c);
 }
 
-const char *kms_last_error(struct kms_client *c)
+const char *dmbyok_kms_last_error(struct kms_client *c)
 {
 	return c ? c->last_error : "";
 }
@@ -78,9 +78,9 @@ static int context_check(json_object *context)
 	return 0;
 }
 
-int kms_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
-                          size_t n_bytes, struct secret **ret_plaintext, char **ret_ciphertext_b64,
-                          char **ret_key_arn)
+int dmbyok_kms_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
+                                 size_t n_bytes, struct secret **ret_plaintext,
+                                 char **ret_ciphertext_b64, char **ret_key_arn)
 {
 	ENSURE(c && key_id && *key_id && ret_plaintext && ret_ciphertext_b64, EINVAL);
 	ENSURE(n_bytes >= 1 && n_bytes <= 1024, EINVAL);
@@ -90,8 +90,8 @@ int kms_generate_data_key(struct kms_client *c, const char *key_id, json_object 
 	                                 ret_ciphertext_b64, ret_key_arn);
 }
 
-int kms_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
-                json_object *context, struct secret **ret_plaintext, char **ret_key_arn)
+int dmbyok_kms_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
+                       json_object *context, struct secret **ret_plaintext, char **ret_key_arn)
 {
 	ENSURE(c && ciphertext_b64 && *ciphertext_b64 && ret_plaintext, EINVAL);
 	ENSURE(!key_id || *key_id, EINVAL);
@@ -100,8 +100,8 @@ int kms_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext
 	return c->ops->decrypt(c, key_id, ciphertext_b64, context, ret_plaintext, ret_key_arn);
 }
 
-int kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
-                  const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
+int dmbyok_kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
+                         const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
 {
 	ENSURE(c && ciphertext_b64 && *ciphertext_b64 && dest_key_id && *dest_key_id, EINVAL);
 	ENSURE(ret_ciphertext_b64, EINVAL);
@@ -111,14 +111,14 @@ int kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object 
 	                         ret_key_arn);
 }
 
-int kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret)
+int dmbyok_kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret)
 {
 	ENSURE(c && key_id && *key_id && ret, EINVAL);
 	c->last_error[0] = '\0';
 	return c->ops->describe_key(c, key_id, ret);
 }
 
-void kms_key_info_done(struct kms_key_info *info)
+void dmbyok_kms_key_info_done(struct kms_key_info *info)
 {
 	if (!info)
 		return;
@@ -127,12 +127,12 @@ void kms_key_info_done(struct kms_key_info *info)
 	*info = (struct kms_key_info){};
 }
 
-const char *kms_client_region(struct kms_client *c)
+const char *dmbyok_kms_client_region(struct kms_client *c)
 {
 	return c ? c->ops->region(c) : NULL;
 }
 
-int kms_key_region(const char *key_id, char **ret)
+int dmbyok_kms_key_region(const char *key_id, char **ret)
 {
-	return aws_arn_region(key_id, ret);
+	return dmbyok_aws_arn_region(key_id, ret);
 }

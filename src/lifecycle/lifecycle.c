@@ -13,7 +13,7 @@
 /* Explain a KMS failure in the operator's terms, with what to do; returns r. */
 static int log_kms_failure(struct kms_client *c, int r, const char *what)
 {
-	const char *detail = c ? kms_last_error(c) : "";
+	const char *detail = c ? dmbyok_kms_last_error(c) : "";
 
 	switch (dmbyok_error_class(r)) {
 	case DMBYOK_ERR_KEY_REVOKED:
@@ -47,7 +47,7 @@ static char *region_of_arn(const char *key_id)
 {
 	char *region = NULL;
 
-	return kms_key_region(key_id, &region) >= 0 ? region : NULL;
+	return dmbyok_kms_key_region(key_id, &region) >= 0 ? region : NULL;
 }
 
 static int kms_connect(const struct kms_options *base, const char *region, struct kms_client **ret)
@@ -57,7 +57,7 @@ static int kms_connect(const struct kms_options *base, const char *region, struc
 
 	if (!o.region)
 		o.region = region;
-	r = kms_client_new(&o, ret);
+	r = dmbyok_kms_client_new(&o, ret);
 	if (r < 0)
 		return log_kms_failure(NULL, r, "set up the KMS client");
 	return 0;
@@ -75,7 +75,8 @@ static int unwrap_dek(struct volume *v, const struct kms_options *kms, struct se
 	GUARD(kms_connect(kms, v->token->region, &c));
 
 	log_debug("Unwrapping the data key of %s under %s.", v->device, v->token->key_arn);
-	r = kms_decrypt(c, v->token->key_arn, v->token->ciphertext, v->token->context, &dek, NULL);
+	r = dmbyok_kms_decrypt(c, v->token->key_arn, v->token->ciphertext, v->token->context, &dek,
+	                       NULL);
 	if (r < 0)
 		return log_kms_failure(c, r, "unwrap the data key");
 	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid));
@@ -145,7 +146,7 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	int r;
 
 	ENSURE(o->device && o->key_id && *o->key_id, EINVAL);
-	GUARD(volume_check_blank(o->device, o->force));
+	GUARD(dmbyok_volume_check_blank(o->device, o->force));
 	if (o->header && access(o->header, F_OK) == 0 && !o->force)
 		return log_error_errno(ENOTEMPTY,
 		                       "Header file %s exists. Nothing was written; to "
@@ -154,14 +155,14 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 
 	t = calloc(1, sizeof(*t));
 	ENSURE_ALLOC(t);
-	GUARD(volume_new_uuid(uuid));
+	GUARD(dmbyok_volume_new_uuid(uuid));
 	GUARD(dmbyok_context_new(uuid, o->context, o->n_context, &t->context));
 
 	region = region_of_arn(o->key_id);
 	GUARD(kms_connect(kms, region, &c));
 	log_info("Generating a 512-bit data key under %s...", o->key_id);
-	r = kms_generate_data_key(c, o->key_id, t->context, DMBYOK_DEK_BYTES, &dek, &t->ciphertext,
-	                          &t->key_arn);
+	r = dmbyok_kms_generate_data_key(c, o->key_id, t->context, DMBYOK_DEK_BYTES, &dek,
+	                                 &t->ciphertext, &t->key_arn);
 	if (r < 0)
 		return log_kms_failure(c, r, "generate the data key");
 
@@ -176,7 +177,7 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 
 	log_info("Writing the LUKS2 header (" DMBYOK_DM_CIPHER ", 512-bit key) to %s...",
 	         o->header ? o->header : o->device);
-	GUARD(volume_format(&(struct volume_format_params){
+	GUARD(dmbyok_volume_format(&(struct volume_format_params){
 	    .device = o->device,
 	    .header = o->header,
 	    .uuid = uuid,
@@ -198,20 +199,20 @@ int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
 {
 	_cleanup_free_ char *dm_uuid = NULL, *key_desc = NULL;
 
-	GUARD(dm_luks2_uuid(v->uuid, name, &dm_uuid));
+	GUARD(dmbyok_dm_luks2_uuid(v->uuid, name, &dm_uuid));
 	GUARD(key_description(v->uuid, &key_desc));
-	return dm_crypt_create(name, dm_uuid,
-	                       &(struct dm_crypt_params){
-	                           .cipher = DMBYOK_DM_CIPHER,
-	                           .key_desc = key_desc,
-	                           .key_size = dek->size,
-	                           .device = v->device,
-	                           .offset = v->data_offset,
-	                           .length = v->data_sectors,
-	                           .sector_size = v->sector_size,
-	                           .flags = flags,
-	                       },
-	                       dek);
+	return dmbyok_dm_crypt_create(name, dm_uuid,
+	                              &(struct dm_crypt_params){
+	                                  .cipher = DMBYOK_DM_CIPHER,
+	                                  .key_desc = key_desc,
+	                                  .key_size = dek->size,
+	                                  .device = v->device,
+	                                  .offset = v->data_offset,
+	                                  .length = v->data_sectors,
+	                                  .sector_size = v->sector_size,
+	                                  .flags = flags,
+	                              },
+	                              dek);
 }
 
 int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
@@ -224,19 +225,19 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 	int r;
 
 	ENSURE(o->device && o->name && *o->name, EINVAL);
-	GUARD(dm_check_kernel_support());
-	r = dm_crypt_get_info(o->name, &existing);
+	GUARD(dmbyok_dm_check_kernel_support());
+	r = dmbyok_dm_crypt_get_info(o->name, &existing);
 	if (r == 0 || r == -EINVAL) {
-		dm_crypt_info_done(&existing);
+		dmbyok_dm_crypt_info_done(&existing);
 		return log_error_errno(EEXIST, "A mapping named %s already exists.", o->name);
 	}
 	if (r != -ENODEV)
 		return log_error_errno(r, "Cannot look up mapping %s: %s", o->name,
 		                       dmbyok_strerror(r));
 
-	GUARD(volume_load(o->device, o->header, &v));
+	GUARD(dmbyok_volume_load(o->device, o->header, &v));
 	/* Two mappings of one disk would corrupt it: cryptsetup refuses this too. */
-	GUARD(volume_check_unused(o->device));
+	GUARD(dmbyok_volume_check_unused(o->device));
 	GUARD(unwrap_dek(v, kms, &dek));
 	warn_if_not_accelerated();
 	GUARD(dmbyok_activate(v, o->name, o->override_flags ? o->flags : v->activation_flags, dek));
@@ -252,7 +253,7 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 		.key_id = v->token->key_id,
 		.key_arn = v->token->key_arn,
 	};
-	r = registry_save(&entry);
+	r = dmbyok_registry_save(&entry);
 	if (r < 0)
 		log_warning("Could not record %s under %s (%s): `unlock` will need --header for "
 		            "a detached header.",
@@ -261,9 +262,9 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 	return 0;
 }
 
-void mapping_status_done(struct mapping_status *s)
+void dmbyok_mapping_status_done(struct mapping_status *s)
 {
-	dm_crypt_info_done(&s->dm);
+	dmbyok_dm_crypt_info_done(&s->dm);
 	free(s->device);
 	free(s->header);
 	free(s->volume_uuid);
@@ -278,42 +279,42 @@ int dmbyok_status(const char *name, struct mapping_status *ret)
 	struct registry_entry e = { 0 };
 	int r;
 
-	r = dm_crypt_get_info(name, &s.dm);
+	r = dmbyok_dm_crypt_get_info(name, &s.dm);
 	if (r == -EINVAL)
 		return -ENODEV; /* a mapping, but not dm-crypt: not ours */
 	if (r < 0)
 		return r;
 	if (strncmp(s.dm.dm_uuid, DM_LUKS2_UUID_PREFIX, strlen(DM_LUKS2_UUID_PREFIX)) != 0) {
-		mapping_status_done(&s);
+		dmbyok_mapping_status_done(&s);
 		return -ENODEV;
 	}
 	/* Keyring reference "...:logon:dmbyok:<uuid>" while keyed; a wiped key shows none. */
 	s.locked = s.dm.suspended && s.dm.key_ref[0] != ':';
 
-	if (registry_load(name, &e) == 0) {
+	if (dmbyok_registry_load(name, &e) == 0) {
 		s.device = TAKE_PTR(e.device);
 		s.header = TAKE_PTR(e.header);
 		s.volume_uuid = TAKE_PTR(e.volume_uuid);
 		s.key_id = TAKE_PTR(e.key_id);
 		s.key_arn = TAKE_PTR(e.key_arn);
-		registry_entry_done(&e);
+		dmbyok_registry_entry_done(&e);
 	} else if (strstr(s.dm.key_ref, ":logon:" KEY_DESC_PREFIX)) {
 		s.device = strdup(s.dm.device);
 		s.volume_uuid = strdup(strstr(s.dm.key_ref, ":logon:" KEY_DESC_PREFIX) +
 		                       strlen(":logon:" KEY_DESC_PREFIX));
 	} else {
 		/* A LUKS2 mapping dmbyok did not open (plain cryptsetup). */
-		mapping_status_done(&s);
+		dmbyok_mapping_status_done(&s);
 		return -ENODEV;
 	}
 	*ret = s;
 	return 0;
 }
 
-void mapping_status_list_free(struct mapping_status *l, size_t n)
+void dmbyok_mapping_status_list_free(struct mapping_status *l, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		mapping_status_done(&l[i]);
+		dmbyok_mapping_status_done(&l[i]);
 	free(l);
 }
 
@@ -323,19 +324,19 @@ int dmbyok_list(struct mapping_status **ret, size_t *ret_n)
 	struct mapping_status *l;
 	size_t n = 0, all = 0;
 
-	GUARD(dm_list_names(&names));
+	GUARD(dmbyok_dm_list_names(&names));
 	while (names[all])
 		all++;
 	l = calloc(all ? all : 1, sizeof(*l));
 	if (!l) {
-		strv_free(names);
+		dmbyok_strv_free(names);
 		return -ENOMEM;
 	}
 	/* Anything that is not a dmbyok crypt mapping (or vanished meanwhile) is skipped. */
 	for (size_t i = 0; i < all; i++)
 		if (dmbyok_status(names[i], &l[n]) == 0)
 			n++;
-	strv_free(names);
+	dmbyok_strv_free(names);
 	*ret = l;
 	*ret_n = n;
 	return 0;
@@ -358,13 +359,13 @@ int dmbyok_close(const char *name)
 	struct mapping_status s = { 0 };
 	int r;
 
-	GUARD(dm_check_kernel_support());
+	GUARD(dmbyok_dm_check_kernel_support());
 	GUARD(require_mapping(name, &s));
-	mapping_status_done(&s);
-	r = dm_crypt_remove(name);
+	dmbyok_mapping_status_done(&s);
+	r = dmbyok_dm_crypt_remove(name);
 	if (r < 0)
 		return r;
-	(void)registry_remove(name);
+	(void)dmbyok_registry_remove(name);
 	log_info("Closed %s.", name);
 	return 0;
 }
@@ -374,15 +375,15 @@ int dmbyok_lock(const char *name)
 	struct mapping_status s = { 0 };
 	bool locked;
 
-	GUARD(dm_check_kernel_support());
+	GUARD(dmbyok_dm_check_kernel_support());
 	GUARD(require_mapping(name, &s));
 	locked = s.locked;
-	mapping_status_done(&s);
+	dmbyok_mapping_status_done(&s);
 	if (locked) {
 		log_info("%s is already locked.", name);
 		return 0;
 	}
-	GUARD(dm_crypt_lock(name));
+	GUARD(dmbyok_dm_crypt_lock(name));
 	log_info("Locked %s: I/O is held and the key is gone from kernel memory.", name);
 	return 0;
 }
@@ -395,7 +396,7 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 	_cleanup_free_ char *dm_uuid = NULL, *key_desc = NULL;
 	int r;
 
-	GUARD(dm_check_kernel_support());
+	GUARD(dmbyok_dm_check_kernel_support());
 	GUARD(require_mapping(name, &s));
 	if (!s.locked) {
 		r = s.dm.suspended ? log_error_errno(EBUSY,
@@ -406,15 +407,15 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 		                   : 0;
 		if (r == 0)
 			log_info("%s is not locked.", name);
-		mapping_status_done(&s);
+		dmbyok_mapping_status_done(&s);
 		return r;
 	}
 
-	r = volume_load(s.device ? s.device : s.dm.device, header ? header : s.header, &v);
+	r = dmbyok_volume_load(s.device ? s.device : s.dm.device, header ? header : s.header, &v);
 	if (r < 0)
 		goto out;
 	/* The header must be the one this mapping was opened from. */
-	r = dm_luks2_uuid(v->uuid, name, &dm_uuid);
+	r = dmbyok_dm_luks2_uuid(v->uuid, name, &dm_uuid);
 	if (r < 0)
 		goto out;
 	if (strcmp(dm_uuid, s.dm.dm_uuid) != 0) {
@@ -430,11 +431,11 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 	r = key_description(v->uuid, &key_desc);
 	if (r < 0)
 		goto out;
-	r = dm_crypt_unlock(name, key_desc, dek);
+	r = dmbyok_dm_crypt_unlock(name, key_desc, dek);
 	if (r == 0)
 		log_info("Unlocked %s: I/O resumed.", name);
 out:
-	mapping_status_done(&s);
+	dmbyok_mapping_status_done(&s);
 	return r;
 }
 
@@ -450,7 +451,7 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	const char *dest;
 	int r;
 
-	GUARD(volume_load(device, header, &v));
+	GUARD(dmbyok_volume_load(device, header, &v));
 	GUARD(dmbyok_token_check_volume(v->token, v->uuid));
 	dest = new_key_id ? new_key_id : v->token->key_id;
 	dest_region = region_of_arn(dest);
@@ -464,12 +465,13 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 
 	log_info("Re-wrapping the data key of %s from %s under %s...", device, v->token->key_arn,
 	         dest);
-	r = kms_reencrypt(c, v->token->ciphertext, v->token->context, dest, &ciphertext, &arn);
+	r = dmbyok_kms_reencrypt(c, v->token->ciphertext, v->token->context, dest, &ciphertext,
+	                         &arn);
 	if (r < 0)
 		return log_kms_failure(c, r, "re-wrap the data key");
 
 	/* Never write a token we could not open: unwrap the new blob and check it first. */
-	r = kms_decrypt(c, arn, ciphertext, v->token->context, &dek, NULL);
+	r = dmbyok_kms_decrypt(c, arn, ciphertext, v->token->context, &dek, NULL);
 	if (r < 0)
 		return log_kms_failure(c, r, "verify the re-wrapped data key");
 	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid));
@@ -486,7 +488,7 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	}
 	t.region = dest_region ? dest_region : v->token->region;
 	t.rewrapped = now;
-	GUARD(volume_update_token(v, &t));
+	GUARD(dmbyok_volume_update_token(v, &t));
 	log_info("Re-wrapped %s: data key now wrapped by %s.", device, arn);
 	return 0;
 }

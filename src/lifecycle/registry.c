@@ -25,7 +25,7 @@ static int entry_path(const char *name, char **ret)
 	return 0;
 }
 
-void registry_entry_done(struct registry_entry *e)
+void dmbyok_registry_entry_done(struct registry_entry *e)
 {
 	free(e->name);
 	free(e->device);
@@ -53,7 +53,7 @@ static int mkdir_p(const char *dir)
 	return 0;
 }
 
-int registry_save(const struct registry_entry *e)
+int dmbyok_registry_save(const struct registry_entry *e)
 {
 	_cleanup_free_ char *path = NULL, *tmp = NULL, *dir = NULL;
 	json_object *o;
@@ -99,7 +99,7 @@ static char *dup_member(json_object *o, const char *key)
 	return strdup(json_object_get_string(v));
 }
 
-int registry_load(const char *name, struct registry_entry *ret)
+int dmbyok_registry_load(const char *name, struct registry_entry *ret)
 {
 	_cleanup_free_ char *path = NULL;
 	struct registry_entry e = { 0 };
@@ -119,14 +119,14 @@ int registry_load(const char *name, struct registry_entry *ret)
 	e.key_arn = dup_member(o, "key_arn");
 	json_object_put(o);
 	if (!e.name || !e.device || !e.volume_uuid) {
-		registry_entry_done(&e);
+		dmbyok_registry_entry_done(&e);
 		return log_warning_errno(EUCLEAN, "Ignoring incomplete record %s.", path);
 	}
 	*ret = e;
 	return 0;
 }
 
-int registry_remove(const char *name)
+int dmbyok_registry_remove(const char *name)
 {
 	_cleanup_free_ char *path = NULL;
 

@@ -18,8 +18,8 @@ struct registry_entry {
 	char *key_arn;
 };
 
-void registry_entry_done(struct registry_entry *e);
-int registry_save(const struct registry_entry *e);
+void dmbyok_registry_entry_done(struct registry_entry *e);
+int dmbyok_registry_save(const struct registry_entry *e);
 /* -ENOENT when there is no record for `name`. */
-int registry_load(const char *name, struct registry_entry *ret);
-int registry_remove(const char *name);
+int dmbyok_registry_load(const char *name, struct registry_entry *ret);
+int dmbyok_registry_remove(const char *name);

@@ -257,7 +257,7 @@ int dmbyok_key_check_value(const struct secret *dek, const char *volume_uuid, ch
 	    !EVP_MAC_final(ctx, mac, &out_len, sizeof(mac)))
 		goto out;
 
-	r = hex_encode(mac, KCV_BYTES, &hex);
+	r = dmbyok_hex_encode(mac, KCV_BYTES, &hex);
 	if (r < 0)
 		goto out;
 	if (asprintf(ret, KCV_PREFIX "%s", hex) < 0) {
@@ -266,7 +266,7 @@ int dmbyok_key_check_value(const struct secret *dek, const char *volume_uuid, ch
 	}
 	r = 0;
 out:
-	secure_wipe(mac, sizeof(mac));
+	dmbyok_secure_wipe(mac, sizeof(mac));
 	EVP_MAC_CTX_free(ctx);
 	EVP_MAC_free(alg);
 	return r;
@@ -279,7 +279,8 @@ int dmbyok_token_verify_dek(const struct dmbyok_token *t, const struct secret *d
 
 	ENSURE(dek->size == DMBYOK_DEK_BYTES, EBADMSG);
 	GUARD(dmbyok_key_check_value(dek, volume_uuid, &kcv));
-	if (strlen(kcv) != strlen(t->key_check) || !secret_equal(kcv, t->key_check, strlen(kcv)))
+	if (strlen(kcv) != strlen(t->key_check) ||
+	    !dmbyok_secret_equal(kcv, t->key_check, strlen(kcv)))
 		return log_error_errno(EBADMSG,
 		                       "The unwrapped data key does not match the token's "
 		                       "key check value: the token or header was altered.");

@@ -27,14 +27,14 @@ static void crypt_log_cb(int level, const char *msg, void *usrptr)
 		log_debug("libcryptsetup: %.*s", (int)(n && msg[n - 1] == '\n' ? n - 1 : n), msg);
 }
 
-void volume_setup_logging(struct crypt_device *cd)
+void dmbyok_volume_setup_logging(struct crypt_device *cd)
 {
 	crypt_set_log_callback(cd, crypt_log_cb, NULL);
-	if (log_get_max_level() >= LOG_LEVEL_DEBUG)
+	if (dmbyok_log_get_max_level() >= LOG_LEVEL_DEBUG)
 		crypt_set_debug_level(CRYPT_DEBUG_ALL);
 }
 
-void volume_free(struct volume *v)
+void dmbyok_volume_free(struct volume *v)
 {
 	if (!v)
 		return;
@@ -124,7 +124,7 @@ static int find_token(struct volume *v)
 	    v->device);
 }
 
-int volume_load(const char *device, const char *header, struct volume **ret)
+int dmbyok_volume_load(const char *device, const char *header, struct volume **ret)
 {
 	_cleanup_volume_ struct volume *v = NULL;
 	const char *hdr = header ? header : device, *cipher, *mode;
@@ -146,7 +146,7 @@ int volume_load(const char *device, const char *header, struct volume **ret)
 	r = header ? crypt_init_data_device(&v->cd, header, device) : crypt_init(&v->cd, device);
 	if (r < 0)
 		return log_error_errno(r, "Cannot open %s: %s", hdr, dmbyok_strerror(r));
-	volume_setup_logging(v->cd);
+	dmbyok_volume_setup_logging(v->cd);
 
 	r = crypt_load(v->cd, CRYPT_LUKS2, NULL);
 	if (r < 0) {
@@ -222,7 +222,7 @@ static int open_unused(const char *device)
 	return fd;
 }
 
-int volume_check_unused(const char *device)
+int dmbyok_volume_check_unused(const char *device)
 {
 	int fd = open_unused(device);
 
@@ -232,7 +232,7 @@ int volume_check_unused(const char *device)
 	return 0;
 }
 
-int volume_check_blank(const char *device, bool force)
+int dmbyok_volume_check_blank(const char *device, bool force)
 {
 	blkid_probe pr = NULL;
 	const char *type = NULL, *usage = NULL;
@@ -283,7 +283,7 @@ out:
 	return r;
 }
 
-int volume_new_uuid(char ret[static 37])
+int dmbyok_volume_new_uuid(char ret[static 37])
 {
 	uint8_t b[16];
 
@@ -379,7 +379,7 @@ static uint32_t choose_sector_size(const char *device, uint64_t data_offset_byte
 	return 4096;
 }
 
-int volume_format(const struct volume_format_params *p)
+int dmbyok_volume_format(const struct volume_format_params *p)
 {
 	struct crypt_device *cd = NULL;
 	struct area_backup backup = { 0 };
@@ -424,7 +424,7 @@ int volume_format(const struct volume_format_params *p)
 		r = log_error_errno(r, "Cannot open %s: %s", hdr, dmbyok_strerror(r));
 		goto out;
 	}
-	volume_setup_logging(cd);
+	dmbyok_volume_setup_logging(cd);
 	params.sector_size = choose_sector_size(p->device, p->header ? 0 : HEADER_AREA_BYTES);
 	if (params.sector_size == 0) {
 		r = log_error_errno(ENOTSUP,
@@ -480,7 +480,7 @@ out:
 	return r;
 }
 
-int volume_update_token(struct volume *v, const struct dmbyok_token *t)
+int dmbyok_volume_update_token(struct volume *v, const struct dmbyok_token *t)
 {
 	_cleanup_free_ char *json = NULL;
 	int r;

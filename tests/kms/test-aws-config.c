@@ -22,11 +22,11 @@ static struct aws_ini *parse(const char *text)
 	struct aws_ini *ini = NULL;
 	size_t n = strlen(text);
 
-	assert_int_equal(secret_new(n + 1, &s), 0);
+	assert_int_equal(dmbyok_secret_new(n + 1, &s), 0);
 	memcpy(s->data, text, n);
 	s->data[n] = '\0';
 	s->size = n;
-	assert_int_equal(aws_ini_parse(s, &ini), 0);
+	assert_int_equal(dmbyok_aws_ini_parse(s, &ini), 0);
 	return ini;
 }
 
@@ -47,25 +47,25 @@ static void test_ini(void **state)
 	                            "[default]\n"
 	                            "aws_session_token = later # not a comment\n");
 
-	assert_string_equal(aws_ini_get(ini, "default", "aws_access_key_id"), "AKID1");
-	assert_string_equal(aws_ini_get(ini, "default", "aws_secret_access_key"), "abc=def");
-	assert_string_equal(aws_ini_get(ini, "default", "aws_session_token"),
+	assert_string_equal(dmbyok_aws_ini_get(ini, "default", "aws_access_key_id"), "AKID1");
+	assert_string_equal(dmbyok_aws_ini_get(ini, "default", "aws_secret_access_key"), "abc=def");
+	assert_string_equal(dmbyok_aws_ini_get(ini, "default", "aws_session_token"),
 	                    "later # not a comment");
-	assert_string_equal(aws_ini_get(ini, "profile dev", "region"), "eu-west-1");
-	assert_string_equal(aws_ini_get(ini, "profile dev", "s3"), "");
-	assert_string_equal(aws_ini_get(ini, "profile dev", "empty"), "");
-	assert_null(aws_ini_get(ini, "default", "# comment"));
-	assert_null(aws_ini_get(ini, "default", "stray"));
-	assert_null(aws_ini_get(ini, "dev", "region"));
-	assert_true(aws_ini_has_section(ini, "profile dev"));
-	assert_false(aws_ini_has_section(ini, "nope"));
-	assert_null(aws_ini_get(NULL, "default", "x"));
-	aws_ini_free(ini);
-	aws_ini_free(NULL);
+	assert_string_equal(dmbyok_aws_ini_get(ini, "profile dev", "region"), "eu-west-1");
+	assert_string_equal(dmbyok_aws_ini_get(ini, "profile dev", "s3"), "");
+	assert_string_equal(dmbyok_aws_ini_get(ini, "profile dev", "empty"), "");
+	assert_null(dmbyok_aws_ini_get(ini, "default", "# comment"));
+	assert_null(dmbyok_aws_ini_get(ini, "default", "stray"));
+	assert_null(dmbyok_aws_ini_get(ini, "dev", "region"));
+	assert_true(dmbyok_aws_ini_has_section(ini, "profile dev"));
+	assert_false(dmbyok_aws_ini_has_section(ini, "nope"));
+	assert_null(dmbyok_aws_ini_get(NULL, "default", "x"));
+	dmbyok_aws_ini_free(ini);
+	dmbyok_aws_ini_free(NULL);
 
 	ini = parse("");
 	assert_int_equal(ini->n_entries, 0);
-	aws_ini_free(ini);
+	dmbyok_aws_ini_free(ini);
 }
 
 static void test_ini_bad(void **state)
@@ -73,11 +73,11 @@ static void test_ini_bad(void **state)
 	struct secret *s = NULL;
 	struct aws_ini *ini = NULL;
 
-	assert_int_equal(secret_new(16, &s), 0);
+	assert_int_equal(dmbyok_secret_new(16, &s), 0);
 	strcpy((char *)s->data, "[unterminated\n");
 	s->size = strlen((char *)s->data);
-	assert_int_equal(aws_ini_parse(s, &ini), -EINVAL);
-	assert_int_equal(aws_ini_load("/nonexistent/credentials", &ini), -ENOENT);
+	assert_int_equal(dmbyok_aws_ini_parse(s, &ini), -EINVAL);
+	assert_int_equal(dmbyok_aws_ini_load("/nonexistent/credentials", &ini), -ENOENT);
 }
 
 static void test_error_code(void **state)
@@ -97,7 +97,7 @@ static void test_error_code(void **state)
 	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
 		char *code = NULL;
 
-		assert_int_equal(aws_error_code(cases[i].type, &code), 0);
+		assert_int_equal(dmbyok_aws_error_code(cases[i].type, &code), 0);
 		assert_string_equal(code, cases[i].code);
 		free(code);
 	}
@@ -135,75 +135,78 @@ static void test_error_mapping(void **state)
 	};
 
 	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
-		int r = aws_error_to_errno(cases[i].code, cases[i].status);
+		int r = dmbyok_aws_error_to_errno(cases[i].code, cases[i].status);
 
 		if (r != cases[i].r)
 			fail_msg("%s/%ld: got %d want %d", cases[i].code ? cases[i].code : "-",
 			         cases[i].status, r, cases[i].r);
 	}
 	/* the classes the agent and CLI act on */
-	assert_int_equal(dmbyok_error_class(aws_error_to_errno("DisabledException", 409)),
+	assert_int_equal(dmbyok_error_class(dmbyok_aws_error_to_errno("DisabledException", 409)),
 	                 DMBYOK_ERR_KEY_REVOKED);
-	assert_int_equal(dmbyok_error_class(aws_error_to_errno("ThrottlingException", 400)),
+	assert_int_equal(dmbyok_error_class(dmbyok_aws_error_to_errno("ThrottlingException", 400)),
 	                 DMBYOK_ERR_KMS_TRANSIENT);
-	assert_int_equal(dmbyok_error_class(aws_error_to_errno("ExpiredTokenException", 400)),
-	                 DMBYOK_ERR_CREDENTIALS);
+	assert_int_equal(
+	    dmbyok_error_class(dmbyok_aws_error_to_errno("ExpiredTokenException", 400)),
+	    DMBYOK_ERR_CREDENTIALS);
 }
 
 static void test_retry_policy(void **state)
 {
 	struct aws_retry rt;
 
-	assert_true(aws_error_is_retryable("ThrottlingException", 400));
-	assert_true(aws_error_is_retryable("KMSInternalException", 500));
-	assert_true(aws_error_is_retryable(NULL, 502));
-	assert_true(aws_error_is_retryable(NULL, 504));
-	assert_false(aws_error_is_retryable("AccessDeniedException", 400));
-	assert_false(aws_error_is_retryable("DisabledException", 409));
-	assert_false(aws_error_is_retryable("ExpiredTokenException", 400));
-	assert_false(aws_error_is_retryable("ValidationException", 400));
-	assert_false(aws_error_is_retryable(NULL, 404));
-	assert_true(aws_errno_is_retryable(-ECONNREFUSED));
-	assert_true(aws_errno_is_retryable(-ETIMEDOUT));
-	assert_true(aws_errno_is_retryable(-ECONNRESET));
-	assert_false(aws_errno_is_retryable(-EINVAL));
-	assert_false(aws_errno_is_retryable(-EPROTO));
+	assert_true(dmbyok_aws_error_is_retryable("ThrottlingException", 400));
+	assert_true(dmbyok_aws_error_is_retryable("KMSInternalException", 500));
+	assert_true(dmbyok_aws_error_is_retryable(NULL, 502));
+	assert_true(dmbyok_aws_error_is_retryable(NULL, 504));
+	assert_false(dmbyok_aws_error_is_retryable("AccessDeniedException", 400));
+	assert_false(dmbyok_aws_error_is_retryable("DisabledException", 409));
+	assert_false(dmbyok_aws_error_is_retryable("ExpiredTokenException", 400));
+	assert_false(dmbyok_aws_error_is_retryable("ValidationException", 400));
+	assert_false(dmbyok_aws_error_is_retryable(NULL, 404));
+	assert_true(dmbyok_aws_errno_is_retryable(-ECONNREFUSED));
+	assert_true(dmbyok_aws_errno_is_retryable(-ETIMEDOUT));
+	assert_true(dmbyok_aws_errno_is_retryable(-ECONNRESET));
+	assert_false(dmbyok_aws_errno_is_retryable(-EINVAL));
+	assert_false(dmbyok_aws_errno_is_retryable(-EPROTO));
 
 	for (unsigned a = 1; a < 40; a++)
 		for (int i = 0; i < 50; i++) {
-			unsigned ms = aws_retry_backoff_ms(a);
+			unsigned ms = dmbyok_aws_retry_backoff_ms(a);
 
 			assert_true(ms <= 20000);
 			if (a <= 8)
 				assert_true(ms <= 100U << (a - 1));
 		}
 
-	aws_retry_init(&rt, 0);
+	dmbyok_aws_retry_init(&rt, 0);
 	assert_int_equal(rt.max_attempts, 3);
 	/* the quota bounds retries in a storm, and successes refill it */
 	for (unsigned i = 0; i < AWS_RETRY_QUOTA / AWS_RETRY_COST; i++)
-		assert_true(aws_retry_acquire(&rt, -EAGAIN));
-	assert_false(aws_retry_acquire(&rt, -EAGAIN));
-	aws_retry_release(&rt, -EAGAIN, true);
-	assert_true(aws_retry_acquire(&rt, -EAGAIN));
-	assert_false(aws_retry_acquire(&rt, -ETIMEDOUT));
+		assert_true(dmbyok_aws_retry_acquire(&rt, -EAGAIN));
+	assert_false(dmbyok_aws_retry_acquire(&rt, -EAGAIN));
+	dmbyok_aws_retry_release(&rt, -EAGAIN, true);
+	assert_true(dmbyok_aws_retry_acquire(&rt, -EAGAIN));
+	assert_false(dmbyok_aws_retry_acquire(&rt, -ETIMEDOUT));
 }
 
 static void test_arn_region(void **state)
 {
 	char *r = NULL;
 
-	assert_int_equal(aws_arn_region("arn:aws:kms:eu-central-1:111122223333:key/abc", &r), 0);
+	assert_int_equal(dmbyok_aws_arn_region("arn:aws:kms:eu-central-1:111122223333:key/abc", &r),
+	                 0);
 	assert_string_equal(r, "eu-central-1");
 	free(r);
-	assert_int_equal(aws_arn_region("arn:aws-cn:kms:cn-north-1:1:alias/x", &r), 0);
+	assert_int_equal(dmbyok_aws_arn_region("arn:aws-cn:kms:cn-north-1:1:alias/x", &r), 0);
 	assert_string_equal(r, "cn-north-1");
 	free(r);
-	assert_int_equal(aws_arn_region("alias/x", &r), -EINVAL);
-	assert_int_equal(aws_arn_region("1234abcd-12ab-34cd-56ef-1234567890ab", &r), -EINVAL);
-	assert_int_equal(aws_arn_region("arn:aws:kms::1:key/x", &r), -EINVAL);
-	assert_int_equal(aws_arn_region("arn:aws:kms:EU/../x:1:key/x", &r), -EINVAL);
-	assert_int_equal(aws_arn_region(NULL, &r), -EINVAL);
+	assert_int_equal(dmbyok_aws_arn_region("alias/x", &r), -EINVAL);
+	assert_int_equal(dmbyok_aws_arn_region("1234abcd-12ab-34cd-56ef-1234567890ab", &r),
+	                 -EINVAL);
+	assert_int_equal(dmbyok_aws_arn_region("arn:aws:kms::1:key/x", &r), -EINVAL);
+	assert_int_equal(dmbyok_aws_arn_region("arn:aws:kms:EU/../x:1:key/x", &r), -EINVAL);
+	assert_int_equal(dmbyok_aws_arn_region(NULL, &r), -EINVAL);
 }
 
 static void write_file(const char *path, const char *text)
@@ -228,36 +231,37 @@ static void test_region(void **state)
 	setenv("AWS_DEFAULT_REGION", "us-west-1", 1);
 
 	/* explicit > key ARN > AWS_REGION > AWS_DEFAULT_REGION > profile */
-	assert_int_equal(aws_resolve_region("eu-west-3", "arn:aws:kms:eu-west-1:1:key/k", NULL, &r),
-	                 0);
+	assert_int_equal(
+	    dmbyok_aws_resolve_region("eu-west-3", "arn:aws:kms:eu-west-1:1:key/k", NULL, &r), 0);
 	assert_string_equal(r, "eu-west-3");
 	free(r);
-	assert_int_equal(aws_resolve_region(NULL, "arn:aws:kms:eu-west-1:1:key/k", NULL, &r), 0);
+	assert_int_equal(dmbyok_aws_resolve_region(NULL, "arn:aws:kms:eu-west-1:1:key/k", NULL, &r),
+	                 0);
 	assert_string_equal(r, "eu-west-1");
 	free(r);
-	assert_int_equal(aws_resolve_region(NULL, "alias/k", NULL, &r), 0);
+	assert_int_equal(dmbyok_aws_resolve_region(NULL, "alias/k", NULL, &r), 0);
 	assert_string_equal(r, "us-west-2");
 	free(r);
 	unsetenv("AWS_REGION");
-	assert_int_equal(aws_resolve_region(NULL, NULL, NULL, &r), 0);
+	assert_int_equal(dmbyok_aws_resolve_region(NULL, NULL, NULL, &r), 0);
 	assert_string_equal(r, "us-west-1");
 	free(r);
 	unsetenv("AWS_DEFAULT_REGION");
-	assert_int_equal(aws_resolve_region(NULL, NULL, NULL, &r), 0);
+	assert_int_equal(dmbyok_aws_resolve_region(NULL, NULL, NULL, &r), 0);
 	assert_string_equal(r, "ap-south-1");
 	free(r);
-	assert_int_equal(aws_resolve_region(NULL, NULL, "p", &r), 0);
+	assert_int_equal(dmbyok_aws_resolve_region(NULL, NULL, "p", &r), 0);
 	assert_string_equal(r, "sa-east-1");
 	free(r);
 	setenv("AWS_PROFILE", "p", 1);
-	assert_int_equal(aws_resolve_region(NULL, NULL, NULL, &r), 0);
+	assert_int_equal(dmbyok_aws_resolve_region(NULL, NULL, NULL, &r), 0);
 	assert_string_equal(r, "sa-east-1");
 	free(r);
-	assert_int_equal(aws_resolve_region(NULL, NULL, "nope", &r), -ENOENT);
+	assert_int_equal(dmbyok_aws_resolve_region(NULL, NULL, "nope", &r), -ENOENT);
 	unsetenv("AWS_PROFILE");
-	assert_int_equal(aws_resolve_region("Bad Region", NULL, NULL, &r), -EINVAL);
+	assert_int_equal(dmbyok_aws_resolve_region("Bad Region", NULL, NULL, &r), -EINVAL);
 	setenv("AWS_CONFIG_FILE", "/nonexistent/config", 1);
-	assert_int_equal(aws_resolve_region(NULL, NULL, NULL, &r), -ENOENT);
+	assert_int_equal(dmbyok_aws_resolve_region(NULL, NULL, NULL, &r), -ENOENT);
 	unlink(config);
 }
 
@@ -267,30 +271,30 @@ static void test_endpoint(void **state)
 
 	unsetenv("AWS_ENDPOINT_URL_KMS");
 	unsetenv("AWS_ENDPOINT_URL");
-	assert_int_equal(aws_endpoint_override(NULL, &e), 0);
+	assert_int_equal(dmbyok_aws_endpoint_override(NULL, &e), 0);
 	assert_null(e);
-	assert_int_equal(aws_endpoint_url(NULL, "eu-west-1", &u), 0);
+	assert_int_equal(dmbyok_aws_endpoint_url(NULL, "eu-west-1", &u), 0);
 	assert_string_equal(u, "https://kms.eu-west-1.amazonaws.com/");
 	free(u);
-	assert_int_equal(aws_endpoint_url(NULL, "cn-north-1", &u), 0);
+	assert_int_equal(dmbyok_aws_endpoint_url(NULL, "cn-north-1", &u), 0);
 	assert_string_equal(u, "https://kms.cn-north-1.amazonaws.com.cn/");
 	free(u);
-	assert_int_equal(aws_endpoint_url(NULL, NULL, &u), -EINVAL);
+	assert_int_equal(dmbyok_aws_endpoint_url(NULL, NULL, &u), -EINVAL);
 
 	setenv("AWS_ENDPOINT_URL", "https://generic.example", 1);
-	assert_int_equal(aws_endpoint_override(NULL, &e), 0);
+	assert_int_equal(dmbyok_aws_endpoint_override(NULL, &e), 0);
 	assert_string_equal(e, "https://generic.example");
 	free(e);
 	setenv("AWS_ENDPOINT_URL_KMS", "https://kms.example:8443", 1);
-	assert_int_equal(aws_endpoint_override(NULL, &e), 0);
+	assert_int_equal(dmbyok_aws_endpoint_override(NULL, &e), 0);
 	assert_string_equal(e, "https://kms.example:8443");
-	assert_int_equal(aws_endpoint_url(e, "us-east-1", &u), 0);
+	assert_int_equal(dmbyok_aws_endpoint_url(e, "us-east-1", &u), 0);
 	assert_string_equal(u, "https://kms.example:8443/");
 	free(u);
 	free(e);
-	assert_int_equal(aws_endpoint_override("https://explicit/", &e), 0);
+	assert_int_equal(dmbyok_aws_endpoint_override("https://explicit/", &e), 0);
 	assert_string_equal(e, "https://explicit/");
-	assert_int_equal(aws_endpoint_url(e, "us-east-1", &u), 0);
+	assert_int_equal(dmbyok_aws_endpoint_url(e, "us-east-1", &u), 0);
 	assert_string_equal(u, "https://explicit/");
 	free(u);
 	free(e);
@@ -298,18 +302,20 @@ static void test_endpoint(void **state)
 	unsetenv("AWS_ENDPOINT_URL");
 
 	/* plain http: loopback only; never credentials in the URL */
-	assert_int_equal(aws_endpoint_url("http://127.0.0.1:4566", "us-east-1", &u), 0);
+	assert_int_equal(dmbyok_aws_endpoint_url("http://127.0.0.1:4566", "us-east-1", &u), 0);
 	free(u);
-	assert_int_equal(aws_endpoint_url("http://localhost:4566", "us-east-1", &u), 0);
+	assert_int_equal(dmbyok_aws_endpoint_url("http://localhost:4566", "us-east-1", &u), 0);
 	free(u);
-	assert_int_equal(aws_endpoint_url("http://[::1]:4566", "us-east-1", &u), 0);
+	assert_int_equal(dmbyok_aws_endpoint_url("http://[::1]:4566", "us-east-1", &u), 0);
 	free(u);
-	assert_int_equal(aws_endpoint_url("http://kms.example", "us-east-1", &u), -EINVAL);
-	assert_int_equal(aws_endpoint_url("http://127.0.0.1.evil.com", "us-east-1", &u), -EINVAL);
-	assert_int_equal(aws_endpoint_url("ftp://x", "us-east-1", &u), -EINVAL);
-	assert_int_equal(aws_endpoint_url("https://a:b@kms.example", "us-east-1", &u), -EINVAL);
-	assert_false(aws_url_is_loopback("http://localhost.example/"));
-	assert_true(aws_url_is_loopback("http://127.1.2.3/"));
+	assert_int_equal(dmbyok_aws_endpoint_url("http://kms.example", "us-east-1", &u), -EINVAL);
+	assert_int_equal(dmbyok_aws_endpoint_url("http://127.0.0.1.evil.com", "us-east-1", &u),
+	                 -EINVAL);
+	assert_int_equal(dmbyok_aws_endpoint_url("ftp://x", "us-east-1", &u), -EINVAL);
+	assert_int_equal(dmbyok_aws_endpoint_url("https://a:b@kms.example", "us-east-1", &u),
+	                 -EINVAL);
+	assert_false(dmbyok_aws_url_is_loopback("http://localhost.example/"));
+	assert_true(dmbyok_aws_url_is_loopback("http://127.1.2.3/"));
 }
 
 static void test_config_paths(void **state)
@@ -319,28 +325,28 @@ static void test_config_paths(void **state)
 	unsetenv("AWS_SHARED_CREDENTIALS_FILE");
 	unsetenv("AWS_CONFIG_FILE");
 	setenv("HOME", "/home/u", 1);
-	assert_int_equal(aws_credentials_file_path(&p), 0);
+	assert_int_equal(dmbyok_aws_credentials_file_path(&p), 0);
 	assert_string_equal(p, "/home/u/.aws/credentials");
 	free(p);
-	assert_int_equal(aws_config_file_path(&p), 0);
+	assert_int_equal(dmbyok_aws_config_file_path(&p), 0);
 	assert_string_equal(p, "/home/u/.aws/config");
 	free(p);
 	setenv("AWS_CONFIG_FILE", "/etc/x", 1);
-	assert_int_equal(aws_config_file_path(&p), 0);
+	assert_int_equal(dmbyok_aws_config_file_path(&p), 0);
 	assert_string_equal(p, "/etc/x");
 	free(p);
-	assert_int_equal(aws_config_section("default", &p), 0);
+	assert_int_equal(dmbyok_aws_config_section("default", &p), 0);
 	assert_string_equal(p, "default");
 	free(p);
-	assert_int_equal(aws_config_section("dev", &p), 0);
+	assert_int_equal(dmbyok_aws_config_section("dev", &p), 0);
 	assert_string_equal(p, "profile dev");
 	free(p);
 	unsetenv("AWS_PROFILE");
 	unsetenv("AWS_DEFAULT_PROFILE");
-	assert_string_equal(aws_profile_name(NULL), "default");
+	assert_string_equal(dmbyok_aws_profile_name(NULL), "default");
 	setenv("AWS_PROFILE", "env", 1);
-	assert_string_equal(aws_profile_name(NULL), "env");
-	assert_string_equal(aws_profile_name("explicit"), "explicit");
+	assert_string_equal(dmbyok_aws_profile_name(NULL), "env");
+	assert_string_equal(dmbyok_aws_profile_name("explicit"), "explicit");
 	unsetenv("AWS_PROFILE");
 }
 
@@ -348,13 +354,13 @@ static void test_iso8601(void **state)
 {
 	time_t t;
 
-	assert_int_equal(aws_parse_iso8601("1970-01-01T00:01:00Z", &t), 0);
+	assert_int_equal(dmbyok_aws_parse_iso8601("1970-01-01T00:01:00Z", &t), 0);
 	assert_int_equal(t, 60);
-	assert_int_equal(aws_parse_iso8601("2024-02-29T12:00:00.123Z", &t), 0);
+	assert_int_equal(dmbyok_aws_parse_iso8601("2024-02-29T12:00:00.123Z", &t), 0);
 	assert_int_equal(t, 1709208000);
-	assert_int_equal(aws_parse_iso8601("2024-02-29T12:00:00+00:00", &t), 0);
-	assert_int_equal(aws_parse_iso8601("2024-02-29T12:00:00+02:00", &t), -EINVAL);
-	assert_int_equal(aws_parse_iso8601("tomorrow", &t), -EINVAL);
+	assert_int_equal(dmbyok_aws_parse_iso8601("2024-02-29T12:00:00+00:00", &t), 0);
+	assert_int_equal(dmbyok_aws_parse_iso8601("2024-02-29T12:00:00+02:00", &t), -EINVAL);
+	assert_int_equal(dmbyok_aws_parse_iso8601("tomorrow", &t), -EINVAL);
 }
 
 static struct secret *body(const char *text)
@@ -362,7 +368,7 @@ static struct secret *body(const char *text)
 	struct secret *s = NULL;
 	size_t n = strlen(text);
 
-	assert_int_equal(secret_new(n + 1, &s), 0);
+	assert_int_equal(dmbyok_secret_new(n + 1, &s), 0);
 	memcpy(s->data, text, n + 1);
 	s->size = n;
 	return s;
@@ -375,7 +381,7 @@ static void test_json_take_string(void **state)
 
 	b = body("{\"KeyId\":\"arn:x\",\"Nested\":{\"Plaintext\":\"no\",\"a\":[1,{\"b\":\"}\"}]},"
 	         "\"Esc\":\"\\\"Plaintext\\\"\" , \"Plaintext\" : \"AAEC\", \"n\": -1.5e3 }");
-	assert_int_equal(aws_json_take_string(b, "Plaintext", &v), 0);
+	assert_int_equal(dmbyok_aws_json_take_string(b, "Plaintext", &v), 0);
 	assert_string_equal((char *)v->data, "AAEC");
 	assert_int_equal(v->size, 4);
 	/* blanked in place, and the rest still parses */
@@ -385,11 +391,11 @@ static void test_json_take_string(void **state)
 	assert_true(json_object_object_get_ex(j, "KeyId", &o));
 	assert_string_equal(json_object_get_string(o), "arn:x");
 	json_object_put(j);
-	secret_free(v);
+	dmbyok_secret_free(v);
 	v = NULL;
 	/* only top-level fields count */
-	assert_int_equal(aws_json_take_string(b, "a", &v), -ENOENT);
-	secret_free(b);
+	assert_int_equal(dmbyok_aws_json_take_string(b, "a", &v), -ENOENT);
+	dmbyok_secret_free(b);
 
 	static const char *const bad[] = {
 		"not json",
@@ -402,9 +408,9 @@ static void test_json_take_string(void **state)
 	};
 	for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
 		b = body(bad[i]);
-		if (aws_json_take_string(b, "Plaintext", &v) != -EPROTO)
+		if (dmbyok_aws_json_take_string(b, "Plaintext", &v) != -EPROTO)
 			fail_msg("accepted: %s", bad[i]);
-		secret_free(b);
+		dmbyok_secret_free(b);
 	}
 }
 
@@ -417,18 +423,20 @@ static void test_client_options(void **state)
 	unsetenv("AWS_CA_BUNDLE");
 	setenv("AWS_CONFIG_FILE", "/nonexistent/config", 1);
 	/* no region anywhere: the client still works with key ARNs */
-	assert_int_equal(kms_client_new(NULL, &c), 0);
-	assert_null(kms_client_region(c));
-	assert_string_equal(kms_last_error(c), "");
-	kms_client_free(c);
+	assert_int_equal(dmbyok_kms_client_new(NULL, &c), 0);
+	assert_null(dmbyok_kms_client_region(c));
+	assert_string_equal(dmbyok_kms_last_error(c), "");
+	dmbyok_kms_client_free(c);
 	assert_int_equal(
-	    kms_client_new(&(struct kms_options){ .region = "eu-north-1", .provider = "aws" }, &c),
+	    dmbyok_kms_client_new(
+	        &(struct kms_options){ .region = "eu-north-1", .provider = "aws" }, &c),
 	    0);
-	assert_string_equal(kms_client_region(c), "eu-north-1");
-	kms_client_free(c);
-	kms_client_free(NULL);
-	assert_int_equal(kms_client_new(&(struct kms_options){ .provider = "nope" }, &c), -EINVAL);
-	assert_string_equal(kms_last_error(NULL), "");
+	assert_string_equal(dmbyok_kms_client_region(c), "eu-north-1");
+	dmbyok_kms_client_free(c);
+	dmbyok_kms_client_free(NULL);
+	assert_int_equal(dmbyok_kms_client_new(&(struct kms_options){ .provider = "nope" }, &c),
+	                 -EINVAL);
+	assert_string_equal(dmbyok_kms_last_error(NULL), "");
 }
 
 static int setup(void **state)

@@ -88,7 +88,7 @@ static struct kms_client *client_with(const struct kms_options *opts)
 {
 	struct kms_client *c = NULL;
 
-	assert_int_equal(kms_client_new(opts, &c), 0);
+	assert_int_equal(dmbyok_kms_client_new(opts, &c), 0);
 	return c;
 }
 
@@ -113,10 +113,10 @@ static json_object *admin_call(const char *op, const char *fmt, ...)
 	va_end(ap);
 	req = json_tokener_parse(buf);
 	assert_non_null(req);
-	r = aws_kms_call(admin, op, NULL, req, &resp);
+	r = dmbyok_aws_kms_call(admin, op, NULL, req, &resp);
 	if (r < 0)
 		fail_msg("%s as the customer failed: %s (%s)", op, dmbyok_strerror(r),
-		         kms_last_error(admin));
+		         dmbyok_kms_last_error(admin));
 	json_object_put(req);
 	return resp;
 }
@@ -245,9 +245,9 @@ static void wrap(struct kms_client *c, const char *key_id, const char *volume,
 	char *arn = NULL;
 	int r;
 
-	r = kms_generate_data_key(c, key_id, ctx, 64, ret_pt, ret_blob, &arn);
+	r = dmbyok_kms_generate_data_key(c, key_id, ctx, 64, ret_pt, ret_blob, &arn);
 	if (r < 0)
-		fail_msg("GenerateDataKey: %s (%s)", dmbyok_strerror(r), kms_last_error(c));
+		fail_msg("GenerateDataKey: %s (%s)", dmbyok_strerror(r), dmbyok_kms_last_error(c));
 	assert_int_equal((*ret_pt)->size, 64);
 	assert_non_null(strstr(arn, ":key/"));
 	free(arn);
@@ -258,7 +258,7 @@ static int unwrap(struct kms_client *c, const char *key_id, const char *blob, co
                   struct secret **ret_pt, char **ret_arn)
 {
 	json_object *ctx = context(volume);
-	int r = kms_decrypt(c, key_id, blob, ctx, ret_pt, ret_arn);
+	int r = dmbyok_kms_decrypt(c, key_id, blob, ctx, ret_pt, ret_arn);
 
 	json_object_put(ctx);
 	return r;
@@ -275,25 +275,25 @@ static void test_roundtrip(void **state)
 	wrap(c, key_a, "vol-1", &pt, &blob);
 	assert_int_equal(unwrap(c, NULL, blob, "vol-1", &pt2, &arn), 0);
 	assert_int_equal(pt2->size, 64);
-	assert_true(secret_equal(pt->data, pt2->data, 64));
+	assert_true(dmbyok_secret_equal(pt->data, pt2->data, 64));
 	assert_string_equal(arn, key_a);
-	assert_string_equal(kms_client_region(c), "us-east-1");
+	assert_string_equal(dmbyok_kms_client_region(c), "us-east-1");
 
 	/* By alias, and decrypt naming the key by ARN. */
-	secret_free(TAKE_PTR(pt2));
+	dmbyok_secret_free(TAKE_PTR(pt2));
 	free(TAKE_PTR(arn));
 	wrap(c, "alias/dmbyok-test", "vol-1", &pt3, &blob2);
 	assert_int_equal(unwrap(c, key_a, blob2, "vol-1", &pt2, &arn), 0);
-	assert_true(secret_equal(pt3->data, pt2->data, 64));
+	assert_true(dmbyok_secret_equal(pt3->data, pt2->data, 64));
 
 	/* ReEncrypt to key B: same plaintext, new wrapping key. */
 	free(TAKE_PTR(blob2));
-	assert_int_equal(kms_reencrypt(c, blob, ctx, key_b, &blob2, &arn2), 0);
+	assert_int_equal(dmbyok_kms_reencrypt(c, blob, ctx, key_b, &blob2, &arn2), 0);
 	assert_string_equal(arn2, key_b);
-	secret_free(TAKE_PTR(pt2));
+	dmbyok_secret_free(TAKE_PTR(pt2));
 	assert_int_equal(unwrap(c, NULL, blob2, "vol-1", &pt2, &arn3), 0);
 	assert_string_equal(arn3, key_b);
-	assert_true(secret_equal(pt->data, pt2->data, 64));
+	assert_true(dmbyok_secret_equal(pt->data, pt2->data, 64));
 	json_object_put(ctx);
 }
 
@@ -302,13 +302,13 @@ static void test_describe(void **state)
 	_cleanup_kms_client_ struct kms_client *c = host_client();
 	struct kms_key_info info = {};
 
-	assert_int_equal(kms_describe_key(c, "alias/dmbyok-test", &info), 0);
+	assert_int_equal(dmbyok_kms_describe_key(c, "alias/dmbyok-test", &info), 0);
 	assert_string_equal(info.key_arn, key_a);
 	assert_string_equal(info.key_state, "Enabled");
 	assert_true(info.enabled);
-	kms_key_info_done(&info);
-	kms_key_info_done(&info); /* idempotent */
-	kms_key_info_done(NULL);
+	dmbyok_kms_key_info_done(&info);
+	dmbyok_kms_key_info_done(&info); /* idempotent */
+	dmbyok_kms_key_info_done(NULL);
 }
 
 static void test_wrong_context(void **state)
@@ -320,7 +320,7 @@ static void test_wrong_context(void **state)
 	wrap(c, key_a, "vol-1", &pt, &blob);
 	assert_int_equal(unwrap(c, NULL, blob, "vol-2", &pt2, NULL), -EBADMSG);
 	assert_null(pt2);
-	assert_non_null(strstr(kms_last_error(c), "InvalidCiphertextException"));
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "InvalidCiphertextException"));
 	/* a tampered blob is the same class */
 	blob[20] = blob[20] == 'A' ? 'B' : 'A';
 	assert_int_equal(unwrap(c, NULL, blob, "vol-1", &pt2, NULL), -EBADMSG);
@@ -336,12 +336,12 @@ static void test_disabled(void **state)
 	wrap(c, key, "vol-d", &pt, &blob);
 	json_object_put(admin_call("DisableKey", "{\"KeyId\":\"%s\"}", key));
 	assert_int_equal(unwrap(c, NULL, blob, "vol-d", &pt2, NULL), -EKEYREVOKED);
-	assert_non_null(strstr(kms_last_error(c), "DisabledException"));
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "DisabledException"));
 	assert_int_equal(dmbyok_exit_code(-EKEYREVOKED), 3);
-	assert_int_equal(kms_describe_key(c, key, &info), 0);
+	assert_int_equal(dmbyok_kms_describe_key(c, key, &info), 0);
 	assert_string_equal(info.key_state, "Disabled");
 	assert_false(info.enabled);
-	kms_key_info_done(&info);
+	dmbyok_kms_key_info_done(&info);
 
 	/* back on: usable again */
 	json_object_put(admin_call("EnableKey", "{\"KeyId\":\"%s\"}", key));
@@ -359,13 +359,13 @@ static void test_pending_deletion_and_deleted(void **state)
 	json_object_put(
 	    admin_call("ScheduleKeyDeletion", "{\"KeyId\":\"%s\",\"PendingWindowInDays\":7}", key));
 	assert_int_equal(unwrap(c, NULL, blob, "vol-p", &pt2, NULL), -EKEYREVOKED);
-	assert_non_null(strstr(kms_last_error(c), "KMSInvalidStateException"));
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "KMSInvalidStateException"));
 
 	snprintf(body, sizeof(body), "{\"KeyId\":\"%s\"}", key);
 	control("POST", "/_emulator/expire-deletion", body);
 	assert_int_equal(unwrap(c, NULL, blob, "vol-p", &pt2, NULL), -EKEYREVOKED);
 	assert_int_equal(unwrap(c, key, blob, "vol-p", &pt2, NULL), -EKEYREVOKED);
-	assert_non_null(strstr(kms_last_error(c), "NotFoundException"));
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "NotFoundException"));
 }
 
 static void test_policy_denies_host(void **state)
@@ -386,13 +386,13 @@ static void test_policy_denies_host(void **state)
 	json_object_object_add(req, "PolicyName", json_object_new_string("default"));
 	json_object_object_add(req, "Policy",
 	                       json_object_new_string(json_object_to_json_string(stmt)));
-	assert_int_equal(aws_kms_call(admin, "PutKeyPolicy", NULL, req, &resp), 0);
+	assert_int_equal(dmbyok_aws_kms_call(admin, "PutKeyPolicy", NULL, req, &resp), 0);
 	json_object_put(req);
 	json_object_put(resp);
 	json_object_put(stmt);
 
 	assert_int_equal(unwrap(c, NULL, blob, "vol-x", &pt2, NULL), -EKEYREVOKED);
-	assert_non_null(strstr(kms_last_error(c), "AccessDeniedException"));
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "AccessDeniedException"));
 }
 
 static void test_credential_errors(void **state)
@@ -404,39 +404,39 @@ static void test_credential_errors(void **state)
 	env_reset();
 	env_creds("AKIDEXPIRED000000001", "expiredsecret", "expired-token");
 	c = client_with(NULL);
-	assert_int_equal(kms_describe_key(c, key_a, &info), -EKEYEXPIRED);
-	assert_non_null(strstr(kms_last_error(c), "ExpiredToken"));
-	kms_client_free(c);
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -EKEYEXPIRED);
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "ExpiredToken"));
+	dmbyok_kms_client_free(c);
 
 	/* wrong secret */
 	env_creds(HOST_AKID, "not-the-secret", NULL);
 	c = client_with(NULL);
-	assert_int_equal(kms_describe_key(c, key_a, &info), -EKEYREJECTED);
-	assert_non_null(strstr(kms_last_error(c), "InvalidSignature"));
-	kms_client_free(c);
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -EKEYREJECTED);
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "InvalidSignature"));
+	dmbyok_kms_client_free(c);
 
 	/* unknown access key */
 	env_creds("AKIDNOBODY0000000000", "whatever", NULL);
 	c = client_with(NULL);
-	assert_int_equal(kms_describe_key(c, key_a, &info), -EKEYREJECTED);
-	assert_non_null(strstr(kms_last_error(c), "UnrecognizedClient"));
-	kms_client_free(c);
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -EKEYREJECTED);
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "UnrecognizedClient"));
+	dmbyok_kms_client_free(c);
 
 	/* nothing at all */
 	env_reset();
 	c = client_with(NULL);
-	assert_int_equal(kms_describe_key(c, key_a, &info), -ENOKEY);
-	assert_non_null(strstr(kms_last_error(c), "environment variables"));
-	assert_non_null(strstr(kms_last_error(c), "profile 'default'"));
-	assert_non_null(strstr(kms_last_error(c), "container endpoint"));
-	kms_client_free(c);
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -ENOKEY);
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "environment variables"));
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "profile 'default'"));
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "container endpoint"));
+	dmbyok_kms_client_free(c);
 	assert_int_equal(dmbyok_exit_code(-ENOKEY), 5);
 
 	/* half a key pair */
 	setenv("AWS_ACCESS_KEY_ID", HOST_AKID, 1);
 	c = client_with(NULL);
-	assert_int_equal(kms_describe_key(c, key_a, &info), -ENOKEY);
-	kms_client_free(c);
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -ENOKEY);
+	dmbyok_kms_client_free(c);
 }
 
 static void write_file(const char *name, const char *text, char *ret_path, size_t size)
@@ -455,12 +455,12 @@ static void expect_works(const struct kms_options *opts)
 {
 	_cleanup_kms_client_ struct kms_client *c = client_with(opts);
 	struct kms_key_info info = {};
-	int r = kms_describe_key(c, key_a, &info);
+	int r = dmbyok_kms_describe_key(c, key_a, &info);
 
 	if (r < 0)
-		fail_msg("DescribeKey: %s (%s)", dmbyok_strerror(r), kms_last_error(c));
+		fail_msg("DescribeKey: %s (%s)", dmbyok_strerror(r), dmbyok_kms_last_error(c));
 	assert_string_equal(info.key_arn, key_a);
-	kms_key_info_done(&info);
+	dmbyok_kms_key_info_done(&info);
 }
 
 static void test_creds_session_env(void **state)
@@ -472,7 +472,7 @@ static void test_creds_session_env(void **state)
 	env_creds("ASIAHOST000000000001", "hostsessionsecret", NULL);
 	_cleanup_kms_client_ struct kms_client *c = client_with(NULL);
 	struct kms_key_info info = {};
-	assert_true(kms_describe_key(c, key_a, &info) < 0);
+	assert_true(dmbyok_kms_describe_key(c, key_a, &info) < 0);
 }
 
 static void test_creds_profiles(void **state)
@@ -519,15 +519,15 @@ static void test_creds_profiles(void **state)
 		    client_with(&(struct kms_options){ .profile = "other" });
 		struct kms_key_info info = {};
 
-		assert_int_equal(kms_describe_key(c, key_a, &info), -EKEYREJECTED);
+		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -EKEYREJECTED);
 	}
 	{
 		_cleanup_kms_client_ struct kms_client *c =
 		    client_with(&(struct kms_options){ .profile = "missing" });
 		struct kms_key_info info = {};
 
-		assert_int_equal(kms_describe_key(c, key_a, &info), -ENOKEY);
-		assert_non_null(strstr(kms_last_error(c), "'missing'"));
+		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -ENOKEY);
+		assert_non_null(strstr(dmbyok_kms_last_error(c), "'missing'"));
 	}
 }
 
@@ -553,8 +553,8 @@ static void test_creds_container(void **state)
 		_cleanup_kms_client_ struct kms_client *c = client_with(NULL);
 		struct kms_key_info info = {};
 
-		assert_int_equal(kms_describe_key(c, key_a, &info), -EKEYREJECTED);
-		assert_non_null(strstr(kms_last_error(c), "HTTP 401"));
+		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -EKEYREJECTED);
+		assert_non_null(strstr(dmbyok_kms_last_error(c), "HTTP 401"));
 	}
 }
 
@@ -572,15 +572,15 @@ static void test_creds_imds(void **state)
 		/* cached: with the metadata service gone, the client keeps its credentials */
 		setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9", 1);
 		assert_int_equal(unwrap(c, NULL, blob, "vol-i", &pt2, NULL), 0);
-		assert_true(secret_equal(pt->data, pt2->data, 64));
+		assert_true(dmbyok_secret_equal(pt->data, pt2->data, 64));
 	}
 	{
 		/* a new client has no cache: nothing answers, so no credentials */
 		_cleanup_kms_client_ struct kms_client *c = client_with(NULL);
 		struct kms_key_info info = {};
 
-		assert_int_equal(kms_describe_key(c, key_a, &info), -ENOKEY);
-		assert_non_null(strstr(kms_last_error(c), "EC2 instance metadata"));
+		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -ENOKEY);
+		assert_non_null(strstr(dmbyok_kms_last_error(c), "EC2 instance metadata"));
 	}
 	setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
 }
@@ -604,9 +604,10 @@ static void test_retry_recovers(void **state)
 		fault("Decrypt", kinds[i], 2);
 		r = unwrap(c, NULL, blob, "vol-r", &pt2, NULL);
 		if (r < 0)
-			fail_msg("%s x2: %s (%s)", kinds[i], dmbyok_strerror(r), kms_last_error(c));
+			fail_msg("%s x2: %s (%s)", kinds[i], dmbyok_strerror(r),
+			         dmbyok_kms_last_error(c));
 		audit_expect_range("Decrypt", before, 3, 3 + extra_for(kinds[i]));
-		assert_true(secret_equal(pt->data, pt2->data, 64));
+		assert_true(dmbyok_secret_equal(pt->data, pt2->data, 64));
 	}
 }
 
@@ -639,7 +640,7 @@ static void test_retry_exhausted(void **state)
 		control("DELETE", "/_emulator/faults", NULL);
 		if (r != cases[i].r)
 			fail_msg("%s: got %s, want %s (%s)", cases[i].kind, dmbyok_strerror(r),
-			         dmbyok_strerror(cases[i].r), kms_last_error(c));
+			         dmbyok_strerror(cases[i].r), dmbyok_kms_last_error(c));
 		assert_int_equal(dmbyok_exit_code(r), 4);
 		audit_expect_range("Decrypt", before, 3, 3 + extra_for(cases[i].kind));
 	}
@@ -701,15 +702,15 @@ static void test_tls(void **state)
 	env_creds(HOST_AKID, HOST_SECRET, NULL);
 	/* a CA that did not sign the emulator's certificate */
 	c = client_with(&(struct kms_options){ .ca_bundle = other_ca });
-	assert_int_equal(kms_describe_key(c, key_a, &info), -EINVAL);
-	assert_non_null(strstr(kms_last_error(c), "CA bundle"));
-	kms_client_free(c);
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -EINVAL);
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "CA bundle"));
+	dmbyok_kms_client_free(c);
 
 	/* the system trust store does not know the test CA either */
 	unsetenv("AWS_CA_BUNDLE");
 	c = client_with(NULL);
-	assert_int_equal(kms_describe_key(c, key_a, &info), -EINVAL);
-	kms_client_free(c);
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -EINVAL);
+	dmbyok_kms_client_free(c);
 
 	/* the explicit option beats the environment */
 	setenv("AWS_CA_BUNDLE", other_ca, 1);
@@ -717,12 +718,12 @@ static void test_tls(void **state)
 
 	/* a bundle that cannot be read is refused up front */
 	assert_int_equal(
-	    kms_client_new(&(struct kms_options){ .ca_bundle = "/nonexistent/ca.pem" }, &c),
+	    dmbyok_kms_client_new(&(struct kms_options){ .ca_bundle = "/nonexistent/ca.pem" }, &c),
 	    -ENOENT);
 	/* plain http is for loopback only */
-	assert_int_equal(
-	    kms_client_new(&(struct kms_options){ .endpoint = "http://kms.example.com" }, &c),
-	    -EINVAL);
+	assert_int_equal(dmbyok_kms_client_new(
+	                     &(struct kms_options){ .endpoint = "http://kms.example.com" }, &c),
+	                 -EINVAL);
 }
 
 static void test_emulator_down(void **state)
@@ -748,7 +749,7 @@ static void test_emulator_down(void **state)
 	_cleanup_kms_client_ struct kms_client *c =
 	    client_with(&(struct kms_options){ .endpoint = url });
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	assert_int_equal(kms_describe_key(c, key_a, &info), -ECONNREFUSED);
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -ECONNREFUSED);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	assert_true(t1.tv_sec - t0.tv_sec < 2);
 	assert_int_equal(dmbyok_exit_code(-ECONNREFUSED), 4);
@@ -762,15 +763,18 @@ static void test_bad_arguments(void **state)
 	json_object *bad = json_object_new_object();
 
 	json_object_object_add(bad, "n", json_object_new_int(1));
-	assert_int_equal(kms_generate_data_key(c, key_a, bad, 64, &pt, &blob, NULL), -EINVAL);
-	assert_int_equal(kms_generate_data_key(c, key_a, NULL, 0, &pt, &blob, NULL), -EINVAL);
-	assert_int_equal(kms_decrypt(c, NULL, "", NULL, &pt, NULL), -EINVAL);
+	assert_int_equal(dmbyok_kms_generate_data_key(c, key_a, bad, 64, &pt, &blob, NULL),
+	                 -EINVAL);
+	assert_int_equal(dmbyok_kms_generate_data_key(c, key_a, NULL, 0, &pt, &blob, NULL),
+	                 -EINVAL);
+	assert_int_equal(dmbyok_kms_decrypt(c, NULL, "", NULL, &pt, NULL), -EINVAL);
 	json_object_put(bad);
-	assert_int_equal(kms_client_new(&(struct kms_options){ .provider = "kmip" }, &c), -EINVAL);
+	assert_int_equal(dmbyok_kms_client_new(&(struct kms_options){ .provider = "kmip" }, &c),
+	                 -EINVAL);
 	/* validation errors from the service are input errors */
-	assert_int_equal(kms_decrypt(c, NULL, "bm90IGEgYmxvYg==", NULL, &pt, NULL) < 0, 1);
+	assert_int_equal(dmbyok_kms_decrypt(c, NULL, "bm90IGEgYmxvYg==", NULL, &pt, NULL) < 0, 1);
 	assert_int_equal(
-	    kms_generate_data_key(c, "alias/no-such-alias", NULL, 64, &pt, &blob, NULL),
+	    dmbyok_kms_generate_data_key(c, "alias/no-such-alias", NULL, 64, &pt, &blob, NULL),
 	    -EKEYREVOKED);
 }
 
@@ -783,11 +787,11 @@ static int group_setup(void **state)
 	other_ca = need_env("DMBYOK_TEST_OTHER_CA");
 	audit_path = need_env("DMBYOK_TEST_AUDIT");
 	test_dir = need_env("DMBYOK_TEST_DIR");
-	log_setup("test-aws-kms");
+	dmbyok_log_setup("test-aws-kms");
 
 	env_reset();
 	env_creds(CUSTOMER_AKID, CUSTOMER_SECRET, NULL);
-	if (kms_client_new(NULL, &admin) < 0)
+	if (dmbyok_kms_client_new(NULL, &admin) < 0)
 		return -1;
 	key_a = create_key("dmbyok test key A");
 	key_b = create_key("dmbyok test key B");
@@ -799,7 +803,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-	kms_client_free(admin);
+	dmbyok_kms_client_free(admin);
 	free(key_a);
 	free(key_b);
 	return 0;

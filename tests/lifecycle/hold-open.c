@@ -18,12 +18,12 @@ int main(int argc, char **argv)
 	char c;
 	int r;
 
-	log_setup("hold-open");
+	dmbyok_log_setup("hold-open");
 	if (argc != 3) {
 		fprintf(stderr, "usage: hold-open DEVICE NAME\n");
 		return 2;
 	}
-	r = harden_process();
+	r = dmbyok_harden_process();
 	if (r == 0)
 		r = dmbyok_open(&(struct open_options){ .device = argv[1], .name = argv[2] }, &kms);
 	if (r < 0)

@@ -33,12 +33,12 @@ static void test_base64_rfc4648_vectors(void **state)
 		uint8_t out[16];
 		int n;
 
-		assert_int_equal(base64_encode(vectors[i].plain, strlen(vectors[i].plain), &enc),
-		                 0);
+		assert_int_equal(
+		    dmbyok_base64_encode(vectors[i].plain, strlen(vectors[i].plain), &enc), 0);
 		assert_string_equal(enc, vectors[i].b64);
 		free(enc);
 
-		n = base64_decode(vectors[i].b64, strlen(vectors[i].b64), out, sizeof(out));
+		n = dmbyok_base64_decode(vectors[i].b64, strlen(vectors[i].b64), out, sizeof(out));
 		assert_int_equal(n, (int)strlen(vectors[i].plain));
 		assert_memory_equal(out, vectors[i].plain, (size_t)n);
 	}
@@ -50,7 +50,7 @@ static void test_base64_decode_exact_fit_uses_bounce_buffer(void **state)
 
 	(void)state;
 	/* "Zm9vYg==" decodes to 4 bytes but needs 6 bytes of room in one pass. */
-	assert_int_equal(base64_decode("Zm9vYg==", 8, out, sizeof(out)), 4);
+	assert_int_equal(dmbyok_base64_decode("Zm9vYg==", 8, out, sizeof(out)), 4);
 	assert_memory_equal(out, "foob", 4);
 }
 
@@ -59,9 +59,9 @@ static void test_base64_decode_rejects_bad_input(void **state)
 	uint8_t out[16];
 
 	(void)state;
-	assert_int_equal(base64_decode("Zm9", 3, out, sizeof(out)), -EINVAL);
-	assert_int_equal(base64_decode("Zm9v!!!!", 8, out, sizeof(out)), -EINVAL);
-	assert_int_equal(base64_decode("Zm9vYmFy", 8, out, 5), -E2BIG);
+	assert_int_equal(dmbyok_base64_decode("Zm9", 3, out, sizeof(out)), -EINVAL);
+	assert_int_equal(dmbyok_base64_decode("Zm9v!!!!", 8, out, sizeof(out)), -EINVAL);
+	assert_int_equal(dmbyok_base64_decode("Zm9vYmFy", 8, out, 5), -E2BIG);
 }
 
 static void test_hex(void **state)
@@ -69,7 +69,7 @@ static void test_hex(void **state)
 	char *hex = NULL;
 
 	(void)state;
-	assert_int_equal(hex_encode("\x00\xff\x10", 3, &hex), 0);
+	assert_int_equal(dmbyok_hex_encode("\x00\xff\x10", 3, &hex), 0);
 	assert_string_equal(hex, "00ff10");
 	free(hex);
 }

@@ -60,10 +60,10 @@ static void test_class_names_and_messages(void **state)
 static void test_log_errno_returns_negative(void **state)
 {
 	(void)state;
-	log_set_max_level(LOG_LEVEL_ERROR);
+	dmbyok_log_set_max_level(LOG_LEVEL_ERROR);
 	assert_int_equal(log_debug_errno(EINVAL, "ignored"), -EINVAL);
 	assert_int_equal(log_debug_errno(-EINVAL, "ignored"), -EINVAL);
-	assert_int_equal(log_internal(LOG_LEVEL_DEBUG, 0, "ignored"), 0);
+	assert_int_equal(dmbyok_log_internal(LOG_LEVEL_DEBUG, 0, "ignored"), 0);
 }
 
 int main(void)

@@ -19,7 +19,7 @@ static char dir[] = "/var/tmp/dmbyok-registry-XXXXXX";
 static int setup(void **state)
 {
 	(void)state;
-	log_set_max_level(LOG_LEVEL_ERROR - 1);
+	dmbyok_log_set_max_level(LOG_LEVEL_ERROR - 1);
 	if (!mkdtemp(dir))
 		return -1;
 	return setenv("DMBYOK_RUNTIME_DIR", dir, 1);
@@ -48,17 +48,17 @@ static void test_save_load_remove(void **state)
 
 	(void)state;
 	assert_string_equal(dmbyok_runtime_dir(), dir);
-	assert_int_equal(registry_save(&e), 0);
-	assert_int_equal(registry_load("data", &got), 0);
+	assert_int_equal(dmbyok_registry_save(&e), 0);
+	assert_int_equal(dmbyok_registry_load("data", &got), 0);
 	assert_string_equal(got.device, e.device);
 	assert_string_equal(got.header, e.header);
 	assert_string_equal(got.volume_uuid, e.volume_uuid);
 	assert_string_equal(got.key_arn, e.key_arn);
-	registry_entry_done(&got);
+	dmbyok_registry_entry_done(&got);
 
-	assert_int_equal(registry_remove("data"), 0);
-	assert_int_equal(registry_load("data", &got), -ENOENT);
-	assert_int_equal(registry_remove("data"), 0); /* removing twice is fine */
+	assert_int_equal(dmbyok_registry_remove("data"), 0);
+	assert_int_equal(dmbyok_registry_load("data", &got), -ENOENT);
+	assert_int_equal(dmbyok_registry_remove("data"), 0); /* removing twice is fine */
 }
 
 static void test_names_cannot_escape_the_directory(void **state)
@@ -66,9 +66,9 @@ static void test_names_cannot_escape_the_directory(void **state)
 	struct registry_entry got = { 0 };
 
 	(void)state;
-	assert_int_equal(registry_load("../etc/passwd", &got), -EINVAL);
-	assert_int_equal(registry_load("..", &got), -EINVAL);
-	assert_int_equal(registry_remove("a/b"), -EINVAL);
+	assert_int_equal(dmbyok_registry_load("../etc/passwd", &got), -EINVAL);
+	assert_int_equal(dmbyok_registry_load("..", &got), -EINVAL);
+	assert_int_equal(dmbyok_registry_remove("a/b"), -EINVAL);
 }
 
 static void test_dm_uuid_has_cryptsetup_form(void **state)
@@ -76,7 +76,8 @@ static void test_dm_uuid_has_cryptsetup_form(void **state)
 	_cleanup_free_ char *uuid = NULL;
 
 	(void)state;
-	assert_int_equal(dm_luks2_uuid("3f1c2b9e-5d6a-4e7f-8a9b-0c1d2e3f4a5b", "data", &uuid), 0);
+	assert_int_equal(
+	    dmbyok_dm_luks2_uuid("3f1c2b9e-5d6a-4e7f-8a9b-0c1d2e3f4a5b", "data", &uuid), 0);
 	assert_string_equal(uuid, "CRYPT-LUKS2-3f1c2b9e5d6a4e7f8a9b0c1d2e3f4a5b-data");
 }
 

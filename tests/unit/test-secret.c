@@ -34,15 +34,15 @@ static void test_secret_is_locked_zeroed_and_released(void **state)
 	long before = locked_kb();
 
 	(void)state;
-	assert_int_equal(secret_new(64, &s), 0);
+	assert_int_equal(dmbyok_secret_new(64, &s), 0);
 	assert_int_equal(s->size, 64);
 	assert_true(s->capacity >= 64);
 	for (size_t i = 0; i < s->capacity; i++)
 		assert_int_equal(s->data[i], 0);
 	assert_true(locked_kb() > before);
-	secret_free(s);
+	dmbyok_secret_free(s);
 	assert_int_equal(locked_kb(), before);
-	secret_free(NULL); /* destructors accept NULL */
+	dmbyok_secret_free(NULL); /* destructors accept NULL */
 }
 
 static void test_secret_append_bounds(void **state)
@@ -51,19 +51,19 @@ static void test_secret_append_bounds(void **state)
 	uint8_t big[8192] = { 0 };
 
 	(void)state;
-	assert_int_equal(secret_new(0, &s), 0);
-	assert_int_equal(secret_append(s, "abc", 3), 0);
+	assert_int_equal(dmbyok_secret_new(0, &s), 0);
+	assert_int_equal(dmbyok_secret_append(s, "abc", 3), 0);
 	assert_int_equal(s->size, 3);
 	assert_memory_equal(s->data, "abc", 3);
-	assert_int_equal(secret_append(s, big, sizeof(big)), -E2BIG);
+	assert_int_equal(dmbyok_secret_append(s, big, sizeof(big)), -E2BIG);
 	assert_int_equal(s->size, 3);
 }
 
 static void test_secret_equal(void **state)
 {
 	(void)state;
-	assert_true(secret_equal("abcd", "abcd", 4));
-	assert_false(secret_equal("abcd", "abce", 4));
+	assert_true(dmbyok_secret_equal("abcd", "abcd", 4));
+	assert_false(dmbyok_secret_equal("abcd", "abce", 4));
 }
 
 static void test_harden_process_disables_core_dumps(void **state)
@@ -71,7 +71,7 @@ static void test_harden_process_disables_core_dumps(void **state)
 	struct rlimit rl;
 
 	(void)state;
-	assert_int_equal(harden_process(), 0);
+	assert_int_equal(dmbyok_harden_process(), 0);
 	assert_int_equal(getrlimit(RLIMIT_CORE, &rl), 0);
 	assert_int_equal(rl.rlim_cur, 0);
 	assert_int_equal(rl.rlim_max, 0);

@@ -24,7 +24,7 @@ static const char *good_json =
 static int quiet(void **state)
 {
 	(void)state;
-	log_set_max_level(LOG_LEVEL_ERROR - 1); /* these tests provoke errors on purpose */
+	dmbyok_log_set_max_level(LOG_LEVEL_ERROR - 1); /* these tests provoke errors on purpose */
 	return 0;
 }
 
@@ -122,8 +122,8 @@ static void test_key_check_value(void **state)
 	_cleanup_free_ char *kcv = NULL, *kcv2 = NULL;
 
 	(void)state;
-	assert_int_equal(secret_new(DMBYOK_DEK_BYTES, &dek), 0);
-	assert_int_equal(secret_new(DMBYOK_DEK_BYTES, &other), 0);
+	assert_int_equal(dmbyok_secret_new(DMBYOK_DEK_BYTES, &dek), 0);
+	assert_int_equal(dmbyok_secret_new(DMBYOK_DEK_BYTES, &other), 0);
 	memset(dek->data, 0x42, dek->size);
 	memset(other->data, 0x43, other->size);
 

@@ -23,11 +23,11 @@ static char *strip(char *s)
 	return s;
 }
 
-void aws_ini_free(struct aws_ini *ini)
+void dmbyok_aws_ini_free(struct aws_ini *ini)
 {
 	if (!ini)
 		return;
-	secret_free(ini->text);
+	dmbyok_secret_free(ini->text);
 	free(ini->entries);
 	free(ini);
 }
@@ -48,15 +48,15 @@ static int ini_add(struct aws_ini *ini, const char *section, const char *key, co
  * lines starting with '#' or ';', keys case-insensitive, no inline comments. Indented lines
  * after a key are nested settings (e.g. `s3 =` blocks) which we have no use for.
  */
-int aws_ini_parse(struct secret *text, struct aws_ini **ret)
+int dmbyok_aws_ini_parse(struct secret *text, struct aws_ini **ret)
 {
-	_cleanup_(aws_ini_freep) struct aws_ini *ini = NULL;
+	_cleanup_(dmbyok_aws_ini_freep) struct aws_ini *ini = NULL;
 	const char *section = NULL;
 	char *p, *next;
 
 	ini = calloc(1, sizeof(*ini));
 	if (!ini) {
-		secret_free(text);
+		dmbyok_secret_free(text);
 		return -ENOMEM;
 	}
 	ini->text = text;
@@ -98,7 +98,7 @@ int aws_ini_parse(struct secret *text, struct aws_ini **ret)
 	return 0;
 }
 
-int aws_ini_load(const char *path, struct aws_ini **ret)
+int dmbyok_aws_ini_load(const char *path, struct aws_ini **ret)
 {
 	_cleanup_secret_ struct secret *text = NULL;
 	struct stat st;
@@ -112,7 +112,7 @@ int aws_ini_load(const char *path, struct aws_ini **ret)
 		r = log_debug_errno(EINVAL, "%s is not a regular file of sane size.", path);
 		goto out;
 	}
-	r = secret_new((size_t)st.st_size + 1, &text);
+	r = dmbyok_secret_new((size_t)st.st_size + 1, &text);
 	if (r < 0)
 		goto out;
 	while (done < (size_t)st.st_size) {
@@ -130,13 +130,13 @@ int aws_ini_load(const char *path, struct aws_ini **ret)
 	}
 	text->data[done] = '\0';
 	text->size = done;
-	r = aws_ini_parse(TAKE_PTR(text), ret);
+	r = dmbyok_aws_ini_parse(TAKE_PTR(text), ret);
 out:
 	close(fd);
 	return r;
 }
 
-const char *aws_ini_get(const struct aws_ini *ini, const char *section, const char *key)
+const char *dmbyok_aws_ini_get(const struct aws_ini *ini, const char *section, const char *key)
 {
 	const char *found = NULL;
 
@@ -149,7 +149,7 @@ const char *aws_ini_get(const struct aws_ini *ini, const char *section, const ch
 	return found;
 }
 
-bool aws_ini_has_section(const struct aws_ini *ini, const char *section)
+bool dmbyok_aws_ini_has_section(const struct aws_ini *ini, const char *section)
 {
 	if (!ini)
 		return false;
@@ -166,7 +166,7 @@ static const char *env_nonempty(const char *name)
 	return v && *v ? v : NULL;
 }
 
-const char *aws_profile_name(const char *explicit_profile)
+const char *dmbyok_aws_profile_name(const char *explicit_profile)
 {
 	const char *p;
 
@@ -197,17 +197,17 @@ static int home_path(const char *env, const char *rel, char **ret)
 	return 0;
 }
 
-int aws_credentials_file_path(char **ret)
+int dmbyok_aws_credentials_file_path(char **ret)
 {
 	return home_path("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials", ret);
 }
 
-int aws_config_file_path(char **ret)
+int dmbyok_aws_config_file_path(char **ret)
 {
 	return home_path("AWS_CONFIG_FILE", ".aws/config", ret);
 }
 
-int aws_config_section(const char *profile, char **ret)
+int dmbyok_aws_config_section(const char *profile, char **ret)
 {
 	char *s;
 
@@ -231,7 +231,7 @@ static bool region_valid(const char *r)
 	return true;
 }
 
-int aws_arn_region(const char *arn, char **ret)
+int dmbyok_aws_arn_region(const char *arn, char **ret)
 {
 	const char *p, *end;
 	char *s;
@@ -261,17 +261,17 @@ int aws_arn_region(const char *arn, char **ret)
 
 static int profile_region(const char *profile, char **ret)
 {
-	_cleanup_(aws_ini_freep) struct aws_ini *ini = NULL;
+	_cleanup_(dmbyok_aws_ini_freep) struct aws_ini *ini = NULL;
 	_cleanup_free_ char *path = NULL, *section = NULL;
 	const char *v;
 	int r;
 
-	GUARD(aws_config_file_path(&path));
-	r = aws_ini_load(path, &ini);
+	GUARD(dmbyok_aws_config_file_path(&path));
+	r = dmbyok_aws_ini_load(path, &ini);
 	if (r < 0)
 		return r;
-	GUARD(aws_config_section(aws_profile_name(profile), &section));
-	v = aws_ini_get(ini, section, "region");
+	GUARD(dmbyok_aws_config_section(dmbyok_aws_profile_name(profile), &section));
+	v = dmbyok_aws_ini_get(ini, section, "region");
 	if (!v || !*v)
 		return -ENOENT;
 	*ret = strdup(v);
@@ -279,8 +279,8 @@ static int profile_region(const char *profile, char **ret)
 	return 0;
 }
 
-int aws_resolve_region(const char *explicit_region, const char *key_id, const char *profile,
-                       char **ret)
+int dmbyok_aws_resolve_region(const char *explicit_region, const char *key_id, const char *profile,
+                              char **ret)
 {
 	_cleanup_free_ char *region = NULL;
 	const char *v;
@@ -289,7 +289,7 @@ int aws_resolve_region(const char *explicit_region, const char *key_id, const ch
 	if (explicit_region && *explicit_region) {
 		region = strdup(explicit_region);
 		ENSURE_ALLOC(region);
-	} else if (key_id && aws_arn_region(key_id, &region) >= 0) {
+	} else if (key_id && dmbyok_aws_arn_region(key_id, &region) >= 0) {
 		/* the key says where it lives */
 	} else if ((v = env_nonempty("AWS_REGION")) || (v = env_nonempty("AWS_DEFAULT_REGION"))) {
 		region = strdup(v);
@@ -307,7 +307,7 @@ int aws_resolve_region(const char *explicit_region, const char *key_id, const ch
 	return 0;
 }
 
-int aws_endpoint_override(const char *explicit_endpoint, char **ret)
+int dmbyok_aws_endpoint_override(const char *explicit_endpoint, char **ret)
 {
 	const char *v = explicit_endpoint && *explicit_endpoint ? explicit_endpoint : NULL;
 
@@ -324,7 +324,7 @@ int aws_endpoint_override(const char *explicit_endpoint, char **ret)
 	return 0;
 }
 
-bool aws_url_is_loopback(const char *url)
+bool dmbyok_aws_url_is_loopback(const char *url)
 {
 	const char *h = strstr(url, "://"), *end;
 	size_t n;
@@ -350,7 +350,7 @@ bool aws_url_is_loopback(const char *url)
 	return false;
 }
 
-int aws_endpoint_url(const char *override, const char *region, char **ret)
+int dmbyok_aws_endpoint_url(const char *override, const char *region, char **ret)
 {
 	char *s;
 
@@ -358,7 +358,8 @@ int aws_endpoint_url(const char *override, const char *region, char **ret)
 		size_t n = strlen(override);
 
 		if (strncasecmp(override, "https://", 8) != 0 &&
-		    !(strncasecmp(override, "http://", 7) == 0 && aws_url_is_loopback(override)))
+		    !(strncasecmp(override, "http://", 7) == 0 &&
+		      dmbyok_aws_url_is_loopback(override)))
 			return log_error_errno(
 			    EINVAL,
 			    "KMS endpoint %s must be https:// (plain http is only "

@@ -16,31 +16,31 @@
 #define IMDS_TOKEN_TTL    "21600"
 #define METADATA_ATTEMPTS 2
 
-void aws_credentials_free(struct aws_credentials *cr)
+void dmbyok_aws_credentials_free(struct aws_credentials *cr)
 {
 	if (!cr)
 		return;
 	free(cr->access_key_id);
-	secret_free(cr->secret_access_key);
+	dmbyok_secret_free(cr->secret_access_key);
 	if (cr->session_token) {
-		secure_wipe(cr->session_token, strlen(cr->session_token));
+		dmbyok_secure_wipe(cr->session_token, strlen(cr->session_token));
 		free(cr->session_token);
 	}
 	free(cr);
 }
 
-void aws_credentials_invalidate(struct aws_credentials_cache *cache)
+void dmbyok_aws_credentials_invalidate(struct aws_credentials_cache *cache)
 {
-	aws_credentials_free(cache->cached);
+	dmbyok_aws_credentials_free(cache->cached);
 	cache->cached = NULL;
 	cache->next_refresh = 0;
 }
 
-void aws_credentials_cache_done(struct aws_credentials_cache *cache)
+void dmbyok_aws_credentials_cache_done(struct aws_credentials_cache *cache)
 {
 	if (!cache)
 		return;
-	aws_credentials_invalidate(cache);
+	dmbyok_aws_credentials_invalidate(cache);
 	free(cache->profile);
 	cache->profile = NULL;
 }
@@ -57,7 +57,7 @@ static bool header_safe(const char *s)
 static int creds_new(const char *akid, const char *secret, const char *token, time_t expiration,
                      const char *source, struct aws_credentials **ret)
 {
-	_cleanup_(aws_credentials_freep) struct aws_credentials *cr = NULL;
+	_cleanup_(dmbyok_aws_credentials_freep) struct aws_credentials *cr = NULL;
 	size_t n = strlen(secret);
 
 	if (!*akid || !*secret || !header_safe(akid) || !header_safe(secret) ||
@@ -67,7 +67,7 @@ static int creds_new(const char *akid, const char *secret, const char *token, ti
 	ENSURE_ALLOC(cr);
 	cr->access_key_id = strdup(akid);
 	ENSURE_ALLOC(cr->access_key_id);
-	GUARD(secret_new(n + 1, &cr->secret_access_key));
+	GUARD(dmbyok_secret_new(n + 1, &cr->secret_access_key));
 	memcpy(cr->secret_access_key->data, secret, n);
 	cr->secret_access_key->size = n;
 	if (token && *token) {
@@ -80,7 +80,7 @@ static int creds_new(const char *akid, const char *secret, const char *token, ti
 	return 0;
 }
 
-int aws_parse_iso8601(const char *s, time_t *ret)
+int dmbyok_aws_parse_iso8601(const char *s, time_t *ret)
 {
 	struct tm tm = {};
 	const char *p;
@@ -127,33 +127,33 @@ static int from_env(struct aws_credentials **ret)
 static int from_ini(const struct aws_ini *ini, const char *section, const char *source,
                     struct aws_credentials **ret)
 {
-	const char *akid = aws_ini_get(ini, section, "aws_access_key_id");
-	const char *secret = aws_ini_get(ini, section, "aws_secret_access_key");
+	const char *akid = dmbyok_aws_ini_get(ini, section, "aws_access_key_id");
+	const char *secret = dmbyok_aws_ini_get(ini, section, "aws_secret_access_key");
 
 	if (!akid || !secret || !*akid || !*secret)
 		return -ENOENT;
-	return creds_new(akid, secret, aws_ini_get(ini, section, "aws_session_token"), 0, source,
-	                 ret);
+	return creds_new(akid, secret, dmbyok_aws_ini_get(ini, section, "aws_session_token"), 0,
+	                 source, ret);
 }
 
 static int from_profile(const char *explicit_profile, struct aws_credentials **ret, char *why,
                         size_t why_size)
 {
-	_cleanup_(aws_ini_freep) struct aws_ini *creds = NULL, *config = NULL;
+	_cleanup_(dmbyok_aws_ini_freep) struct aws_ini *creds = NULL, *config = NULL;
 	_cleanup_free_ char *creds_path = NULL, *config_path = NULL, *section = NULL;
-	const char *profile = aws_profile_name(explicit_profile);
+	const char *profile = dmbyok_aws_profile_name(explicit_profile);
 	char what[512];
 	int r;
 
-	r = aws_credentials_file_path(&creds_path);
+	r = dmbyok_aws_credentials_file_path(&creds_path);
 	if (r >= 0) {
-		r = aws_ini_load(creds_path, &creds);
+		r = dmbyok_aws_ini_load(creds_path, &creds);
 		if (r < 0 && r != -ENOENT)
 			log_debug_errno(r, "Ignoring %s: %s", creds_path, strerror(-r));
 	}
-	r = aws_config_file_path(&config_path);
+	r = dmbyok_aws_config_file_path(&config_path);
 	if (r >= 0) {
-		r = aws_ini_load(config_path, &config);
+		r = dmbyok_aws_ini_load(config_path, &config);
 		if (r < 0 && r != -ENOENT)
 			log_debug_errno(r, "Ignoring %s: %s", config_path, strerror(-r));
 	}
@@ -165,20 +165,20 @@ static int from_profile(const char *explicit_profile, struct aws_credentials **r
 	r = from_ini(creds, profile, "profile", ret);
 	if (r != -ENOENT)
 		return r;
-	GUARD(aws_config_section(profile, &section));
+	GUARD(dmbyok_aws_config_section(profile, &section));
 	r = from_ini(config, section, "profile", ret);
 	if (r != -ENOENT)
 		return r;
 
-	if (aws_ini_get(config, section, "role_arn") ||
-	    aws_ini_get(config, section, "credential_process") ||
-	    aws_ini_get(config, section, "sso_session") ||
-	    aws_ini_get(config, section, "sso_start_url"))
+	if (dmbyok_aws_ini_get(config, section, "role_arn") ||
+	    dmbyok_aws_ini_get(config, section, "credential_process") ||
+	    dmbyok_aws_ini_get(config, section, "sso_session") ||
+	    dmbyok_aws_ini_get(config, section, "sso_start_url"))
 		log_notice("Profile '%s' uses role assumption, SSO or a credential process, "
 		           "which dmbyok does not support; export the credentials instead.",
 		           profile);
-	if (explicit_profile && *explicit_profile && !aws_ini_has_section(creds, profile) &&
-	    !aws_ini_has_section(config, section)) {
+	if (explicit_profile && *explicit_profile && !dmbyok_aws_ini_has_section(creds, profile) &&
+	    !dmbyok_aws_ini_has_section(config, section)) {
 		snprintf(why, why_size, "The AWS profile '%s' does not exist in %s or %s.", profile,
 		         creds_path ? creds_path : "-", config_path ? config_path : "-");
 		return -ENOKEY;
@@ -187,14 +187,15 @@ static int from_profile(const char *explicit_profile, struct aws_credentials **r
 }
 
 /* Credentials JSON of the container and instance metadata endpoints. */
-static int parse_creds_json(struct secret *body, const char *source, struct aws_credentials **ret)
+int dmbyok_aws_credentials_from_json(struct secret *body, const char *source,
+                                     struct aws_credentials **ret)
 {
 	_cleanup_secret_ struct secret *secret = NULL;
 	json_object *j, *akid, *token, *exp, *code;
 	time_t expiration = 0;
 	int r;
 
-	r = aws_json_take_string(body, "SecretAccessKey", &secret);
+	r = dmbyok_aws_json_take_string(body, "SecretAccessKey", &secret);
 	if (r < 0)
 		return r == -ENOENT ? -EPROTO : r;
 	j = json_tokener_parse((const char *)body->data);
@@ -217,7 +218,7 @@ static int parse_creds_json(struct secret *body, const char *source, struct aws_
 	    !json_object_is_type(token, json_type_string))
 		token = NULL;
 	if (json_object_object_get_ex(j, "Expiration", &exp) &&
-	    aws_parse_iso8601(json_object_get_string(exp), &expiration) < 0) {
+	    dmbyok_aws_parse_iso8601(json_object_get_string(exp), &expiration) < 0) {
 		r = log_debug_errno(EPROTO, "Bad Expiration in %s credentials.", source);
 		goto out;
 	}
@@ -241,21 +242,21 @@ static int metadata_request(struct aws_http *h, const char *method, const char *
 	int r = -EIO;
 
 	for (unsigned attempt = 1; attempt <= METADATA_ATTEMPTS; attempt++) {
-		r = aws_http_perform(h,
-		                     &(struct aws_http_request){
-		                         .method = method,
-		                         .url = url,
-		                         .headers = headers,
-		                         .timeout_ms = AWS_METADATA_TIMEOUT_MS,
-		                         .connect_timeout_ms = AWS_METADATA_TIMEOUT_MS,
-		                         .no_proxy = true,
-		                     },
-		                     ret, &detail);
+		r = dmbyok_aws_http_perform(h,
+		                            &(struct aws_http_request){
+		                                .method = method,
+		                                .url = url,
+		                                .headers = headers,
+		                                .timeout_ms = AWS_METADATA_TIMEOUT_MS,
+		                                .connect_timeout_ms = AWS_METADATA_TIMEOUT_MS,
+		                                .no_proxy = true,
+		                            },
+		                            ret, &detail);
 		if (r >= 0 && ret->status < 500)
 			return 0;
 		if (r >= 0) {
 			r = -EREMOTEIO;
-			aws_http_response_done(ret);
+			dmbyok_aws_http_response_done(ret);
 		}
 		log_debug("%s %s: %s", method, url, detail ? detail : "server error");
 	}
@@ -271,7 +272,7 @@ static bool container_host_allowed(const char *url)
 		"http://[fd00:ec2::23]/",
 	};
 
-	if (!strncasecmp(url, "https://", 8) || aws_url_is_loopback(url))
+	if (!strncasecmp(url, "https://", 8) || dmbyok_aws_url_is_loopback(url))
 		return true;
 	for (size_t i = 0; i < ELEMENTSOF(hosts); i++) {
 		size_t n = strlen(hosts[i]) - 1;
@@ -353,11 +354,11 @@ static int from_container(struct aws_http *h, struct aws_credentials **ret, char
 	if (resp.status != 200) {
 		snprintf(why, why_size, "The container credentials endpoint %s answered HTTP %ld.",
 		         url, resp.status);
-		aws_http_response_done(&resp);
+		dmbyok_aws_http_response_done(&resp);
 		return -EKEYREJECTED;
 	}
-	r = parse_creds_json(resp.body, "container", ret);
-	aws_http_response_done(&resp);
+	r = dmbyok_aws_credentials_from_json(resp.body, "container", ret);
+	dmbyok_aws_http_response_done(&resp);
 	if (r < 0)
 		snprintf(why, why_size, "Malformed container credentials from %s.", url);
 	return r;
@@ -391,12 +392,12 @@ static int from_imds(struct aws_http *h, struct aws_credentials **ret, char *why
 	if (r < 0 || resp.status != 200) {
 		log_debug("No IMDSv2 token from %s (%s).", url,
 		          r < 0 ? strerror(-r) : "HTTP error");
-		aws_http_response_done(&resp);
+		dmbyok_aws_http_response_done(&resp);
 		return -ENOENT;
 	}
 	resp.body->data[strcspn((char *)resp.body->data, "\r\n")] = '\0';
 	r = asprintf(&token_header, "X-aws-ec2-metadata-token: %s", (char *)resp.body->data);
-	aws_http_response_done(&resp);
+	dmbyok_aws_http_response_done(&resp);
 	if (r < 0)
 		return -ENOMEM;
 	headers[0] = token_header;
@@ -406,13 +407,13 @@ static int from_imds(struct aws_http *h, struct aws_credentials **ret, char *why
 		return -ENOMEM;
 	r = metadata_request(h, "GET", url, headers, &resp);
 	if (r < 0 || resp.status != 200) {
-		aws_http_response_done(&resp);
+		dmbyok_aws_http_response_done(&resp);
 		log_debug("The instance has no IAM role (%s).", url);
 		return -ENOENT;
 	}
 	resp.body->data[strcspn((char *)resp.body->data, "\r\n")] = '\0';
 	role = strdup((char *)resp.body->data);
-	aws_http_response_done(&resp);
+	dmbyok_aws_http_response_done(&resp);
 	ENSURE_ALLOC(role);
 	if (!*role || strchr(role, '/') || strchr(role, '?') || strchr(role, '#'))
 		return -ENOENT;
@@ -422,13 +423,13 @@ static int from_imds(struct aws_http *h, struct aws_credentials **ret, char *why
 		return -ENOMEM;
 	r = metadata_request(h, "GET", url, headers, &resp);
 	if (r < 0 || resp.status != 200) {
-		aws_http_response_done(&resp);
+		dmbyok_aws_http_response_done(&resp);
 		snprintf(why, why_size, "Cannot fetch role %s credentials from instance metadata.",
 		         role);
 		return r < 0 ? r : -EKEYREJECTED;
 	}
-	r = parse_creds_json(resp.body, "imds", ret);
-	aws_http_response_done(&resp);
+	r = dmbyok_aws_credentials_from_json(resp.body, "imds", ret);
+	dmbyok_aws_http_response_done(&resp);
 	if (r < 0)
 		snprintf(why, why_size, "Malformed instance metadata credentials for role %s.",
 		         role);
@@ -480,8 +481,8 @@ static int resolve(struct aws_credentials_cache *cache, struct aws_http *h,
 	return -ENOKEY;
 }
 
-int aws_credentials_get(struct aws_credentials_cache *cache, struct aws_http *h,
-                        const struct aws_credentials **ret, char *why, size_t why_size)
+int dmbyok_aws_credentials_get(struct aws_credentials_cache *cache, struct aws_http *h,
+                               const struct aws_credentials **ret, char *why, size_t why_size)
 {
 	struct aws_credentials *fresh = NULL;
 	time_t now = time(NULL);
@@ -513,7 +514,7 @@ int aws_credentials_get(struct aws_credentials_cache *cache, struct aws_http *h,
 
 	log_debug("Using AWS credentials from %s (access key %s).", fresh->source,
 	          fresh->access_key_id);
-	aws_credentials_free(cache->cached);
+	dmbyok_aws_credentials_free(cache->cached);
 	cache->cached = fresh;
 	cache->next_refresh = 0;
 	*ret = fresh;

@@ -35,9 +35,9 @@ static void curl_init_once(void)
 	curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-int aws_http_new(const char *ca_bundle, struct aws_http **ret)
+int dmbyok_aws_http_new(const char *ca_bundle, struct aws_http **ret)
 {
-	_cleanup_(aws_http_freep) struct aws_http *h = NULL;
+	_cleanup_(dmbyok_aws_http_freep) struct aws_http *h = NULL;
 
 	(void)pthread_once(&curl_once, curl_init_once);
 	if (curl_init_result != CURLE_OK)
@@ -60,7 +60,7 @@ int aws_http_new(const char *ca_bundle, struct aws_http **ret)
 	return 0;
 }
 
-void aws_http_free(struct aws_http *h)
+void dmbyok_aws_http_free(struct aws_http *h)
 {
 	if (!h)
 		return;
@@ -70,11 +70,11 @@ void aws_http_free(struct aws_http *h)
 	free(h);
 }
 
-void aws_http_response_done(struct aws_http_response *r)
+void dmbyok_aws_http_response_done(struct aws_http_response *r)
 {
 	if (!r)
 		return;
-	secret_free(r->body);
+	dmbyok_secret_free(r->body);
 	r->body = NULL;
 	r->status = 0;
 }
@@ -94,13 +94,13 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 	if (need > b->capacity) {
 		size_t cap = b->capacity * 2 > need ? b->capacity * 2 : need;
 
-		if (secret_new(cap, &bigger) < 0) {
+		if (dmbyok_secret_new(cap, &bigger) < 0) {
 			ctx->error = -ENOMEM;
 			return 0;
 		}
 		memcpy(bigger->data, b->data, b->size);
 		bigger->size = b->size;
-		secret_free(b);
+		dmbyok_secret_free(b);
 		ctx->body = b = bigger;
 	}
 	memcpy(b->data + b->size, ptr, n);
@@ -152,8 +152,8 @@ static int curl_to_errno(CURL *curl, CURLcode cc, const struct recv_ctx *ctx)
 	}
 }
 
-int aws_http_perform(struct aws_http *h, const struct aws_http_request *req,
-                     struct aws_http_response *ret, const char **ret_detail)
+int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *req,
+                            struct aws_http_response *ret, const char **ret_detail)
 {
 	struct curl_slist *headers = NULL, *l;
 	struct recv_ctx ctx = {};
@@ -169,7 +169,7 @@ int aws_http_perform(struct aws_http *h, const struct aws_http_request *req,
 	if (ret_detail)
 		*ret_detail = NULL;
 
-	r = secret_new(4096, &ctx.body);
+	r = dmbyok_secret_new(4096, &ctx.body);
 	if (r < 0)
 		return r;
 	ctx.body->size = 0;
@@ -248,18 +248,18 @@ out:
 	/* Frees curl's copies of the secret key and of the response; the connection stays. */
 	if (curl)
 		curl_easy_cleanup(curl);
-	secret_free(ctx.body);
+	dmbyok_secret_free(ctx.body);
 	curl_slist_free_all(headers);
 	return r;
 }
 
-void aws_retry_init(struct aws_retry *rt, unsigned max_attempts)
+void dmbyok_aws_retry_init(struct aws_retry *rt, unsigned max_attempts)
 {
 	rt->max_attempts = max_attempts ? max_attempts : AWS_DEFAULT_ATTEMPTS;
 	rt->quota = AWS_RETRY_QUOTA;
 }
 
-unsigned aws_retry_backoff_ms(unsigned attempt)
+unsigned dmbyok_aws_retry_backoff_ms(unsigned attempt)
 {
 	unsigned ceiling = 20000;
 
@@ -273,7 +273,7 @@ unsigned aws_retry_backoff_ms(unsigned attempt)
 	return arc4random_uniform(ceiling + 1);
 }
 
-bool aws_error_is_retryable(const char *code, long status)
+bool dmbyok_aws_error_is_retryable(const char *code, long status)
 {
 	static const char *const retryable[] = {
 		/* throttling, as the SDKs' standard mode lists it */
@@ -311,7 +311,7 @@ bool aws_error_is_retryable(const char *code, long status)
 	return false;
 }
 
-bool aws_errno_is_retryable(int r)
+bool dmbyok_aws_errno_is_retryable(int r)
 {
 	switch (r) {
 	case -ECONNREFUSED:
@@ -330,7 +330,7 @@ static unsigned retry_cost(int r)
 	return r == -ETIMEDOUT ? AWS_RETRY_TIMEOUT_COST : AWS_RETRY_COST;
 }
 
-bool aws_retry_acquire(struct aws_retry *rt, int r)
+bool dmbyok_aws_retry_acquire(struct aws_retry *rt, int r)
 {
 	unsigned cost = retry_cost(r);
 
@@ -340,14 +340,14 @@ bool aws_retry_acquire(struct aws_retry *rt, int r)
 	return true;
 }
 
-void aws_retry_release(struct aws_retry *rt, int r, bool retried)
+void dmbyok_aws_retry_release(struct aws_retry *rt, int r, bool retried)
 {
 	rt->quota += retried ? retry_cost(r) : 1;
 	if (rt->quota > AWS_RETRY_QUOTA)
 		rt->quota = AWS_RETRY_QUOTA;
 }
 
-void aws_sleep_ms(unsigned ms)
+void dmbyok_aws_sleep_ms(unsigned ms)
 {
 	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
 

@@ -27,7 +27,7 @@ static struct aws_kms *aws_of(struct kms_client *c)
 DEFINE_CLEANUP_FUNC(json_object *, json_object_put);
 #define _cleanup_json_ _cleanup_(json_object_putp)
 
-int aws_error_code(const char *type, char **ret)
+int dmbyok_aws_error_code(const char *type, char **ret)
 {
 	const char *p, *hash;
 	char *s;
@@ -50,7 +50,7 @@ static bool code_in(const char *code, const char *const *list)
 	return false;
 }
 
-int aws_error_to_errno(const char *code, long status)
+int dmbyok_aws_error_to_errno(const char *code, long status)
 {
 	static const char *const revoked[] = {
 		"DisabledException",     "KMSInvalidStateException", "NotFoundException",
@@ -85,7 +85,7 @@ int aws_error_to_errno(const char *code, long status)
 			return -EKEYEXPIRED;
 		if (code_in(code, rejected))
 			return -EKEYREJECTED;
-		if (aws_error_is_retryable(code, 0))
+		if (dmbyok_aws_error_is_retryable(code, 0))
 			return -EAGAIN; /* throttling (the transient codes are caught above) */
 		/* ValidationException, InvalidKeyUsage, InvalidArn, InvalidGrantToken, ... */
 		if (status >= 400 && status < 500)
@@ -103,7 +103,7 @@ static int call_target(struct aws_kms *k, const char *key_id, char **ret_region,
 	_cleanup_free_ char *region = NULL;
 
 	/* A key ARN names its region; an explicit --region still wins, as in the CLI. */
-	if (!k->region_explicit && key_id && aws_arn_region(key_id, &region) >= 0) {
+	if (!k->region_explicit && key_id && dmbyok_aws_arn_region(key_id, &region) >= 0) {
 		/* taken from the ARN */
 	} else if (k->region) {
 		region = strdup(k->region);
@@ -114,7 +114,7 @@ static int call_target(struct aws_kms *k, const char *key_id, char **ret_region,
 		                       "profile's region, or use the key's ARN.",
 		                       key_id ? key_id : "(from blob)");
 	}
-	GUARD(aws_endpoint_url(k->endpoint, region, ret_url));
+	GUARD(dmbyok_aws_endpoint_url(k->endpoint, region, ret_url));
 	*ret_region = TAKE_PTR(region);
 	return 0;
 }
@@ -135,17 +135,17 @@ static int parse_error(struct kms_client *c, const char *operation,
 		if (!json_object_object_get_ex(j, "message", &m))
 			(void)json_object_object_get_ex(j, "Message", &m);
 		if (t && json_object_is_type(t, json_type_string))
-			GUARD(aws_error_code(json_object_get_string(t), &code));
+			GUARD(dmbyok_aws_error_code(json_object_get_string(t), &code));
 		if (m && json_object_is_type(m, json_type_string))
 			msg = json_object_get_string(m);
 	}
 	if (code)
-		kms_set_last_error(c, "%s: %s", code, msg);
+		dmbyok_kms_set_last_error(c, "%s: %s", code, msg);
 	else
-		kms_set_last_error(c, "%s: HTTP status %ld without an AWS error", operation,
-		                   resp->status);
+		dmbyok_kms_set_last_error(c, "%s: HTTP status %ld without an AWS error", operation,
+		                          resp->status);
 	*ret_code = TAKE_PTR(code);
-	return aws_error_to_errno(*ret_code, resp->status);
+	return dmbyok_aws_error_to_errno(*ret_code, resp->status);
 }
 
 /*
@@ -163,10 +163,11 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 
 	r = call_target(k, key_id, &region, &url);
 	if (r == -EINVAL)
-		kms_set_last_error(c,
-		                   "no AWS region for %s: set AWS_REGION or the profile's region, "
-		                   "or name the key by its ARN",
-		                   key_id ? key_id : "the key");
+		dmbyok_kms_set_last_error(
+		    c,
+		    "no AWS region for %s: set AWS_REGION or the profile's region, "
+		    "or name the key by its ARN",
+		    key_id ? key_id : "the key");
 	if (r < 0)
 		return r;
 	if (asprintf(&sigv4, "aws:amz:%s:kms", region) < 0 ||
@@ -184,9 +185,9 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 		bool retryable;
 		size_t n = 0;
 
-		r = aws_credentials_get(&k->creds, k->http, &cr, why, sizeof(why));
+		r = dmbyok_aws_credentials_get(&k->creds, k->http, &cr, why, sizeof(why));
 		if (r < 0) {
-			kms_set_last_error(c, "%s", why);
+			dmbyok_kms_set_last_error(c, "%s", why);
 			return log_debug_errno(r, "%s: %s", operation, why);
 		}
 
@@ -200,7 +201,7 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 		}
 		headers[n] = NULL;
 
-		r = aws_http_perform(
+		r = dmbyok_aws_http_perform(
 		    k->http,
 		    &(struct aws_http_request){
 		        .method = "POST",
@@ -216,42 +217,44 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 		    &resp, &detail);
 		if (r < 0) {
 			if (r == -EINVAL && detail)
-				kms_set_last_error(c,
-				                   "TLS or request setup failed for %s (check the "
-				                   "CA bundle, AWS_CA_BUNDLE): %s",
-				                   url, detail);
+				dmbyok_kms_set_last_error(
+				    c,
+				    "TLS or request setup failed for %s (check the "
+				    "CA bundle, AWS_CA_BUNDLE): %s",
+				    url, detail);
 			else
-				kms_set_last_error(c, "%s: cannot reach %s: %s", operation, url,
-				                   detail ? detail : dmbyok_strerror(r));
-			retryable = aws_errno_is_retryable(r);
+				dmbyok_kms_set_last_error(c, "%s: cannot reach %s: %s", operation,
+				                          url,
+				                          detail ? detail : dmbyok_strerror(r));
+			retryable = dmbyok_aws_errno_is_retryable(r);
 		} else if (resp.status == 200) {
-			aws_retry_release(&k->retry, r, retried);
+			dmbyok_aws_retry_release(&k->retry, r, retried);
 			*ret_body = TAKE_PTR(resp.body);
 			return 0;
 		} else {
 			r = parse_error(c, operation, &resp, &code);
-			retryable = aws_error_is_retryable(code, resp.status);
-			aws_http_response_done(&resp);
+			retryable = dmbyok_aws_error_is_retryable(code, resp.status);
+			dmbyok_aws_http_response_done(&resp);
 			/* Temporary credentials may expire under us: fetch fresh ones once. */
 			if (r == -EKEYEXPIRED && !refreshed && cr->expiration != 0) {
 				refreshed = true;
-				aws_credentials_invalidate(&k->creds);
+				dmbyok_aws_credentials_invalidate(&k->creds);
 				retryable = true;
 			}
 		}
 
 		log_debug("%s attempt %u/%u: %s", operation, attempt, k->retry.max_attempts,
-		          kms_last_error(c));
+		          dmbyok_kms_last_error(c));
 		if (!retryable || attempt >= k->retry.max_attempts)
 			break;
-		if (!aws_retry_acquire(&k->retry, r)) {
+		if (!dmbyok_aws_retry_acquire(&k->retry, r)) {
 			log_debug("Retry quota exhausted, not retrying %s.", operation);
 			break;
 		}
 		retried = true;
-		aws_sleep_ms(aws_retry_backoff_ms(attempt));
+		dmbyok_aws_sleep_ms(dmbyok_aws_retry_backoff_ms(attempt));
 	}
-	return log_debug_errno(r, "%s failed: %s", operation, kms_last_error(c));
+	return log_debug_errno(r, "%s failed: %s", operation, dmbyok_kms_last_error(c));
 }
 
 static const char *skip_ws(const char *p)
@@ -310,7 +313,7 @@ static const char *skip_value(const char *p)
 	}
 }
 
-int aws_json_take_string(struct secret *body, const char *field, struct secret **ret)
+int dmbyok_aws_json_take_string(struct secret *body, const char *field, struct secret **ret)
 {
 	_cleanup_secret_ struct secret *val = NULL;
 	size_t field_len = strlen(field);
@@ -346,7 +349,7 @@ int aws_json_take_string(struct secret *body, const char *field, struct secret *
 			if (!q || memchr(v, '\\', (size_t)(q - v)))
 				return -EPROTO;
 			n = (size_t)(q - v);
-			GUARD(secret_new(n + 1, &val));
+			GUARD(dmbyok_secret_new(n + 1, &val));
 			memcpy(val->data, v, n);
 			val->data[n] = '\0';
 			val->size = n;
@@ -376,9 +379,9 @@ static int take_plaintext(struct secret *body, struct secret **ret)
 	_cleanup_secret_ struct secret *b64 = NULL, *pt = NULL;
 	int n;
 
-	GUARD(aws_json_take_string(body, "Plaintext", &b64));
-	GUARD(secret_new(b64->size / 4 * 3 + 1, &pt));
-	n = base64_decode((const char *)b64->data, b64->size, pt->data, pt->capacity);
+	GUARD(dmbyok_aws_json_take_string(body, "Plaintext", &b64));
+	GUARD(dmbyok_secret_new(b64->size / 4 * 3 + 1, &pt));
+	n = dmbyok_base64_decode((const char *)b64->data, b64->size, pt->data, pt->capacity);
 	if (n < 0)
 		return -EPROTO;
 	pt->size = (size_t)n;
@@ -393,7 +396,7 @@ static int parse_body(struct kms_client *c, const char *operation, const struct 
 
 	if (!j || !json_object_is_type(j, json_type_object)) {
 		json_object_put(j);
-		kms_set_last_error(c, "%s: malformed response from the KMS", operation);
+		dmbyok_kms_set_last_error(c, "%s: malformed response from the KMS", operation);
 		return log_debug_errno(EPROTO, "%s: malformed response.", operation);
 	}
 	*ret = j;
@@ -408,7 +411,7 @@ static int get_string(struct kms_client *c, const char *operation, json_object *
 	if (!ret)
 		return 0;
 	if (!json_object_object_get_ex(j, field, &v) || !json_object_is_type(v, json_type_string)) {
-		kms_set_last_error(c, "%s: response lacks %s", operation, field);
+		dmbyok_kms_set_last_error(c, "%s: response lacks %s", operation, field);
 		return -EPROTO;
 	}
 	*ret = strdup(json_object_get_string(v));
@@ -427,8 +430,8 @@ static int call_with_plaintext(struct kms_client *c, const char *operation, cons
 	GUARD(kms_call(c, operation, key_id, request, &body));
 	r = take_plaintext(body, &pt);
 	if (r < 0) {
-		kms_set_last_error(c, "%s: malformed or missing Plaintext in the response",
-		                   operation);
+		dmbyok_kms_set_last_error(c, "%s: malformed or missing Plaintext in the response",
+		                          operation);
 		return log_debug_errno(r, "%s: no usable Plaintext in the response.", operation);
 	}
 	GUARD(parse_body(c, operation, body, ret_response));
@@ -476,8 +479,8 @@ static int aws_generate_data_key(struct kms_client *c, const char *key_id, json_
 
 	GUARD(call_with_plaintext(c, "GenerateDataKey", key_id, req, &pt, &resp));
 	if (pt->size != n_bytes) {
-		kms_set_last_error(c, "GenerateDataKey: got %zu bytes of key, asked for %zu",
-		                   pt->size, n_bytes);
+		dmbyok_kms_set_last_error(c, "GenerateDataKey: got %zu bytes of key, asked for %zu",
+		                          pt->size, n_bytes);
 		return -EPROTO;
 	}
 	GUARD(get_string(c, "GenerateDataKey", resp, "CiphertextBlob", &blob));
@@ -512,8 +515,8 @@ static int aws_decrypt(struct kms_client *c, const char *key_id, const char *cip
 	return 0;
 }
 
-int aws_kms_call(struct kms_client *c, const char *operation, const char *key_id,
-                 json_object *request, json_object **ret_response)
+int dmbyok_aws_kms_call(struct kms_client *c, const char *operation, const char *key_id,
+                        json_object *request, json_object **ret_response)
 {
 	_cleanup_secret_ struct secret *body = NULL;
 
@@ -535,7 +538,7 @@ static int aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_
 	GUARD(add_object(req, "DestinationEncryptionContext", context));
 
 	/* The call goes to the destination key's region. */
-	GUARD(aws_kms_call(c, "ReEncrypt", dest_key_id, req, &resp));
+	GUARD(dmbyok_aws_kms_call(c, "ReEncrypt", dest_key_id, req, &resp));
 	GUARD(get_string(c, "ReEncrypt", resp, "CiphertextBlob", &blob));
 	GUARD(get_string(c, "ReEncrypt", resp, "KeyId", ret_key_arn ? &arn : NULL));
 	*ret_ciphertext_b64 = TAKE_PTR(blob);
@@ -547,17 +550,17 @@ static int aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_
 static int aws_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret)
 {
 	_cleanup_json_ json_object *req = NULL, *resp = NULL;
-	_cleanup_(kms_key_info_done) struct kms_key_info info = {};
+	_cleanup_(dmbyok_kms_key_info_done) struct kms_key_info info = {};
 	json_object *md, *enabled;
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
 	GUARD(add_string(req, "KeyId", key_id));
-	GUARD(aws_kms_call(c, "DescribeKey", key_id, req, &resp));
+	GUARD(dmbyok_aws_kms_call(c, "DescribeKey", key_id, req, &resp));
 
 	if (!json_object_object_get_ex(resp, "KeyMetadata", &md) ||
 	    !json_object_is_type(md, json_type_object)) {
-		kms_set_last_error(c, "DescribeKey: response lacks KeyMetadata");
+		dmbyok_kms_set_last_error(c, "DescribeKey: response lacks KeyMetadata");
 		return -EPROTO;
 	}
 	GUARD(get_string(c, "DescribeKey", md, "Arn", &info.key_arn));
@@ -576,8 +579,8 @@ static void aws_client_free(struct kms_client *c)
 {
 	struct aws_kms *k = aws_of(c);
 
-	aws_http_free(k->http);
-	aws_credentials_cache_done(&k->creds);
+	dmbyok_aws_http_free(k->http);
+	dmbyok_aws_credentials_cache_done(&k->creds);
 	free(k->region);
 	free(k->endpoint);
 	free(k);
@@ -595,27 +598,27 @@ static int aws_client_new(struct kms_client *c, const struct kms_options *opts)
 	ENSURE_ALLOC(k);
 	c->provider_data = k;
 
-	r = aws_resolve_region(opts->region, NULL, opts->profile, &k->region);
+	r = dmbyok_aws_resolve_region(opts->region, NULL, opts->profile, &k->region);
 	if (r < 0 && r != -ENOENT)
 		return r;
 	k->region_explicit = opts->region && *opts->region;
 
-	GUARD(aws_endpoint_override(opts->endpoint, &k->endpoint));
+	GUARD(dmbyok_aws_endpoint_override(opts->endpoint, &k->endpoint));
 	/* Refuse a bad endpoint now rather than at the first key operation. */
-	GUARD(aws_endpoint_url(k->endpoint, k->region ? k->region : "us-east-1", &probe));
+	GUARD(dmbyok_aws_endpoint_url(k->endpoint, k->region ? k->region : "us-east-1", &probe));
 
 	if (!ca || !*ca)
 		ca = getenv("AWS_CA_BUNDLE");
 	if (ca && *ca && access(ca, R_OK) < 0)
 		return log_error_errno(errno, "Cannot read the CA bundle %s: %m", ca);
-	GUARD(aws_http_new(ca && *ca ? ca : NULL, &k->http));
+	GUARD(dmbyok_aws_http_new(ca && *ca ? ca : NULL, &k->http));
 
 	if (opts->profile && *opts->profile) {
 		k->creds.profile = strdup(opts->profile);
 		ENSURE_ALLOC(k->creds.profile);
 	}
 	k->timeout_ms = opts->timeout_ms ? opts->timeout_ms : AWS_DEFAULT_TIMEOUT_MS;
-	aws_retry_init(&k->retry, opts->max_attempts);
+	dmbyok_aws_retry_init(&k->retry, opts->max_attempts);
 	return 0;
 }
 
@@ -624,7 +627,7 @@ static const char *aws_region(struct kms_client *c)
 	return aws_of(c)->region;
 }
 
-const struct kms_provider_ops aws_kms_provider_ops = {
+const struct kms_provider_ops dmbyok_aws_kms_provider_ops = {
 	.name = "aws",
 	.client_new = aws_client_new,
 	.client_free = aws_client_free,
