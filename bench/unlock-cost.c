@@ -36,7 +36,8 @@ static int dmbyok_round(const char *dev, const struct secret *dek)
 	GUARD(dmbyok_volume_load(dev, NULL, &v));
 	header_cpu += now(CLOCK_PROCESS_CPUTIME_ID) - c0;
 	GUARD(dmbyok_token_check_volume(v->token, v->uuid));
-	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid));
+	GUARD(dmbyok_volume_check_binding(v));
+	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid, v->binding));
 	return dmbyok_activate(v, "bench-dmbyok", v->activation_flags, dek);
 }
 

@@ -43,7 +43,8 @@ struct dm_crypt_info {
 	char *dm_uuid;
 	char *cipher;
 	char *key_ref; /* ":64:logon:dmbyok:..." as the table names the key, never key bytes */
-	char *device;  /* "/dev/block/MAJ:MIN" of the underlying device */
+	char *device;  /* node of the underlying device (/dev/vda), from sysfs */
+	unsigned dev_major, dev_minor; /* of the underlying device */
 	uint64_t offset;
 	uint64_t length;
 	uint32_t sector_size;
@@ -76,8 +77,38 @@ int dmbyok_dm_crypt_get_info(const char *name, struct dm_crypt_info *ret);
 int dmbyok_dm_list_names(char ***ret_names);
 void dmbyok_strv_free(char **l);
 
-/* Freeze file systems, flush, suspend I/O, then drop the key from dm-crypt's memory. */
-int dmbyok_dm_crypt_lock(const char *name);
+/*
+ * The steps of a lock, each bounded or instant, composed by the lifecycle layer:
+ * suspend without dm's own freeze (the caller froze the file system, or could not), in a
+ * child so a stalled disk costs at most timeout_ms (-ETIMEDOUT, nothing changed); then
+ * `key wipe`, which dm-crypt accepts only while suspended; then the page cache drop.
+ */
+int dmbyok_dm_suspend(const char *name, unsigned timeout_ms);
+int dmbyok_dm_crypt_wipe_key(const char *name);
+int dmbyok_dm_resume(const char *name);
+/*
+ * Drop cached plaintext of a locked mapping: its buffer cache (fadvise DONTNEED) and the clean
+ * page cache (vm.drop_caches=1, system-wide: the kernel has no per-device call). Pages
+ * mapped by running processes stay until they unmap or the mapping is torn down.
+ */
+int dmbyok_dm_drop_page_cache(const struct dm_crypt_info *info, unsigned timeout_ms);
+
+/*
+ * File systems on a mapping. mountpoint: the first mount of device MAJ:MIN in this mount
+ * namespace (1), or none (0, *ret NULL). freeze: FIFREEZE from a child within timeout_ms
+ * (-ETIMEDOUT: still syncing on a stalled disk; the child then thaws by itself once its
+ * freeze completes, so nothing stays frozen). thaw: FITHAW, 0 when it was not frozen.
+ */
+int dmbyok_fs_mountpoint(unsigned maj, unsigned min, char **ret);
+int dmbyok_fs_freeze(const char *mountpoint, unsigned timeout_ms);
+int dmbyok_fs_thaw(const char *mountpoint);
+/*
+ * 0 when one 4 KiB direct read of `node` completes within timeout_ms, -ETIMEDOUT when the
+ * device is stalled. A freeze writes (ext4 commits its superblock), so freezing a file
+ * system over a stalled device would put I/O in flight that then blocks the suspend too.
+ */
+int dmbyok_device_responds(const char *node, unsigned timeout_ms);
+
 /* Hand dm-crypt the key again (through the keyring) and resume I/O. */
 int dmbyok_dm_crypt_unlock(const char *name, const char *key_desc, const struct secret *key);
 

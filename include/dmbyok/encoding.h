@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #pragma once
 
-/* Base64 and hex, backed by OpenSSL's codecs. */
+/* Base64 and hex. Encoding uses OpenSSL's codec; decoding is dmbyok's own, strict one. */
 
 #include <stddef.h>
 #include <stdint.h>
@@ -10,8 +10,10 @@
 int dmbyok_base64_encode(const void *data, size_t n, char **ret);
 
 /*
- * Decode base64 into out[0..out_size); returns the decoded length or -EINVAL for malformed
- * input, -E2BIG when it would not fit. Usable with secret memory as `out`.
+ * Decode base64 into out[0..out_size); returns the decoded length, -EINVAL for input that
+ * is not the canonical encoding (RFC 4648 standard alphabet, padded, nothing else: no
+ * whitespace, '=' only as the last one or two characters, zero bits under the padding),
+ * -E2BIG when it would not fit. Writes only into `out`, so usable with secret memory.
  */
 int dmbyok_base64_decode(const char *b64, size_t b64_len, void *out, size_t out_size);
 

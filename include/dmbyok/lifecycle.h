@@ -49,7 +49,15 @@ struct volume;
  */
 int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
                     const struct secret *dek);
-int dmbyok_lock(const char *name);
+/*
+ * Lock: freeze the file system (bounded), suspend (bounded), `key wipe`, drop the page
+ * cache. Finishes within timeout_ms (0: DMBYOK_LOCK_TIMEOUT_MS) or fails and leaves the
+ * mapping as it was. A file system that cannot be frozen in time does not stop the lock.
+ * Repairs an interrupted lock (suspended with its key): wipes the key.
+ */
+#define DMBYOK_LOCK_TIMEOUT_MS 30000U
+int dmbyok_lock(const char *name, unsigned timeout_ms);
+/* Unlock repairs an interrupted lock too: resumes it (its key is still there). */
 int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms);
 
 /* Re-wrap the DEK (KMS ReEncrypt) under `new_key_id`, or under the token's key_id again
@@ -60,14 +68,18 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 /* What `status` and `list` show about a dmbyok mapping. */
 struct mapping_status {
 	struct dm_crypt_info dm;
-	bool locked;  /* suspended with its key wiped */
-	char *device; /* the data device as opened */
-	char *header; /* detached header, or NULL */
+	bool locked;        /* suspended with its key wiped */
+	bool frozen;        /* its file system was frozen by `lock` (thawed by `unlock`) */
+	const char *record; /* runtime record: "ok", "missing" or "stale" (static string) */
+	char *device;       /* the data device as opened */
+	char *header;       /* detached header, or NULL */
 	char *volume_uuid;
 	char *key_id;
 	char *key_arn;
 };
 void dmbyok_mapping_status_done(struct mapping_status *s);
+/* "active", "locked", or "suspended-keyed" (an interrupted lock). */
+const char *dmbyok_mapping_state_name(const struct mapping_status *s);
 /* -ENODEV when NAME is not a dmbyok mapping. */
 int dmbyok_status(const char *name, struct mapping_status *ret);
 /* Status of every dmbyok mapping; free with dmbyok_mapping_status_list_free(). */

@@ -28,6 +28,12 @@ void dmbyok_log_setup(const char *program_name);
 /* Whether an error-level message was logged: lets a caller avoid a silent failure. */
 bool dmbyok_log_error_was_logged(void);
 void dmbyok_log_set_max_level(enum log_level level);
+/*
+ * Between push and pop, errors and warnings are logged at debug level: for probes whose
+ * failure is an answer ("is this a dmbyok volume?"), not a failure of the command.
+ */
+void dmbyok_log_quiet_push(void);
+void dmbyok_log_quiet_pop(void);
 enum log_level dmbyok_log_get_max_level(void);
 
 /* Returns -abs(error), or 0 when error is 0. */

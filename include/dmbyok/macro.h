@@ -17,6 +17,7 @@
 #define _nonnull_(...)       __attribute__((nonnull(__VA_ARGS__)))
 #define _warn_unused_result_ __attribute__((warn_unused_result))
 
+#define MIN(a, b)     ((a) < (b) ? (a) : (b))
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 
 /* Hand ownership of a pointer to someone else: returns it and leaves NULL behind. */

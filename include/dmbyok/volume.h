@@ -28,6 +28,7 @@ struct volume {
 	const char *uuid; /* the LUKS2 UUID (owned by cd) */
 	int token_id;     /* LUKS2 token number of the dmbyok token */
 	struct dmbyok_token *token;
+	char *binding;             /* this header's binding (dmbyok_volume_binding) */
 	uint64_t data_offset;      /* in 512-byte sectors */
 	uint64_t data_sectors;     /* size of the encrypted area, in 512-byte sectors */
 	uint32_t sector_size;      /* encryption sector size, bytes */
@@ -40,9 +41,24 @@ DEFINE_CLEANUP_FUNC(struct volume *, dmbyok_volume_free);
 
 /*
  * Load a dmbyok volume's header (from `header` when detached). Errors: -ENOENT no such
- * device, -ENODATA not LUKS2 or no dmbyok token, -EUCLEAN corrupt header or token.
+ * device, -ENODATA not LUKS2 or no dmbyok token, -EUCLEAN corrupt header or token, or a
+ * re-encryption in progress (unmet LUKS2 requirements).
  */
 int dmbyok_volume_load(const char *device, const char *header, struct volume **ret);
+
+/*
+ * The header binding: the LUKS2 digest of segment 0 (type, hash, iterations, salt, value)
+ * and segment 0 itself (type, offset, size, IV tweak, cipher, sector size) as one string.
+ * Any change of volume key or data segment changes it; reading it costs no KDF.
+ */
+int dmbyok_volume_binding(struct crypt_device *cd, char **ret);
+/*
+ * -EUCLEAN unless a version 2 token's binding fingerprint is this header's: refuses a
+ * re-encrypted header before any KMS call. Version 1 tokens pass (see verify_key).
+ */
+int dmbyok_volume_check_binding(const struct volume *v);
+/* The LUKS2 digest check of a DEK (~125 ms PBKDF2): -EUCLEAN when it is not the key. */
+int dmbyok_volume_verify_key(const struct volume *v, const struct secret *dek);
 
 /*
  * Refuse a device that is in use or carries any signature (file system, LUKS, partition
@@ -61,8 +77,10 @@ struct volume_format_params {
 	const char *header; /* detached header file or NULL */
 	const char *uuid;   /* from dmbyok_volume_new_uuid(): the token's context names it */
 	const struct secret *dek;
-	struct dmbyok_token *token; /* keyslot is filled in */
-	uint32_t activation_flags;  /* persisted CRYPT_ACTIVATE_* performance flags */
+	struct dmbyok_token *token;
+	char *binding;
+	    /* this header's binding (dmbyok_volume_binding) */ /* keyslot is filled in */
+	uint32_t activation_flags; /* persisted CRYPT_ACTIVATE_* performance flags */
 };
 
 /*

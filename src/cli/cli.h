@@ -20,6 +20,7 @@ struct cli {
 	bool json;
 	bool perf_set;
 	uint32_t perf_flags;
+	unsigned timeout_s; /* lock's bound; 0: the default */
 	struct kms_options kms;
 };
 

@@ -21,7 +21,7 @@ static const struct {
 	  "DEVICE --key KEY_ID [--context k=v]... [--header FILE] [--force]" },
 	{ "open", verb_open, "DEVICE NAME [--header FILE] [--perf FLAGS]" },
 	{ "close", verb_close, "NAME" },
-	{ "lock", verb_lock, "NAME" },
+	{ "lock", verb_lock, "NAME [--timeout SECONDS]" },
 	{ "unlock", verb_unlock, "NAME [--header FILE]" },
 	{ "rewrap", verb_rewrap, "DEVICE [--key NEW_KEY_ID] [--header FILE]" },
 	{ "status", verb_status, "[NAME] [--json]" },
@@ -94,7 +94,8 @@ int main(int argc, char **argv)
 		ARG_PERF,
 		ARG_DEBUG,
 		ARG_VERSION,
-		ARG_JSON
+		ARG_JSON,
+		ARG_TIMEOUT,
 	};
 	static const struct option options[] = {
 		{ "key", required_argument, NULL, 'k' },
@@ -107,6 +108,7 @@ int main(int argc, char **argv)
 		{ "profile", required_argument, NULL, ARG_PROFILE },
 		{ "ca-bundle", required_argument, NULL, ARG_CA_BUNDLE },
 		{ "perf", required_argument, NULL, ARG_PERF },
+		{ "timeout", required_argument, NULL, ARG_TIMEOUT },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "debug", no_argument, NULL, ARG_DEBUG },
 		{ "help", no_argument, NULL, 'h' },
@@ -158,6 +160,19 @@ int main(int argc, char **argv)
 				return dmbyok_exit_code(r);
 			c.perf_set = true;
 			break;
+		case ARG_TIMEOUT: {
+			char *end = NULL;
+			unsigned long t;
+
+			errno = 0;
+			t = strtoul(optarg, &end, 10);
+			if (errno || !end || *end || t < 1 || t > 3600)
+				return dmbyok_exit_code(log_error_errno(
+				    EINVAL, "--timeout wants 1 to 3600 seconds, not \"%s\".",
+				    optarg));
+			c.timeout_s = (unsigned)t;
+			break;
+		}
 		case 'q':
 			dmbyok_log_set_max_level(LOG_LEVEL_WARNING);
 			break;

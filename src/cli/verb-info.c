@@ -11,18 +11,13 @@
 #include "dmbyok/log.h"
 #include "dmbyok/volume.h"
 
-static const char *state_name(const struct mapping_status *s)
-{
-	return s->locked ? "locked" : s->dm.suspended ? "suspended" : "active";
-}
-
 static json_object *status_json(const struct mapping_status *s)
 {
 	json_object *o = json_object_new_object();
 
 #define ADD_STR(k, v) json_object_object_add(o, k, (v) ? json_object_new_string(v) : NULL)
 	ADD_STR("name", s->dm.name);
-	ADD_STR("state", state_name(s));
+	ADD_STR("state", dmbyok_mapping_state_name(s));
 	ADD_STR("device", s->device ? s->device : s->dm.device);
 	ADD_STR("header", s->header);
 	ADD_STR("volume_uuid", s->volume_uuid);
@@ -33,6 +28,8 @@ static json_object *status_json(const struct mapping_status *s)
 	json_object_object_add(o, "offset_sectors", json_object_new_int64((int64_t)s->dm.offset));
 	json_object_object_add(o, "size_sectors", json_object_new_int64((int64_t)s->dm.length));
 	json_object_object_add(o, "open_count", json_object_new_int(s->dm.open_count));
+	json_object_object_add(o, "frozen", json_object_new_boolean(s->frozen));
+	ADD_STR("record", s->record);
 	json_object_object_add(
 	    o, "no_read_workqueue",
 	    json_object_new_boolean(!!(s->dm.flags & DM_CRYPT_NO_READ_WORKQUEUE)));
@@ -45,7 +42,7 @@ static json_object *status_json(const struct mapping_status *s)
 
 static void status_print(const struct mapping_status *s)
 {
-	printf("%s is %s.\n", s->dm.name, state_name(s));
+	printf("%s is %s.\n", s->dm.name, dmbyok_mapping_state_name(s));
 	printf("  device:      %s\n", s->device ? s->device : s->dm.device);
 	if (s->header)
 		printf("  header:      %s\n", s->header);
@@ -60,6 +57,11 @@ static void status_print(const struct mapping_status *s)
 	       s->dm.flags & DM_CRYPT_NO_READ_WORKQUEUE ? "bypassed" : "used",
 	       s->dm.flags & DM_CRYPT_NO_WRITE_WORKQUEUE ? "bypassed" : "used");
 	printf("  in use:      %d\n", s->dm.open_count);
+	printf("  record:      %s\n", s->record);
+	if (!s->locked && s->dm.suspended)
+		printf("  note:        suspended with its key in memory (an interrupted lock): run "
+		       "`dmbyok lock %s` or `dmbyok unlock %s`\n",
+		       s->dm.name, s->dm.name);
 }
 
 static void print_json(json_object *o)
@@ -109,7 +111,7 @@ int verb_list(struct cli *c)
 		if (arr)
 			json_object_array_add(arr, status_json(s));
 		else
-			printf("%-16s %-10s %-20s %s\n", s->dm.name, state_name(s),
+			printf("%-16s %-10s %-20s %s\n", s->dm.name, dmbyok_mapping_state_name(s),
 			       s->device ? s->device : s->dm.device, s->key_arn ? s->key_arn : "-");
 	}
 	if (arr)
@@ -172,7 +174,10 @@ int verb_dump(struct cli *c)
 	printf("  key:          %s\n  key ARN:      %s\n", v->token->key_id, v->token->key_arn);
 	printf("  context:      %s\n",
 	       json_object_to_json_string_ext(v->token->context, JSON_C_TO_STRING_PLAIN));
-	printf("  key check:    %s\n", v->token->key_check);
+	printf("  key check:    %s (token version %d)\n", v->token->key_check, v->token->version);
+	if (v->token->binding)
+		printf("  bound to:     %s%s\n", v->token->binding,
+		       dmbyok_volume_check_binding(v) == 0 ? "" : " (NOT this header's!)");
 	printf("  created:      %s\n", v->token->created ? v->token->created : "-");
 	if (v->token->rewrapped)
 		printf("  re-wrapped:   %s\n", v->token->rewrapped);

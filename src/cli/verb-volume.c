@@ -53,8 +53,8 @@ int verb_close(struct cli *c)
 
 int verb_lock(struct cli *c)
 {
-	GUARD(cli_require_args(c, 1, 1, "lock NAME"));
-	return dmbyok_lock(c->args[0]);
+	GUARD(cli_require_args(c, 1, 1, "lock NAME [--timeout SECONDS]"));
+	return dmbyok_lock(c->args[0], c->timeout_s * 1000U);
 }
 
 int verb_unlock(struct cli *c)

@@ -12,6 +12,7 @@ static const char *program = "dmbyok";
 static enum log_level max_level = LOG_LEVEL_INFO;
 static int journal_prefix = 0;
 static bool error_logged = false;
+static unsigned quiet = 0;
 
 void dmbyok_log_setup(const char *program_name)
 {
@@ -53,6 +54,8 @@ int dmbyok_log_internal(enum log_level level, int error, const char *fmt, ...)
 	char buf[2048];
 	va_list ap;
 
+	if (quiet && level < LOG_LEVEL_NOTICE)
+		level = LOG_LEVEL_DEBUG; /* a probe's failures are expected: debug detail only */
 	if (level <= LOG_LEVEL_ERROR)
 		error_logged = true;
 	if (level <= max_level) {
@@ -74,4 +77,15 @@ int dmbyok_log_internal(enum log_level level, int error, const char *fmt, ...)
 bool dmbyok_log_error_was_logged(void)
 {
 	return error_logged;
+}
+
+void dmbyok_log_quiet_push(void)
+{
+	quiet++;
+}
+
+void dmbyok_log_quiet_pop(void)
+{
+	if (quiet)
+		quiet--;
 }

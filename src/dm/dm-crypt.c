@@ -3,6 +3,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <inttypes.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +13,7 @@
 
 #include "dmbyok/dm.h"
 #include "dmbyok/log.h"
+#include "dmbyok/process.h"
 
 static const struct {
 	uint32_t flag;
@@ -204,6 +208,31 @@ void dmbyok_dm_crypt_info_done(struct dm_crypt_info *info)
 	*info = (struct dm_crypt_info){ 0 };
 }
 
+/*
+ * The device node for "MAJ:MIN" as the kernel names it (/dev/vda), from sysfs: /dev/block
+ * links exist only where udev runs. Falls back to the /dev/block form.
+ */
+static char *device_node(const char *majmin)
+{
+	char path[96], line[256], *node = NULL;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/dev/block/%s/uevent", majmin);
+	f = fopen(path, "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, "DEVNAME=", 8)) {
+			line[strcspn(line, "\n")] = '\0';
+			if (asprintf(&node, "/dev/%s", line + 8) < 0)
+				node = NULL;
+			break;
+		}
+	if (f)
+		fclose(f);
+	if (!node && asprintf(&node, "/dev/block/%s", majmin) < 0)
+		node = NULL;
+	return node;
+}
+
 static int parse_crypt_params(const char *params, struct dm_crypt_info *info)
 {
 	char cipher[128], key[256], dev[64];
@@ -218,10 +247,11 @@ static int parse_crypt_params(const char *params, struct dm_crypt_info *info)
 	info->cipher = strdup(cipher);
 	/* Only a keyring reference is kept: a hex key (from --showkeys) is never copied. */
 	info->key_ref = key[0] == ':' ? strdup(key) : strdup("-");
-	if (asprintf(&info->device, "/dev/block/%s", dev) < 0)
-		info->device = NULL;
+	info->device = device_node(dev);
 	dmbyok_secure_wipe(key, sizeof(key));
 	ENSURE(info->cipher && info->key_ref && info->device, ENOMEM);
+	if (sscanf(dev, "%u:%u", &info->dev_major, &info->dev_minor) != 2)
+		return -EINVAL;
 	info->offset = offset;
 	info->sector_size = 512;
 
@@ -349,29 +379,104 @@ static int simple_task(int type, const char *name, const char *message, bool ude
 	return run_with_udev(dmt, udev_sync);
 }
 
-int dmbyok_dm_crypt_lock(const char *name)
+struct suspend_args {
+	const char *name;
+};
+
+/* In the child: the suspend ioctl itself, which waits (interruptibly) for in-flight I/O. */
+static int suspend_child(void *userdata)
+{
+	const struct suspend_args *a = userdata;
+	_cleanup_dm_task_ struct dm_task *dmt = NULL;
+
+	dmt = dm_task_create(DM_DEVICE_SUSPEND);
+	if (!dmt)
+		return -ENOMEM;
+	/* The file system was frozen (or could not be) by the caller: no freeze under dm's mutex.
+	 */
+	if (!dm_task_set_name(dmt, a->name) || !dm_task_skip_lockfs(dmt))
+		return -EINVAL;
+	return dm_task_run(dmt) ? 0 : task_errno(dmt);
+}
+
+int dmbyok_dm_suspend(const char *name, unsigned timeout_ms)
 {
 	int r;
 
 	dm_setup();
-	/*
-	 * Suspend freezes a mounted file system (which syncs it, with a cache flush) and waits
-	 * for in-flight I/O, so everything fsync'ed before the lock is on the device.
-	 */
-	r = simple_task(DM_DEVICE_SUSPEND, name, NULL, false);
+	r = dmbyok_run_bounded(suspend_child, &(struct suspend_args){ .name = name }, timeout_ms);
+	if (r == -ETIMEDOUT)
+		/* Busy, not a network timeout: the error taxonomy keeps ETIMEDOUT for the KMS. */
+		return log_error_errno(EBUSY,
+		                       "I/O to the device under %s did not complete within %u ms: "
+		                       "it cannot be suspended, and its key stays in memory until "
+		                       "that I/O completes or fails.",
+		                       name, timeout_ms);
 	if (r < 0)
 		return log_error_errno(r, "Cannot suspend %s: %s", name, dmbyok_strerror(r));
-	r = simple_task(DM_DEVICE_TARGET_MSG, name, "key wipe", false);
-	if (r < 0) {
-		int q = simple_task(DM_DEVICE_RESUME, name, NULL, true);
+	return 0;
+}
 
-		if (q < 0)
-			log_error("Could not resume %s after the failed key wipe: %s. Run "
-			          "`dmsetup resume %s`.",
-			          name, dmbyok_strerror(q), name);
+int dmbyok_dm_crypt_wipe_key(const char *name)
+{
+	int r;
+
+	dm_setup();
+	/* dm-crypt accepts key messages only while suspended, so no I/O can be in flight. */
+	r = simple_task(DM_DEVICE_TARGET_MSG, name, "key wipe", false);
+	if (r < 0)
 		return log_error_errno(r, "dm-crypt refused to wipe the key of %s: %s", name,
 		                       dmbyok_strerror(r));
+	return 0;
+}
+
+int dmbyok_dm_resume(const char *name)
+{
+	int r;
+
+	dm_setup();
+	r = simple_task(DM_DEVICE_RESUME, name, NULL, true);
+	if (r < 0)
+		return log_error_errno(r, "Cannot resume %s: %s. Run `dmsetup resume %s`.", name,
+		                       dmbyok_strerror(r), name);
+	return 0;
+}
+
+/* In the child: the steps must not wait for the (suspended) device, but stay bounded anyway. */
+static int drop_cache_child(void *userdata)
+{
+	const struct dm_crypt_info *info = userdata;
+	char path[64];
+	int fd, r = 0;
+
+	/*
+	 * The mapping's own buffer cache (raw reads, file-system metadata). Not BLKFLSBUF: it
+	 * syncs the mounted file system first, whose cache flush waits on the suspended device.
+	 */
+	snprintf(path, sizeof(path), "/dev/dm-%u", info->minor);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd >= 0) {
+		r = -posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		close(fd);
 	}
+	/* ...and file pages: the kernel has no per-device call, only the global clean drop. */
+	fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "1", 1) != 1)
+		r = negative_errno();
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+int dmbyok_dm_drop_page_cache(const struct dm_crypt_info *info, unsigned timeout_ms)
+{
+	int r = dmbyok_run_bounded(drop_cache_child, (void *)info, timeout_ms);
+
+	if (r < 0)
+		return log_warning_errno(r,
+		                         "Could not drop the page cache of %s (%s): pages read "
+		                         "before the lock may still be served until it is closed.",
+		                         info->name, dmbyok_strerror(r));
 	return 0;
 }
 

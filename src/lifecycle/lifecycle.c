@@ -1,14 +1,21 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <assert.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "dmbyok/lifecycle.h"
 #include "dmbyok/log.h"
+#include "dmbyok/process.h"
 #include "dmbyok/volume.h"
 #include "registry.h"
+#include "runtime.h"
 
 #define KEY_DESC_PREFIX "dmbyok:"
+/* How long the device under a mapping may take to answer one read before we call it stalled. */
+#define PROBE_MS 2000U
 
 /* Explain a KMS failure in the operator's terms, with what to do; returns r. */
 static int log_kms_failure(struct kms_client *c, int r, const char *what)
@@ -63,7 +70,33 @@ static int kms_connect(const struct kms_options *base, const char *region, struc
 	return 0;
 }
 
-/* Unwrap a loaded volume's DEK: binding check, KMS Decrypt, key check value. */
+/* A version 1 token proved nothing about the header: prove the key the slow way, upgrade. */
+static int verify_v1_and_upgrade(struct volume *v, const struct secret *dek)
+{
+	struct dmbyok_token t = *v->token;
+	_cleanup_free_ char *fp = NULL, *kcv = NULL;
+	int r;
+
+	GUARD(dmbyok_volume_verify_key(v, dek));
+	GUARD(dmbyok_binding_fingerprint(v->binding, &fp));
+	GUARD(dmbyok_key_check_value(dek, v->uuid, v->binding, &kcv));
+	t.version = 2;
+	t.binding = fp;
+	t.key_check = kcv;
+	/* libcryptsetup rewrites both header copies in turn: a crash leaves one valid. */
+	r = dmbyok_volume_update_token(v, &t);
+	if (r < 0)
+		log_warning("Could not upgrade the dmbyok token of %s to version 2; it keeps "
+		            "opening, at the cost of a LUKS2 digest check each time.",
+		            v->device);
+	else
+		log_info("Upgraded the dmbyok token of %s to version 2 (key check bound to the "
+		         "header).",
+		         v->device);
+	return 0;
+}
+
+/* Unwrap a loaded volume's DEK: binding checks, KMS Decrypt, key check value. */
 static int unwrap_dek(struct volume *v, const struct kms_options *kms, struct secret **ret)
 {
 	_cleanup_kms_client_ struct kms_client *c = NULL;
@@ -72,6 +105,14 @@ static int unwrap_dek(struct volume *v, const struct kms_options *kms, struct se
 
 	/* A token copied from another volume names that volume: refuse before any KMS call. */
 	GUARD(dmbyok_token_check_volume(v->token, v->uuid));
+	/* So is a header whose volume key changed under the token (cryptsetup reencrypt). */
+	GUARD(dmbyok_volume_check_binding(v));
+	/* Decrypt runs where the key lives; another region would answer "not found". */
+	if (kms->region && v->token->region && strcmp(kms->region, v->token->region) != 0)
+		return log_error_errno(EINVAL,
+		                       "--region %s contradicts the volume's key %s, which is in "
+		                       "%s: drop --region (the token names the region).",
+		                       kms->region, v->token->key_arn, v->token->region);
 	GUARD(kms_connect(kms, v->token->region, &c));
 
 	log_debug("Unwrapping the data key of %s under %s.", v->device, v->token->key_arn);
@@ -79,7 +120,9 @@ static int unwrap_dek(struct volume *v, const struct kms_options *kms, struct se
 	                       NULL);
 	if (r < 0)
 		return log_kms_failure(c, r, "unwrap the data key");
-	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid));
+	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid, v->binding));
+	if (v->token->version < 2)
+		GUARD(verify_v1_and_upgrade(v, dek));
 	*ret = TAKE_PTR(dek);
 	return 0;
 }
@@ -145,7 +188,13 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	char uuid[37];
 	int r;
 
-	ENSURE(o->device && o->key_id && *o->key_id, EINVAL);
+	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
+
+	assert(o->device && o->key_id);
+	if (!*o->key_id)
+		return log_error_errno(EINVAL, "The key id is empty.");
+	/* Two formats (or a format and an open) of one device must not interleave. */
+	GUARD(dmbyok_device_lock_path(o->device, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock));
 	GUARD(dmbyok_volume_check_blank(o->device, o->force));
 	if (o->header && access(o->header, F_OK) == 0 && !o->force)
 		return log_error_errno(ENOTEMPTY,
@@ -172,7 +221,6 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	/* The wrapping key's ARN names its region; unwrapping must go there. */
 	t->region = region_of_arn(t->key_arn);
 	ENSURE(t->kms && t->key_id && t->region, ENOMEM);
-	GUARD(dmbyok_key_check_value(dek, uuid, &t->key_check));
 	GUARD(dmbyok_timestamp_now(&t->created));
 
 	log_info("Writing the LUKS2 header (" DMBYOK_DM_CIPHER ", 512-bit key) to %s...",
@@ -217,6 +265,7 @@ int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
 
 int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 {
+	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
 	_cleanup_free_ char *device_path = NULL, *header_path = NULL;
@@ -224,8 +273,15 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 	struct registry_entry entry;
 	int r;
 
-	ENSURE(o->device && o->name && *o->name, EINVAL);
+	assert(o->device && o->name);
+	if (!*o->name)
+		return log_error_errno(EINVAL, "The mapping name is empty.");
 	GUARD(dmbyok_dm_check_kernel_support());
+	/*
+	 * Held from the in-use check to the table load: every entry point (CLI, agent, udev
+	 * attach, token plugin) takes it, so two of them never map one device twice.
+	 */
+	GUARD(dmbyok_device_lock_path(o->device, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock));
 	r = dmbyok_dm_crypt_get_info(o->name, &existing);
 	if (r == 0 || r == -EINVAL) {
 		dmbyok_dm_crypt_info_done(&existing);
@@ -273,10 +329,67 @@ void dmbyok_mapping_status_done(struct mapping_status *s)
 	*s = (struct mapping_status){ 0 };
 }
 
-int dmbyok_status(const char *name, struct mapping_status *ret)
+const char *dmbyok_mapping_state_name(const struct mapping_status *s)
 {
+	if (s->locked)
+		return "locked";
+	/* An interrupted lock: I/O held but the key still in memory. lock/unlock repair it. */
+	return s->dm.suspended ? "suspended-keyed" : "active";
+}
+
+/* The volume UUID a LUKS2 dm UUID names ("CRYPT-LUKS2-<32 hex>-<name>"), with dashes. */
+static int uuid_of_dm_uuid(const char *dm_uuid, char ret[static 37])
+{
+	const char *h = dm_uuid + strlen(DM_LUKS2_UUID_PREFIX);
+
+	if (strncmp(dm_uuid, DM_LUKS2_UUID_PREFIX, strlen(DM_LUKS2_UUID_PREFIX)) != 0 ||
+	    strlen(h) < 33 || h[32] != '-')
+		return -EINVAL;
+	snprintf(ret, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+	return 0;
+}
+
+static bool same_block_device(const char *a, const char *b)
+{
+	struct stat sa, sb;
+
+	return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && S_ISBLK(sa.st_mode) &&
+	       S_ISBLK(sb.st_mode) && sa.st_rdev == sb.st_rdev;
+}
+
+/*
+ * The header, read quietly and only from a device that answers: for status, "no readable
+ * dmbyok header" is an answer, and a stalled disk must not hang status or lock.
+ */
+static struct volume *load_header_quietly(const char *device, const char *header)
+{
+	struct volume *v = NULL;
+
+	if (dmbyok_device_responds(device, PROBE_MS) < 0) {
+		log_debug("%s does not answer: not reading its header.", device);
+		return NULL;
+	}
+	dmbyok_log_quiet_push();
+	if (dmbyok_volume_load(device, header, &v) < 0)
+		v = NULL;
+	dmbyok_log_quiet_pop();
+	return v;
+}
+
+/*
+ * Reconciles three sources: the kernel's table (truth about the mapping), the header
+ * (truth about the key) and the runtime record (where a detached header is). A record that
+ * disagrees with the kernel is stale and ignored; key names come from the header when
+ * `read_header` and the device answers. Without the header, a mapping is ours when the
+ * record or the table's key reference says so.
+ */
+static int read_mapping(const char *name, bool read_header, struct mapping_status *ret)
+{
+	_cleanup_volume_ struct volume *v = NULL;
 	struct mapping_status s = { 0 };
 	struct registry_entry e = { 0 };
+	char uuid[37];
+	bool ours;
 	int r;
 
 	r = dmbyok_dm_crypt_get_info(name, &s.dm);
@@ -284,31 +397,56 @@ int dmbyok_status(const char *name, struct mapping_status *ret)
 		return -ENODEV; /* a mapping, but not dm-crypt: not ours */
 	if (r < 0)
 		return r;
-	if (strncmp(s.dm.dm_uuid, DM_LUKS2_UUID_PREFIX, strlen(DM_LUKS2_UUID_PREFIX)) != 0) {
+	if (uuid_of_dm_uuid(s.dm.dm_uuid, uuid) < 0) {
 		dmbyok_mapping_status_done(&s);
 		return -ENODEV;
 	}
-	/* Keyring reference "...:logon:dmbyok:<uuid>" while keyed; a wiped key shows none. */
+	/* Keyring reference ":64:logon:..." while keyed; a wiped key shows none. */
 	s.locked = s.dm.suspended && s.dm.key_ref[0] != ':';
 
+	s.record = "missing";
 	if (dmbyok_registry_load(name, &e) == 0) {
-		s.device = TAKE_PTR(e.device);
-		s.header = TAKE_PTR(e.header);
-		s.volume_uuid = TAKE_PTR(e.volume_uuid);
-		s.key_id = TAKE_PTR(e.key_id);
-		s.key_arn = TAKE_PTR(e.key_arn);
-		dmbyok_registry_entry_done(&e);
-	} else if (strstr(s.dm.key_ref, ":logon:" KEY_DESC_PREFIX)) {
-		s.device = strdup(s.dm.device);
-		s.volume_uuid = strdup(strstr(s.dm.key_ref, ":logon:" KEY_DESC_PREFIX) +
-		                       strlen(":logon:" KEY_DESC_PREFIX));
-	} else {
-		/* A LUKS2 mapping dmbyok did not open (plain cryptsetup). */
+		if (strcmp(e.volume_uuid, uuid) != 0 || !same_block_device(e.device, s.dm.device)) {
+			log_debug("Ignoring the stale record of %s (another volume or device).",
+			          name);
+			dmbyok_registry_entry_done(&e);
+			s.record = "stale";
+		} else
+			s.record = "ok";
+	}
+	ours = e.name || strstr(s.dm.key_ref, ":logon:" KEY_DESC_PREFIX);
+
+	if (read_header || !ours) {
+		v = load_header_quietly(e.device ? e.device : s.dm.device, e.header);
+		if (v && strcmp(v->uuid, uuid) != 0)
+			dmbyok_volume_freep(&v);
+		if (!v && !ours) {
+			/* A LUKS2 mapping of a header without a dmbyok token (plain cryptsetup). */
+			dmbyok_registry_entry_done(&e);
+			dmbyok_mapping_status_done(&s);
+			return -ENODEV;
+		}
+	}
+	s.device = e.device ? TAKE_PTR(e.device) : strdup(s.dm.device);
+	s.header = TAKE_PTR(e.header);
+	s.volume_uuid = strdup(uuid);
+	s.key_id = v ? strdup(v->token->key_id) : TAKE_PTR(e.key_id);
+	s.key_arn = v ? strdup(v->token->key_arn) : TAKE_PTR(e.key_arn);
+	s.frozen = e.frozen;
+	if (v && e.key_arn && strcmp(e.key_arn, v->token->key_arn) != 0)
+		s.record = "stale"; /* re-wrapped since it was written */
+	dmbyok_registry_entry_done(&e);
+	if (!s.device || !s.volume_uuid || (v && (!s.key_id || !s.key_arn))) {
 		dmbyok_mapping_status_done(&s);
-		return -ENODEV;
+		return -ENOMEM;
 	}
 	*ret = s;
 	return 0;
+}
+
+int dmbyok_status(const char *name, struct mapping_status *ret)
+{
+	return read_mapping(name, true, ret);
 }
 
 void dmbyok_mapping_status_list_free(struct mapping_status *l, size_t n)
@@ -342,10 +480,10 @@ int dmbyok_list(struct mapping_status **ret, size_t *ret_n)
 	return 0;
 }
 
-/* Status of `name`, failing with a clear message unless it is a dmbyok mapping. */
+/* Status of `name` (kernel and record), failing clearly unless it is a dmbyok mapping. */
 static int require_mapping(const char *name, struct mapping_status *ret)
 {
-	int r = dmbyok_status(name, ret);
+	int r = read_mapping(name, false, ret);
 
 	if (r == -ENODEV)
 		return log_error_errno(ENOENT, "No dmbyok mapping named %s.", name);
@@ -354,13 +492,77 @@ static int require_mapping(const char *name, struct mapping_status *ret)
 	return 0;
 }
 
+/*
+ * Takes the lock of the device under mapping `name`, then reads its status again: what
+ * was true before the lock may have changed while we waited.
+ */
+static int lock_mapping(const char *name, unsigned timeout_ms, struct dmbyok_device_lock *ret_lock,
+                        struct mapping_status *ret)
+{
+	struct mapping_status s = { 0 };
+	dev_t devno;
+	int r;
+
+	GUARD(require_mapping(name, &s));
+	devno = makedev(s.dm.dev_major, s.dm.dev_minor);
+	dmbyok_mapping_status_done(&s);
+	GUARD(dmbyok_device_lock_devno(devno, timeout_ms, ret_lock));
+	r = require_mapping(name, ret);
+	if (r < 0)
+		dmbyok_device_unlock(ret_lock);
+	return r;
+}
+
+/* Remembers whether the file system is frozen by us, for unlock (and after a crash). */
+static void record_frozen(const struct mapping_status *s, bool frozen)
+{
+	if (!s->key_id || !s->key_arn)
+		return; /* no record and no header read: thaw_after_resume covers that case */
+	struct registry_entry e = {
+		.name = s->dm.name,
+		.device = s->device,
+		.header = s->header,
+		.volume_uuid = s->volume_uuid,
+		.key_id = s->key_id,
+		.key_arn = s->key_arn,
+		.frozen = frozen,
+	};
+	int r = dmbyok_registry_save(&e);
+
+	if (r < 0)
+		log_warning("Could not record the freeze of %s (%s).", s->dm.name,
+		            dmbyok_strerror(r));
+}
+
+/* Thaws what a lock froze (or, without a record, anything frozen: it cannot be ours to keep). */
+static int thaw_after_resume(const struct mapping_status *s)
+{
+	_cleanup_free_ char *mp = NULL;
+	int r;
+
+	if (!s->frozen && strcmp(s->record, "missing") != 0)
+		return 0;
+	if (dmbyok_fs_mountpoint(s->dm.major, s->dm.minor, &mp) <= 0)
+		return 0;
+	r = dmbyok_fs_thaw(mp);
+	if (r < 0)
+		return log_error_errno(r,
+		                       "%s resumed but its file system at %s stays frozen "
+		                       "(%s): run `fsfreeze -u %s`.",
+		                       s->dm.name, mp, dmbyok_strerror(r), mp);
+	if (s->frozen)
+		record_frozen(s, false);
+	return 0;
+}
+
 int dmbyok_close(const char *name)
 {
+	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
 	struct mapping_status s = { 0 };
 	int r;
 
 	GUARD(dmbyok_dm_check_kernel_support());
-	GUARD(require_mapping(name, &s));
+	GUARD(lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s));
 	dmbyok_mapping_status_done(&s);
 	r = dmbyok_dm_crypt_remove(name);
 	if (r < 0)
@@ -370,26 +572,95 @@ int dmbyok_close(const char *name)
 	return 0;
 }
 
-int dmbyok_lock(const char *name)
+static unsigned remaining_ms(unsigned long long deadline)
 {
+	unsigned long long now = dmbyok_now_ms();
+
+	return now >= deadline ? 1 : (unsigned)(deadline - now);
+}
+
+int dmbyok_lock(const char *name, unsigned timeout_ms)
+{
+	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
+	unsigned long long deadline =
+	    dmbyok_now_ms() + (timeout_ms ? timeout_ms : DMBYOK_LOCK_TIMEOUT_MS);
+	_cleanup_free_ char *mp = NULL;
 	struct mapping_status s = { 0 };
-	bool locked;
+	bool frozen = false, freeze_stuck = false;
+	int r;
 
 	GUARD(dmbyok_dm_check_kernel_support());
-	GUARD(require_mapping(name, &s));
-	locked = s.locked;
-	dmbyok_mapping_status_done(&s);
-	if (locked) {
+	GUARD(lock_mapping(name, remaining_ms(deadline), &lock, &s));
+
+	if (s.locked) {
+		/* Idempotent, and completes a lock killed after its key wipe. */
+		(void)dmbyok_dm_drop_page_cache(&s.dm, remaining_ms(deadline));
 		log_info("%s is already locked.", name);
-		return 0;
+		r = 0;
+		goto out;
 	}
-	GUARD(dmbyok_dm_crypt_lock(name));
+	if (!s.dm.suspended) {
+		r = dmbyok_fs_mountpoint(s.dm.major, s.dm.minor, &mp);
+		if (r > 0 &&
+		    dmbyok_device_responds(s.device, MIN(remaining_ms(deadline), PROBE_MS)) < 0) {
+			log_warning(
+			    "The device under %s (%s) does not answer a read within %u ms: "
+			    "locking without freezing its file system, whose writes would "
+			    "stall too. Writes it had not acknowledged stay in memory until "
+			    "unlock.",
+			    name, s.device, PROBE_MS);
+		} else if (r > 0) {
+			/* Everything fsync'ed is on the device before the freeze returns. */
+			/* Half the bound at most: the suspend after it needs time too. */
+			r = dmbyok_fs_freeze(mp, remaining_ms(deadline) / 2);
+			if (r == 0) {
+				frozen = true;
+				record_frozen(&s, true);
+			} else {
+				freeze_stuck = r == -ETIMEDOUT;
+				log_warning(
+				    "Could not freeze the file system on %s at %s (%s): "
+				    "locking without it. Writes it had not acknowledged stay "
+				    "in memory, unwritten, until unlock.",
+				    name, mp, dmbyok_strerror(r));
+			}
+		}
+		r = dmbyok_dm_suspend(name, remaining_ms(deadline));
+		if (r < 0) {
+			if (frozen && dmbyok_fs_thaw(mp) == 0)
+				record_frozen(&s, false);
+			log_error("Could not lock %s within %u ms; it is as it was. Check the "
+			          "device under it (%s).",
+			          name, timeout_ms ? timeout_ms : DMBYOK_LOCK_TIMEOUT_MS, s.device);
+			goto out;
+		}
+	} else
+		log_notice("%s was suspended with its key still in memory (an interrupted "
+		           "lock): wiping the key now.",
+		           name);
+
+	r = dmbyok_dm_crypt_wipe_key(name);
+	if (r < 0) {
+		if (dmbyok_dm_resume(name) == 0 && frozen && dmbyok_fs_thaw(mp) == 0)
+			record_frozen(&s, false);
+		goto out;
+	}
+	/*
+	 * Cached plaintext would otherwise still be served. Not after a stuck freeze: the drop
+	 * would wait on that file system's lock behind the freeze.
+	 */
+	if (!freeze_stuck)
+		(void)dmbyok_dm_drop_page_cache(&s.dm, remaining_ms(deadline));
 	log_info("Locked %s: I/O is held and the key is gone from kernel memory.", name);
-	return 0;
+	r = 0;
+out:
+	dmbyok_mapping_status_done(&s);
+	return r;
 }
 
 int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms)
 {
+	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
 	struct mapping_status s = { 0 };
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
@@ -397,21 +668,33 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 	int r;
 
 	GUARD(dmbyok_dm_check_kernel_support());
-	GUARD(require_mapping(name, &s));
+	/* Held across the KMS call: a lock that arrives meanwhile waits, then wins. */
+	GUARD(lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s));
+	if (!s.dm.suspended) {
+		log_info("%s is not locked.", name);
+		r = 0;
+		goto out;
+	}
 	if (!s.locked) {
-		r = s.dm.suspended ? log_error_errno(EBUSY,
-		                                     "%s is suspended but still keyed: it was "
-		                                     "not locked by dmbyok; resume it with "
-		                                     "dmsetup resume.",
-		                                     name)
-		                   : 0;
-		if (r == 0)
-			log_info("%s is not locked.", name);
-		dmbyok_mapping_status_done(&s);
-		return r;
+		/* An interrupted lock: the key is still there, so resuming is all it takes. */
+		r = dmbyok_dm_resume(name);
+		if (r == 0) {
+			log_notice("%s was suspended with its key still in memory (an interrupted "
+			           "lock): resumed.",
+			           name);
+			r = thaw_after_resume(&s);
+		}
+		goto out;
 	}
 
-	r = dmbyok_volume_load(s.device ? s.device : s.dm.device, header ? header : s.header, &v);
+	if (dmbyok_device_responds(s.device, PROBE_MS) < 0) {
+		r = log_error_errno(EBUSY,
+		                    "%s does not answer reads: cannot read its header to "
+		                    "unlock %s. Retry once the device recovers.",
+		                    s.device, name);
+		goto out;
+	}
+	r = dmbyok_volume_load(s.device, header ? header : s.header, &v);
 	if (r < 0)
 		goto out;
 	/* The header must be the one this mapping was opened from. */
@@ -432,6 +715,9 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 	if (r < 0)
 		goto out;
 	r = dmbyok_dm_crypt_unlock(name, key_desc, dek);
+	if (r < 0)
+		goto out;
+	r = thaw_after_resume(&s);
 	if (r == 0)
 		log_info("Unlocked %s: I/O resumed.", name);
 out:
@@ -439,9 +725,38 @@ out:
 	return r;
 }
 
+/* After a re-wrap, open mappings of the volume must name the key that now wraps it. */
+static void update_records(const char *volume_uuid, const char *key_id, const char *key_arn)
+{
+	struct mapping_status *l = NULL;
+	size_t n = 0;
+
+	if (dmbyok_dm_check_kernel_support() < 0 || dmbyok_list(&l, &n) < 0)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		struct registry_entry e;
+
+		if (strcmp(l[i].volume_uuid, volume_uuid) != 0)
+			continue;
+		e = (struct registry_entry){
+			.name = l[i].dm.name,
+			.device = l[i].device,
+			.header = l[i].header,
+			.volume_uuid = l[i].volume_uuid,
+			.key_id = (char *)key_id,
+			.key_arn = (char *)key_arn,
+			.frozen = l[i].frozen,
+		};
+		if (dmbyok_registry_save(&e) < 0)
+			log_warning("Could not update the record of %s.", l[i].dm.name);
+	}
+	dmbyok_mapping_status_list_free(l, n);
+}
+
 int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id,
                   const struct kms_options *kms)
 {
+	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_kms_client_ struct kms_client *c = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
@@ -451,8 +766,11 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	const char *dest;
 	int r;
 
+	/* The token is rewritten: no other operation may read it half-way or race us. */
+	GUARD(dmbyok_device_lock_path(device, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock));
 	GUARD(dmbyok_volume_load(device, header, &v));
 	GUARD(dmbyok_token_check_volume(v->token, v->uuid));
+	GUARD(dmbyok_volume_check_binding(v));
 	dest = new_key_id ? new_key_id : v->token->key_id;
 	dest_region = region_of_arn(dest);
 	/* ReEncrypt runs in one region: a blob cannot move to a key of another one this way. */
@@ -461,6 +779,11 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 		                       "%s is in region %s but the volume's key is in %s: re-wrap "
 		                       "within one region (or format a new volume there).",
 		                       dest, dest_region, v->token->region);
+	if (kms->region && v->token->region && strcmp(kms->region, v->token->region) != 0)
+		return log_error_errno(EINVAL,
+		                       "--region %s contradicts the volume's key %s, which is in "
+		                       "%s: drop --region.",
+		                       kms->region, v->token->key_arn, v->token->region);
 	GUARD(kms_connect(kms, dest_region ? dest_region : v->token->region, &c));
 
 	log_info("Re-wrapping the data key of %s from %s under %s...", device, v->token->key_arn,
@@ -474,7 +797,7 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	r = dmbyok_kms_decrypt(c, arn, ciphertext, v->token->context, &dek, NULL);
 	if (r < 0)
 		return log_kms_failure(c, r, "verify the re-wrapped data key");
-	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid));
+	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid, v->binding));
 	GUARD(dmbyok_timestamp_now(&now));
 
 	t = *v->token;
@@ -489,6 +812,7 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	t.region = dest_region ? dest_region : v->token->region;
 	t.rewrapped = now;
 	GUARD(dmbyok_volume_update_token(v, &t));
+	update_records(v->uuid, dest, arn);
 	log_info("Re-wrapped %s: data key now wrapped by %s.", device, arn);
 	return 0;
 }

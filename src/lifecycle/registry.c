@@ -9,13 +9,7 @@
 
 #include "dmbyok/log.h"
 #include "registry.h"
-
-const char *dmbyok_runtime_dir(void)
-{
-	const char *d = getenv("DMBYOK_RUNTIME_DIR");
-
-	return d && *d ? d : "/run/dmbyok";
-}
+#include "runtime.h"
 
 static int entry_path(const char *name, char **ret)
 {
@@ -36,23 +30,6 @@ void dmbyok_registry_entry_done(struct registry_entry *e)
 	*e = (struct registry_entry){ 0 };
 }
 
-static int mkdir_p(const char *dir)
-{
-	_cleanup_free_ char *copy = strdup(dir);
-
-	ENSURE_ALLOC(copy);
-	for (char *p = copy + 1; *p; p++)
-		if (*p == '/') {
-			*p = '\0';
-			if (mkdir(copy, 0700) < 0 && errno != EEXIST)
-				return negative_errno();
-			*p = '/';
-		}
-	if (mkdir(copy, 0700) < 0 && errno != EEXIST)
-		return negative_errno();
-	return 0;
-}
-
 int dmbyok_registry_save(const struct registry_entry *e)
 {
 	_cleanup_free_ char *path = NULL, *tmp = NULL, *dir = NULL;
@@ -61,10 +38,9 @@ int dmbyok_registry_save(const struct registry_entry *e)
 	int fd, r = 0;
 
 	GUARD(entry_path(e->name, &path));
-	if (asprintf(&dir, "%s/mappings", dmbyok_runtime_dir()) < 0 ||
-	    asprintf(&tmp, "%s.tmp", path) < 0)
+	GUARD(dmbyok_runtime_subdir("mappings", &dir));
+	if (asprintf(&tmp, "%s/.%s.XXXXXX", dir, e->name) < 0)
 		return -ENOMEM;
-	GUARD(mkdir_p(dir));
 
 	o = json_object_new_object();
 	ENSURE_ALLOC(o);
@@ -75,17 +51,22 @@ int dmbyok_registry_save(const struct registry_entry *e)
 	json_object_object_add(o, "volume_uuid", json_object_new_string(e->volume_uuid));
 	json_object_object_add(o, "key_id", json_object_new_string(e->key_id));
 	json_object_object_add(o, "key_arn", json_object_new_string(e->key_arn));
+	if (e->frozen)
+		json_object_object_add(o, "frozen", json_object_new_boolean(1));
 	s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
 
-	/* Write then rename, so a reader never sees half a record. */
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	/*
+	 * A fresh, exclusively created temporary name (two writers never share one), then an
+	 * atomic rename: a reader sees the old record or the new one, never half of one.
+	 */
+	fd = mkostemp(tmp, O_CLOEXEC);
 	if (fd < 0 || write(fd, s, strlen(s)) != (ssize_t)strlen(s) || fsync(fd) < 0 ||
 	    rename(tmp, path) < 0)
 		r = negative_errno();
 	if (fd >= 0)
 		close(fd);
 	json_object_put(o);
-	if (r < 0)
+	if (r < 0 && fd >= 0)
 		(void)unlink(tmp);
 	return r;
 }
@@ -103,12 +84,17 @@ int dmbyok_registry_load(const char *name, struct registry_entry *ret)
 {
 	_cleanup_free_ char *path = NULL;
 	struct registry_entry e = { 0 };
-	json_object *o;
+	json_object *o, *v;
+	int fd;
 
 	GUARD(entry_path(name, &path));
-	if (access(path, F_OK) < 0)
-		return -ENOENT;
-	o = json_object_from_file(path);
+	/* Never follow a symlink planted in place of a record. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return errno == ENOENT ? -ENOENT
+		                       : log_warning_errno(errno, "Ignoring record %s: %m", path);
+	o = json_object_from_fd(fd);
+	close(fd);
 	if (!o)
 		return log_warning_errno(EUCLEAN, "Ignoring unreadable record %s.", path);
 	e.name = dup_member(o, "name");
@@ -117,6 +103,7 @@ int dmbyok_registry_load(const char *name, struct registry_entry *ret)
 	e.volume_uuid = dup_member(o, "volume_uuid");
 	e.key_id = dup_member(o, "key_id");
 	e.key_arn = dup_member(o, "key_arn");
+	e.frozen = json_object_object_get_ex(o, "frozen", &v) && json_object_get_boolean(v);
 	json_object_put(o);
 	if (!e.name || !e.device || !e.volume_uuid) {
 		dmbyok_registry_entry_done(&e);

@@ -7,6 +7,8 @@
  * which device and detached header a mapping came from. No secrets.
  */
 
+#include <stdbool.h>
+
 #include "dmbyok/lifecycle.h"
 
 struct registry_entry {
@@ -16,6 +18,7 @@ struct registry_entry {
 	char *volume_uuid;
 	char *key_id;
 	char *key_arn;
+	bool frozen; /* `lock` froze the mapping's file systems: `unlock` thaws them */
 };
 
 void dmbyok_registry_entry_done(struct registry_entry *e);

@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -9,8 +11,9 @@
 #include "dmbyok/log.h"
 #include "dmbyok/token.h"
 
-#define KCV_PREFIX "hmac-sha256-128:"
-#define KCV_BYTES  16
+#define KCV_PREFIX     "hmac-sha256-128:"
+#define KCV_BYTES      16
+#define BINDING_PREFIX "sha256:"
 
 void dmbyok_token_free(struct dmbyok_token *t)
 {
@@ -23,6 +26,7 @@ void dmbyok_token_free(struct dmbyok_token *t)
 	free(t->ciphertext);
 	json_object_put(t->context);
 	free(t->key_check);
+	free(t->binding);
 	free(t->created);
 	free(t->rewrapped);
 	free(t);
@@ -39,7 +43,9 @@ static int get_string(json_object *o, const char *name, int required, char **ret
 			return log_error_errno(EUCLEAN, "dmbyok token lacks \"%s\".", name);
 		return 0;
 	}
-	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
+	/* An embedded NUL ("\u0000") would be cut off by every C string use: refuse it. */
+	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0 ||
+	    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
 		return log_error_errno(EUCLEAN, "dmbyok token member \"%s\" is not a string.",
 		                       name);
 	*ret = strdup(json_object_get_string(v));
@@ -81,10 +87,11 @@ int dmbyok_token_from_json(const char *json, struct dmbyok_token **ret)
 		goto out;
 	}
 	t->version = json_object_get_int(v);
-	if (t->version != DMBYOK_TOKEN_VERSION) {
-		r = log_error_errno(
-		    EUCLEAN, "dmbyok token version %d is not supported (this build reads %d).",
-		    t->version, DMBYOK_TOKEN_VERSION);
+	if (t->version < DMBYOK_TOKEN_VERSION_MIN || t->version > DMBYOK_TOKEN_VERSION) {
+		r = log_error_errno(EUCLEAN,
+		                    "dmbyok token version %d is not supported (this build reads "
+		                    "%d to %d).",
+		                    t->version, DMBYOK_TOKEN_VERSION_MIN, DMBYOK_TOKEN_VERSION);
 		goto out;
 	}
 
@@ -109,6 +116,7 @@ int dmbyok_token_from_json(const char *json, struct dmbyok_token **ret)
 	    (r = get_string(o, "region", 0, &t->region)) < 0 ||
 	    (r = get_string(o, "ciphertext", 1, &t->ciphertext)) < 0 ||
 	    (r = get_string(o, "key_check", 1, &t->key_check)) < 0 ||
+	    (r = get_string(o, "binding", t->version >= 2, &t->binding)) < 0 ||
 	    (r = get_string(o, "created", 0, &t->created)) < 0 ||
 	    (r = get_string(o, "rewrapped", 0, &t->rewrapped)) < 0)
 		goto out;
@@ -166,6 +174,8 @@ int dmbyok_token_to_json(const struct dmbyok_token *t, char **ret)
 	json_object_object_add(o, "ciphertext", json_object_new_string(t->ciphertext));
 	json_object_object_add(o, "context", json_object_get(t->context));
 	json_object_object_add(o, "key_check", json_object_new_string(t->key_check));
+	if (t->binding)
+		json_object_object_add(o, "binding", json_object_new_string(t->binding));
 	if (t->created)
 		json_object_object_add(o, "created", json_object_new_string(t->created));
 	if (t->rewrapped)
@@ -235,11 +245,33 @@ int dmbyok_token_check_volume(const struct dmbyok_token *t, const char *volume_u
 	return 0;
 }
 
-int dmbyok_key_check_value(const struct secret *dek, const char *volume_uuid, char **ret)
+/* Hex of a digest or MAC, prefixed ("sha256:", "hmac-sha256-128:"). */
+static int prefixed_hex(const char *prefix, const uint8_t *data, size_t n, char **ret)
 {
-	static const char label[] = "dmbyok-kcv-v1";
-	uint8_t mac[EVP_MAX_MD_SIZE];
 	_cleanup_free_ char *hex = NULL;
+
+	GUARD(dmbyok_hex_encode(data, n, &hex));
+	if (asprintf(ret, "%s%s", prefix, hex) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+int dmbyok_binding_fingerprint(const char *binding, char **ret)
+{
+	uint8_t md[EVP_MAX_MD_SIZE];
+	unsigned n = 0;
+
+	if (!EVP_Digest(binding, strlen(binding), md, &n, EVP_sha256(), NULL))
+		return -EIO;
+	return prefixed_hex(BINDING_PREFIX, md, n, ret);
+}
+
+int dmbyok_key_check_value(const struct secret *dek, const char *volume_uuid, const char *binding,
+                           char **ret)
+{
+	static const char label_v1[] = "dmbyok-kcv-v1", label_v2[] = "dmbyok-kcv-v2";
+	static const uint8_t sep = 0;
+	uint8_t mac[EVP_MAX_MD_SIZE];
 	EVP_MAC *alg = NULL;
 	EVP_MAC_CTX *ctx = NULL;
 	size_t out_len = 0;
@@ -247,24 +279,26 @@ int dmbyok_key_check_value(const struct secret *dek, const char *volume_uuid, ch
 		OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
 		OSSL_PARAM_construct_end(),
 	};
+	bool ok;
 	int r = -EIO;
 
 	alg = EVP_MAC_fetch(NULL, "HMAC", NULL);
 	ctx = alg ? EVP_MAC_CTX_new(alg) : NULL;
-	if (!ctx || !EVP_MAC_init(ctx, dek->data, dek->size, params) ||
-	    !EVP_MAC_update(ctx, (const uint8_t *)label, sizeof(label) - 1) ||
-	    !EVP_MAC_update(ctx, (const uint8_t *)volume_uuid, strlen(volume_uuid)) ||
-	    !EVP_MAC_final(ctx, mac, &out_len, sizeof(mac)))
+	if (!ctx || !EVP_MAC_init(ctx, dek->data, dek->size, params))
 		goto out;
-
-	r = dmbyok_hex_encode(mac, KCV_BYTES, &hex);
-	if (r < 0)
+	if (binding)
+		/* v2: the header's digest and segment are in the message (docs/format.md). */
+		ok = EVP_MAC_update(ctx, (const uint8_t *)label_v2, sizeof(label_v2) - 1) &&
+		     EVP_MAC_update(ctx, &sep, 1) &&
+		     EVP_MAC_update(ctx, (const uint8_t *)volume_uuid, strlen(volume_uuid)) &&
+		     EVP_MAC_update(ctx, &sep, 1) &&
+		     EVP_MAC_update(ctx, (const uint8_t *)binding, strlen(binding));
+	else
+		ok = EVP_MAC_update(ctx, (const uint8_t *)label_v1, sizeof(label_v1) - 1) &&
+		     EVP_MAC_update(ctx, (const uint8_t *)volume_uuid, strlen(volume_uuid));
+	if (!ok || !EVP_MAC_final(ctx, mac, &out_len, sizeof(mac)))
 		goto out;
-	if (asprintf(ret, KCV_PREFIX "%s", hex) < 0) {
-		r = -ENOMEM;
-		goto out;
-	}
-	r = 0;
+	r = prefixed_hex(KCV_PREFIX, mac, KCV_BYTES, ret);
 out:
 	dmbyok_secure_wipe(mac, sizeof(mac));
 	EVP_MAC_CTX_free(ctx);
@@ -273,12 +307,13 @@ out:
 }
 
 int dmbyok_token_verify_dek(const struct dmbyok_token *t, const struct secret *dek,
-                            const char *volume_uuid)
+                            const char *volume_uuid, const char *binding)
 {
 	_cleanup_free_ char *kcv = NULL;
 
 	ENSURE(dek->size == DMBYOK_DEK_BYTES, EBADMSG);
-	GUARD(dmbyok_key_check_value(dek, volume_uuid, &kcv));
+	ENSURE(t->version < 2 || binding, EINVAL);
+	GUARD(dmbyok_key_check_value(dek, volume_uuid, t->version >= 2 ? binding : NULL, &kcv));
 	if (strlen(kcv) != strlen(t->key_check) ||
 	    !dmbyok_secret_equal(kcv, t->key_check, strlen(kcv)))
 		return log_error_errno(EBADMSG,

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <blkid/blkid.h>
+#include <json-c/json.h>
 #include <libcryptsetup.h>
 #include <openssl/rand.h>
 
@@ -41,6 +42,7 @@ void dmbyok_volume_free(struct volume *v)
 	crypt_free(v->cd);
 	free(v->device);
 	free(v->header);
+	free(v->binding);
 	dmbyok_token_free(v->token);
 	free(v);
 }
@@ -124,11 +126,94 @@ static int find_token(struct volume *v)
 	    v->device);
 }
 
+/* A string member of a json-c object, or "" (the binding then simply differs). */
+static const char *member(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
+}
+
+static bool array_has(json_object *arr, const char *s)
+{
+	for (size_t i = 0; arr && i < json_object_array_length(arr); i++)
+		if (!strcmp(json_object_get_string(json_object_array_get_idx(arr, i)), s))
+			return true;
+	return false;
+}
+
+int dmbyok_volume_binding(struct crypt_device *cd, char **ret)
+{
+	json_object *root = NULL, *digests, *segments, *seg, *segs_of;
+	const char *json = NULL;
+	int r = -EUCLEAN;
+
+	if (crypt_dump_json(cd, &json, 0) < 0 || !(root = json_tokener_parse(json)))
+		return log_error_errno(EUCLEAN, "Cannot read the LUKS2 metadata.");
+	if (!json_object_object_get_ex(root, "segments", &segments) ||
+	    !json_object_object_get_ex(segments, "0", &seg) ||
+	    !json_object_object_get_ex(root, "digests", &digests))
+		goto out;
+	/* The digest that verifies segment 0's key: it changes with the volume key. */
+	json_object_object_foreach (digests, id, d) {
+		(void)id;
+		if (!json_object_object_get_ex(d, "segments", &segs_of) || !array_has(segs_of, "0"))
+			continue;
+		if (asprintf(ret, "digest=%s:%s:%s:%s:%s\nsegment=%s:%s:%s:%s:%s:%s\n",
+		             member(d, "type"), member(d, "hash"), member(d, "iterations"),
+		             member(d, "salt"), member(d, "digest"), member(seg, "type"),
+		             member(seg, "offset"), member(seg, "size"), member(seg, "iv_tweak"),
+		             member(seg, "encryption"), member(seg, "sector_size")) < 0)
+			r = -ENOMEM;
+		else
+			r = 0;
+		break;
+	}
+out:
+	json_object_put(root);
+	if (r == -EUCLEAN)
+		return log_error_errno(r, "The LUKS2 metadata has no digest for its data segment.");
+	return r;
+}
+
+int dmbyok_volume_check_binding(const struct volume *v)
+{
+	_cleanup_free_ char *fp = NULL;
+
+	if (v->token->version < 2)
+		return 0; /* nothing recorded; open proves the key the slow way and upgrades */
+	GUARD(dmbyok_binding_fingerprint(v->binding, &fp));
+	if (strcmp(fp, v->token->binding) != 0)
+		return log_error_errno(
+		    EUCLEAN,
+		    "The LUKS2 header of %s no longer has the volume key or data segment its "
+		    "dmbyok token was made for (re-encrypted with cryptsetup reencrypt, or the "
+		    "token copied from another header): the wrapped key would map garbage. "
+		    "Open it with cryptsetup and a passphrase, or restore the header backup.",
+		    v->header ? v->header : v->device);
+	return 0;
+}
+
+int dmbyok_volume_verify_key(const struct volume *v, const struct secret *dek)
+{
+	/* The LUKS2 digest: PBKDF2 tuned to ~125 ms, paid only when the token cannot prove it. */
+	int r = crypt_volume_key_verify(v->cd, (const char *)dek->data, dek->size);
+
+	if (r < 0)
+		return log_error_errno(EUCLEAN,
+		                       "The unwrapped data key is not the volume key of %s's "
+		                       "LUKS2 header (re-encrypted since format?): refusing to "
+		                       "map it.",
+		                       v->header ? v->header : v->device);
+	return 0;
+}
+
 int dmbyok_volume_load(const char *device, const char *header, struct volume **ret)
 {
 	_cleanup_volume_ struct volume *v = NULL;
 	const char *hdr = header ? header : device, *cipher, *mode;
 	uint64_t size = 0;
+	uint32_t req = 0;
 	int r;
 
 	if (access(device, F_OK) < 0)
@@ -168,6 +253,15 @@ int dmbyok_volume_load(const char *device, const char *header, struct volume **r
 		                       dmbyok_strerror(r));
 	}
 
+	/* Unmet requirements: a re-encryption is under way and the segments are in flux. */
+	if (crypt_persistent_flags_get(v->cd, CRYPT_FLAGS_REQUIREMENTS, &req) == 0 && req)
+		return log_error_errno(
+		    EUCLEAN,
+		    "%s has a LUKS2 re-encryption in progress (requirement flags 0x%x): dmbyok "
+		    "will not map a volume whose key is changing. Finish it with cryptsetup "
+		    "reencrypt --resume-only, then format the volume for dmbyok again.",
+		    hdr, req);
+
 	cipher = crypt_get_cipher(v->cd);
 	mode = crypt_get_cipher_mode(v->cd);
 	if (!cipher || !mode || strcmp(cipher, DMBYOK_CIPHER) != 0 ||
@@ -187,6 +281,7 @@ int dmbyok_volume_load(const char *device, const char *header, struct volume **r
 		    EUCLEAN, "The dmbyok token of %s names keyslot %d, which is not in use.", hdr,
 		    v->token->keyslot);
 	v->uuid = crypt_get_uuid(v->cd);
+	GUARD(dmbyok_volume_binding(v->cd, &v->binding));
 	v->data_offset = crypt_get_data_offset(v->cd);
 	v->sector_size = (uint32_t)crypt_get_sector_size(v->cd);
 	(void)crypt_persistent_flags_get(v->cd, CRYPT_FLAGS_ACTIVATION, &v->activation_flags);
@@ -395,7 +490,7 @@ int dmbyok_volume_format(const struct volume_format_params *p)
 		.sector_size = 0,
 		.subsystem = "dmbyok",
 	};
-	_cleanup_free_ char *json = NULL;
+	_cleanup_free_ char *json = NULL, *binding = NULL;
 	bool written = false;
 	int r, slot;
 
@@ -454,6 +549,21 @@ int dmbyok_volume_format(const struct volume_format_params *p)
 		goto fail;
 	}
 	p->token->keyslot = slot;
+
+	/* Version 2: the key check value is bound to this header's digest and segment. */
+	r = dmbyok_volume_binding(cd, &binding);
+	if (r < 0)
+		goto fail;
+	free(p->token->binding);
+	free(p->token->key_check);
+	p->token->binding = p->token->key_check = NULL;
+	p->token->version = DMBYOK_TOKEN_VERSION;
+	r = dmbyok_binding_fingerprint(binding, &p->token->binding);
+	if (r < 0)
+		goto fail;
+	r = dmbyok_key_check_value(p->dek, p->uuid, binding, &p->token->key_check);
+	if (r < 0)
+		goto fail;
 
 	r = dmbyok_token_to_json(p->token, &json);
 	if (r < 0)

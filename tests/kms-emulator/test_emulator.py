@@ -20,7 +20,7 @@ from botocore.auth import SigV4Auth  # noqa: E402
 from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.credentials import Credentials  # noqa: E402
 
-from kms_emulator import crypto, faults, policy, sigv4  # noqa: E402
+from kms_emulator import crypto, faults, policy, sigv4, sts  # noqa: E402
 from kms_emulator.errors import KMSError  # noqa: E402
 from kms_emulator.model import ServiceModel  # noqa: E402
 from kms_emulator.server import Emulator, Handler, Server, parse_args  # noqa: E402
@@ -154,6 +154,75 @@ class PolicyTest(unittest.TestCase):
         for text in ("nope", "{}", '{"Statement": [{"Effect": "Maybe"}]}'):
             with self.assertRaises(KMSError):
                 policy.parse(text)
+
+
+class STSTest(unittest.TestCase):
+    CALLER = "arn:aws:iam::111122223333:user/t"
+
+    def setUp(self):
+        self.txn = Transaction({"principals": dict(PRINCIPALS), "roles": {},
+                                "sts": sts.default_sts_config()})
+        sts.create_role(self.txn, {"RoleName": "r1", "TrustedPrincipals": [self.CALLER]})
+        sts.create_role(self.txn, {"RoleName": "web", "WebIdentity": True})
+
+    def _creds(self, xml):
+        return {tag: xml.split(f"<{tag}>")[1].split(f"</{tag}>")[0]
+                for tag in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Arn")}
+
+    def test_assume_role_trust_and_duration(self):
+        arn = "arn:aws:iam::111122223333:role/r1"
+        xml = sts.assume_role(self.txn, {"RoleArn": arn, "RoleSessionName": "s1"},
+                              self.CALLER, "rid")
+        creds = self._creds(xml)
+        self.assertTrue(creds["AccessKeyId"].startswith("ASIA"))
+        self.assertEqual(creds["Arn"], "arn:aws:sts::111122223333:assumed-role/r1/s1")
+        principal = self.txn.data["principals"][creds["AccessKeyId"]]
+        self.assertEqual(principal["session_token"], creds["SessionToken"])
+        with self.assertRaises(sts.STSError) as e:
+            sts.assume_role(self.txn, {"RoleArn": arn, "RoleSessionName": "s1"},
+                            "arn:aws:iam::111122223333:user/other", "rid")
+        self.assertEqual(e.exception.code, "AccessDenied")
+        with self.assertRaises(sts.STSError) as e:
+            sts.assume_role(self.txn, {"RoleArn": arn, "RoleSessionName": "s1",
+                                       "DurationSeconds": "60"}, self.CALLER, "rid")
+        self.assertEqual(e.exception.code, "ValidationError")
+
+    def test_expired_session_rejected(self):
+        self.txn.data["sts"]["min_duration"] = 1
+        xml = sts.assume_role(self.txn, {"RoleArn": "arn:aws:iam::111122223333:role/r1",
+                                         "RoleSessionName": "s2", "DurationSeconds": "1"},
+                              self.CALLER, "rid")
+        creds = self._creds(xml)
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=5)
+        with self.assertRaises(KMSError) as e:
+            sigv4.verify("POST", "/", sign(b"{}", (creds["AccessKeyId"],
+                                                   creds["SecretAccessKey"],
+                                                   creds["SessionToken"])),
+                         b"{}", self.txn.data["principals"], "us-east-1", now=later)
+        self.assertEqual(e.exception.error_type, "ExpiredTokenException")
+
+    def test_web_identity(self):
+        with self.assertRaises(sts.STSError) as e:
+            sts.assume_role_with_web_identity(self.txn, {
+                "RoleArn": "arn:aws:iam::111122223333:role/web", "RoleSessionName": "w1",
+                "WebIdentityToken": ""}, "rid")
+        self.assertEqual(e.exception.code, "ValidationError")
+        with self.assertRaises(sts.STSError) as e:
+            sts.assume_role_with_web_identity(self.txn, {
+                "RoleArn": "arn:aws:iam::111122223333:role/r1", "RoleSessionName": "w1",
+                "WebIdentityToken": "a.b.c"}, "rid")
+        self.assertEqual(e.exception.code, "AccessDenied")
+        xml = sts.assume_role_with_web_identity(self.txn, {
+            "RoleArn": "arn:aws:iam::111122223333:role/web", "RoleSessionName": "w1",
+            "WebIdentityToken": "a.eyJzdWIiOiJob3N0In0.c"}, "rid")
+        self.assertIn("<SubjectFromWebIdentityToken>host<", xml)
+
+    def test_policy_matches_role_for_session(self):
+        doc = {"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*",
+                              "Principal": {"AWS": "arn:aws:iam::111122223333:role/r1"}}]}
+        self.assertEqual(policy.evaluate(
+            doc, "arn:aws:sts::111122223333:assumed-role/r1/s", "kms:Decrypt", "k", {}),
+            "Allow")
 
 
 class FaultTest(unittest.TestCase):

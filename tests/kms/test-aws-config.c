@@ -454,6 +454,57 @@ static int teardown(void **state)
 	return 0;
 }
 
+static void test_split_command(void **state)
+{
+	char **argv = NULL;
+
+	assert_int_equal(dmbyok_aws_split_command("cat \"/a dir/x y.json\" 'it''s' a\\ b", &argv),
+	                 0);
+	assert_string_equal(argv[0], "cat");
+	assert_string_equal(argv[1], "/a dir/x y.json");
+	assert_string_equal(argv[2], "its");
+	assert_string_equal(argv[3], "a b");
+	assert_null(argv[4]);
+	for (char **p = argv; *p; p++)
+		free(*p);
+	free(argv);
+	assert_int_equal(dmbyok_aws_split_command("echo 'unbalanced", &argv), -EINVAL);
+	assert_int_equal(dmbyok_aws_split_command("   ", &argv), -EINVAL);
+}
+
+static void test_sts_endpoint_and_xml(void **state)
+{
+	_cleanup_free_ char *url = NULL, *region = NULL, *text = NULL;
+
+	unsetenv("AWS_ENDPOINT_URL_STS");
+	unsetenv("AWS_ENDPOINT_URL");
+	assert_int_equal(dmbyok_aws_sts_endpoint("eu-west-1", &url, &region), 0);
+	assert_string_equal(url, "https://sts.eu-west-1.amazonaws.com/");
+	assert_string_equal(region, "eu-west-1");
+	free(url);
+	free(region);
+	assert_int_equal(dmbyok_aws_sts_endpoint(NULL, &url, &region), 0);
+	assert_string_equal(url, "https://sts.amazonaws.com/");
+	assert_string_equal(region, "us-east-1");
+	free(url);
+	free(region);
+	setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9/", 1);
+	setenv("AWS_ENDPOINT_URL_STS", "https://sts.example/", 1);
+	assert_int_equal(dmbyok_aws_sts_endpoint("eu-west-1", &url, &region), 0);
+	assert_string_equal(url, "https://sts.example/");
+	setenv("AWS_ENDPOINT_URL_STS", "http://sts.example/", 1);
+	assert_int_equal(dmbyok_aws_sts_endpoint("eu-west-1", &text, &text), -EINVAL);
+	unsetenv("AWS_ENDPOINT_URL_STS");
+	unsetenv("AWS_ENDPOINT_URL");
+
+	assert_int_equal(dmbyok_aws_xml_text("<E><Code>AccessDenied</Code><Message>a &amp; "
+	                                     "&lt;b&gt;</Message></E>",
+	                                     "Message", &text),
+	                 0);
+	assert_string_equal(text, "a & <b>");
+	assert_int_equal(dmbyok_aws_xml_text("<E></E>", "Code", &url), -ENOENT);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -469,6 +520,8 @@ int main(void)
 		cmocka_unit_test(test_iso8601),
 		cmocka_unit_test(test_json_take_string),
 		cmocka_unit_test(test_client_options),
+		cmocka_unit_test(test_split_command),
+		cmocka_unit_test(test_sts_endpoint_and_xml),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -6,12 +6,14 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +61,10 @@ static void env_reset(void)
 		"AWS_EC2_METADATA_SERVICE_ENDPOINT",
 		"AWS_ENDPOINT_URL",
 		"AWS_DEFAULT_REGION",
+		"AWS_ENDPOINT_URL_STS",
+		"AWS_ROLE_ARN",
+		"AWS_WEB_IDENTITY_TOKEN_FILE",
+		"AWS_ROLE_SESSION_NAME",
 	};
 	char path[512];
 
@@ -575,14 +581,135 @@ static void test_creds_imds(void **state)
 		assert_true(dmbyok_secret_equal(pt->data, pt2->data, 64));
 	}
 	{
-		/* a new client has no cache: nothing answers, so no credentials */
+		/*
+		 * A new client has no cache and nothing answers: the metadata service is
+		 * unreachable (transient, exit 4), which is not "no credentials".
+		 */
 		_cleanup_kms_client_ struct kms_client *c = client_with(NULL);
 		struct kms_key_info info = {};
 
-		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -ENOKEY);
-		assert_non_null(strstr(dmbyok_kms_last_error(c), "EC2 instance metadata"));
+		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -ECONNREFUSED);
+		assert_int_equal(dmbyok_exit_code(-ECONNREFUSED), 4);
+		assert_non_null(strstr(dmbyok_kms_last_error(c), "instance metadata service"));
 	}
 	setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
+}
+
+/* Assumed-role credentials: cached, refreshed before expiry, and expired ones rejected. */
+static void test_creds_assume_role_refresh(void **state)
+{
+	char config[512];
+	unsigned before = audit_count("sts:AssumeRole");
+
+	env_reset();
+	control("POST", "/_emulator/roles",
+	        "{\"RoleName\":\"refresh-role\",\"TrustedPrincipals\":[\"111122223333\"]}");
+	control("POST", "/_emulator/sts", "{\"MinDurationSeconds\":1}");
+	write_file("config-refresh",
+	           "[profile r]\nrole_arn = arn:aws:iam::111122223333:role/refresh-role\n"
+	           "source_profile = base\nrole_session_name = refresh\nduration_seconds = 4\n"
+	           "[profile base]\naws_access_key_id = " HOST_AKID "\n"
+	           "aws_secret_access_key = " HOST_SECRET "\n",
+	           config, sizeof(config));
+	setenv("AWS_CONFIG_FILE", config, 1);
+	setenv("AWS_ENDPOINT_URL_STS", endpoint, 1);
+	{
+		_cleanup_kms_client_ struct kms_client *c =
+		    client_with(&(struct kms_options){ .profile = "r" });
+		struct kms_key_info info = {};
+
+		/* two calls, one AssumeRole: the session is cached */
+		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), 0);
+		dmbyok_kms_key_info_done(&info);
+		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), 0);
+		dmbyok_kms_key_info_done(&info);
+		audit_expect("sts:AssumeRole", before, 1);
+		/* past half its 4 s life the session is renewed before it expires */
+		sleep(3);
+		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), 0);
+		dmbyok_kms_key_info_done(&info);
+		audit_expect("sts:AssumeRole", before, 2);
+	}
+	control("POST", "/_emulator/sts", "{\"MinDurationSeconds\":900}");
+	unsetenv("AWS_ENDPOINT_URL_STS");
+}
+
+/* Rotated keys in the shared files reach a long-lived client without a restart. */
+static void test_creds_file_rotation(void **state)
+{
+	char creds[512];
+	struct kms_key_info info = {};
+	_cleanup_kms_client_ struct kms_client *c = NULL;
+
+	env_reset();
+	write_file("credentials-rotate",
+	           "[default]\naws_access_key_id = " HOST_AKID
+	           "\naws_secret_access_key = " HOST_SECRET "\n",
+	           creds, sizeof(creds));
+	setenv("AWS_SHARED_CREDENTIALS_FILE", creds, 1);
+	c = client_with(NULL);
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), 0);
+	dmbyok_kms_key_info_done(&info);
+	/* a bad key written over the file: the next call uses it (and fails) */
+	write_file("credentials-rotate",
+	           "[default]\naws_access_key_id = " HOST_AKID "\naws_secret_access_key = nope\n",
+	           creds, sizeof(creds));
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -EKEYREJECTED);
+	/* replaced atomically by a new file (another inode), as rotation tools do */
+	write_file("credentials-rotate.new",
+	           "[default]\naws_access_key_id = " HOST_AKID
+	           "\naws_secret_access_key = " HOST_SECRET "\n",
+	           creds, sizeof(creds));
+	{
+		char target[512];
+
+		snprintf(target, sizeof(target), "%s/credentials-rotate", test_dir);
+		assert_int_equal(rename(creds, target), 0);
+	}
+	assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), 0);
+	dmbyok_kms_key_info_done(&info);
+}
+
+/* Temporary credentials past their expiry are refused by the service. */
+static void test_creds_expired_session(void **state)
+{
+	_cleanup_(dmbyok_aws_http_freep) struct aws_http *h = NULL;
+	struct aws_credentials_cache cache = {};
+	const struct aws_credentials *cr;
+	_cleanup_(dmbyok_aws_credentials_freep) struct aws_credentials *tmp = NULL;
+	char why[512];
+
+	env_reset();
+	env_creds(HOST_AKID, HOST_SECRET, NULL);
+	setenv("AWS_ENDPOINT_URL_STS", endpoint, 1);
+	control("POST", "/_emulator/sts", "{\"MinDurationSeconds\":1}");
+	assert_int_equal(dmbyok_aws_http_new(ca, &h), 0);
+	assert_int_equal(dmbyok_aws_credentials_get(&cache, h, &cr, why, sizeof(why)), 0);
+	assert_int_equal(dmbyok_aws_sts_assume_role(
+	                     h, "us-east-1", cr,
+	                     &(struct aws_assume_role){
+	                         .role_arn = "arn:aws:iam::111122223333:role/refresh-role",
+	                         .session_name = "expiring",
+	                         .duration_s = 1,
+	                     },
+	                     &tmp, why, sizeof(why)),
+	                 0);
+	assert_string_equal(tmp->source, "assume-role");
+	assert_true(tmp->expiration <= time(NULL) + 1);
+	dmbyok_aws_credentials_cache_done(&cache);
+	control("POST", "/_emulator/sts", "{\"MinDurationSeconds\":900}");
+	sleep(2);
+	/* the session's keys, from the environment: KMS now says ExpiredToken */
+	env_creds(tmp->access_key_id, (const char *)tmp->secret_access_key->data,
+	          (const char *)tmp->session_token->data);
+	{
+		_cleanup_kms_client_ struct kms_client *c = client_with(NULL);
+		struct kms_key_info info = {};
+
+		assert_int_equal(dmbyok_kms_describe_key(c, key_a, &info), -EKEYEXPIRED);
+		assert_non_null(strstr(dmbyok_kms_last_error(c), "ExpiredToken"));
+	}
+	unsetenv("AWS_ENDPOINT_URL_STS");
 }
 
 static void test_retry_recovers(void **state)
@@ -773,9 +900,213 @@ static void test_bad_arguments(void **state)
 	                 -EINVAL);
 	/* validation errors from the service are input errors */
 	assert_int_equal(dmbyok_kms_decrypt(c, NULL, "bm90IGEgYmxvYg==", NULL, &pt, NULL) < 0, 1);
-	assert_int_equal(
-	    dmbyok_kms_generate_data_key(c, "alias/no-such-alias", NULL, 64, &pt, &blob, NULL),
-	    -EKEYREVOKED);
+}
+
+static void test_generate_unknown_key_is_input_error(void **state)
+{
+	_cleanup_kms_client_ struct kms_client *c = host_client();
+	_cleanup_secret_ struct secret *pt = NULL;
+	_cleanup_free_ char *blob = NULL, *arn = NULL, *gone = create_key("gone");
+	json_object *ctx = context("vol-typo");
+	struct kms_key_info info = {};
+	char body[512];
+	int r;
+
+	/* An alias typo at format: bad input (exit 2), naming what was typed. */
+	r = dmbyok_kms_generate_data_key(c, "alias/dmbyok-tset", ctx, 64, &pt, &blob, &arn);
+	assert_int_equal(r, -EINVAL);
+	assert_int_equal(dmbyok_exit_code(r), 2);
+	assert_null(pt);
+	assert_null(blob);
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "alias/dmbyok-tset"));
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "NotFoundException"));
+
+	/* A key that no longer exists, named by ARN, is no key to format with either. */
+	json_object_put(admin_call("ScheduleKeyDeletion",
+	                           "{\"KeyId\":\"%s\",\"PendingWindowInDays\":7}", gone));
+	snprintf(body, sizeof(body), "{\"KeyId\":\"%s\"}", gone);
+	control("POST", "/_emulator/expire-deletion", body);
+	assert_int_equal(dmbyok_kms_generate_data_key(c, gone, ctx, 64, &pt, &blob, NULL), -EINVAL);
+	assert_non_null(strstr(dmbyok_kms_last_error(c), gone));
+
+	/* but a stored key ARN that is gone means the key was deleted: revoked */
+	assert_int_equal(dmbyok_kms_describe_key(c, gone, &info), -EKEYREVOKED);
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "NotFoundException"));
+	json_object_put(ctx);
+}
+
+/*
+ * A one-shot plain-HTTP responder on loopback (the client allows http there): answers the
+ * next request with `status` and `body`, whatever it was, then exits. Returns its URL.
+ */
+static pid_t canned_server(long status, const char *body, char *url, size_t url_size)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+		                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(sa);
+	int fd, conn;
+	pid_t pid;
+
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fd, 4), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	snprintf(url, url_size, "http://127.0.0.1:%u", ntohs(sa.sin_port));
+
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid > 0) {
+		close(fd);
+		return pid;
+	}
+
+	conn = accept(fd, NULL, NULL);
+	if (conn >= 0) {
+		char req[16384], head[256];
+		size_t got = 0, want = 0;
+		char *end = NULL, *cl;
+		ssize_t n;
+
+		/* the whole request, so that closing does not reset the connection */
+		while (got < sizeof(req) - 1 &&
+		       (n = read(conn, req + got, sizeof(req) - 1 - got)) > 0) {
+			got += (size_t)n;
+			req[got] = '\0';
+			if (!end && (end = strstr(req, "\r\n\r\n"))) {
+				cl = strcasestr(req, "\r\nContent-Length:");
+				want =
+				    (size_t)(end + 4 - req) + (cl ? strtoul(cl + 17, NULL, 10) : 0);
+			}
+			if (end && got >= want)
+				break;
+		}
+		snprintf(head, sizeof(head),
+		         "HTTP/1.1 %ld Canned\r\nContent-Type: application/x-amz-json-1.1\r\n"
+		         "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+		         status, strlen(body));
+		if (write(conn, head, strlen(head)) < 0 || write(conn, body, strlen(body)) < 0)
+			_exit(1);
+		close(conn);
+	}
+	_exit(0);
+}
+
+static void canned_done(pid_t pid)
+{
+	int st = 0;
+
+	/* the responder exits once it answered; if nothing asked, end it */
+	if (waitpid(pid, &st, WNOHANG) == 0) {
+		kill(pid, SIGTERM);
+		waitpid(pid, &st, 0);
+	}
+}
+
+#define ARN_A   "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+#define NOT_ARN "1234abcd-12ab-34cd-56ef-1234567890ab"
+/* 64 bytes of key, and a ciphertext blob */
+#define PT64                                                                                       \
+	"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw=="
+#define BLOB "AQIDAHhBbG9iAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+static void test_response_key_not_an_arn(void **state)
+{
+	static const struct {
+		const char *operation;
+		const char *body;
+		const char *said;
+	} cases[] = {
+		{ "GenerateDataKey",
+		  "{\"CiphertextBlob\":\"" BLOB "\",\"KeyId\":\"" NOT_ARN "\",\"Plaintext\":\"" PT64
+		  "\"}",
+		  "KeyId \"" NOT_ARN "\" in the response is not a key ARN" },
+		{ "GenerateDataKey",
+		  "{\"CiphertextBlob\":\"" BLOB "\",\"KeyId\":\"\",\"Plaintext\":\"" PT64 "\"}",
+		  "KeyId" },
+		{ "GenerateDataKey", "{\"CiphertextBlob\":\"" BLOB "\",\"Plaintext\":\"" PT64 "\"}",
+		  "lacks KeyId" },
+		{ "GenerateDataKey",
+		  "{\"CiphertextBlob\":\"not base64!\",\"KeyId\":\"" ARN_A
+		  "\",\"Plaintext\":\"" PT64 "\"}",
+		  "CiphertextBlob" },
+		{ "GenerateDataKey",
+		  "{\"CiphertextBlob\":\"" BLOB "\",\"KeyId\":\"" ARN_A
+		  "\",\"Plaintext\":\"Zg=A\"}",
+		  "Plaintext" },
+		{ "Decrypt", "{\"KeyId\":\"alias/orders\",\"Plaintext\":\"" PT64 "\"}",
+		  "not a key ARN" },
+		{ "Decrypt",
+		  "{\"KeyId\":\"arn:aws:iam::111122223333:role/orders\",\"Plaintext\":\"" PT64
+		  "\"}",
+		  "not a key ARN" },
+		{ "ReEncrypt", "{\"CiphertextBlob\":\"" BLOB "\",\"KeyId\":\"" NOT_ARN "\"}",
+		  "not a key ARN" },
+		{ "ReEncrypt",
+		  "{\"CiphertextBlob\":\"" BLOB "\",\"KeyId\":\"" ARN_A "\",\"SourceKeyId\":7}",
+		  "SourceKeyId" },
+		{ "DescribeKey",
+		  "{\"KeyMetadata\":{\"Arn\":\"" NOT_ARN "\",\"KeyState\":\"Enabled\"}}", "Arn" },
+		{ "DescribeKey",
+		  "{\"KeyMetadata\":{\"Arn\":\"" ARN_A
+		  "\",\"KeyState\":\"Disabled\",\"Enabled\":\"false\"}}",
+		  "Enabled" },
+	};
+
+	env_reset();
+	env_creds(HOST_AKID, HOST_SECRET, NULL);
+	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+		_cleanup_kms_client_ struct kms_client *c = NULL;
+		_cleanup_secret_ struct secret *pt = NULL;
+		_cleanup_free_ char *blob = NULL, *arn = NULL;
+		struct kms_key_info info = {};
+		json_object *ctx = context("vol-c");
+		const char *op = cases[i].operation;
+		char url[64];
+		pid_t pid = canned_server(200, cases[i].body, url, sizeof(url));
+		int r;
+
+		c = client_with(&(struct kms_options){ .endpoint = url, .max_attempts = 1 });
+		if (!strcmp(op, "GenerateDataKey"))
+			r = dmbyok_kms_generate_data_key(c, "alias/orders", ctx, 64, &pt, &blob,
+			                                 &arn);
+		else if (!strcmp(op, "Decrypt"))
+			r = dmbyok_kms_decrypt(c, NULL, BLOB, ctx, &pt, &arn);
+		else if (!strcmp(op, "ReEncrypt"))
+			r = dmbyok_kms_reencrypt(c, BLOB, ctx, ARN_A, &blob, &arn);
+		else
+			r = dmbyok_kms_describe_key(c, ARN_A, &info);
+		canned_done(pid);
+		json_object_put(ctx);
+		if (r != -EPROTO || !strstr(dmbyok_kms_last_error(c), cases[i].said))
+			fail_msg("case %zu (%s): %s, \"%s\"; want EPROTO and \"%s\"", i, op,
+			         dmbyok_strerror(r), dmbyok_kms_last_error(c), cases[i].said);
+		assert_null(pt);
+		assert_null(blob);
+		assert_null(arn);
+		assert_null(info.key_arn);
+	}
+
+	/* the same responder, well-formed: the client reads it */
+	{
+		_cleanup_kms_client_ struct kms_client *c = NULL;
+		_cleanup_secret_ struct secret *pt = NULL;
+		_cleanup_free_ char *blob = NULL, *arn = NULL;
+		char url[64];
+		pid_t pid = canned_server(200,
+		                          "{\"CiphertextBlob\":\"" BLOB "\",\"KeyId\":\"" ARN_A
+		                          "\",\"Plaintext\":\"" PT64 "\"}",
+		                          url, sizeof(url));
+
+		c = client_with(&(struct kms_options){ .endpoint = url, .max_attempts = 1 });
+		assert_int_equal(
+		    dmbyok_kms_generate_data_key(c, "alias/orders", NULL, 64, &pt, &blob, &arn), 0);
+		canned_done(pid);
+		assert_string_equal(arn, ARN_A);
+		assert_string_equal(blob, BLOB);
+		for (unsigned i = 0; i < 64; i++)
+			assert_int_equal(pt->data[i], i);
+	}
 }
 
 static int group_setup(void **state)
@@ -823,6 +1154,9 @@ int main(void)
 		cmocka_unit_test(test_creds_profiles),
 		cmocka_unit_test(test_creds_container),
 		cmocka_unit_test(test_creds_imds),
+		cmocka_unit_test(test_creds_assume_role_refresh),
+		cmocka_unit_test(test_creds_file_rotation),
+		cmocka_unit_test(test_creds_expired_session),
 		cmocka_unit_test(test_retry_recovers),
 		cmocka_unit_test(test_retry_exhausted),
 		cmocka_unit_test(test_no_retry_on_permanent),
@@ -830,6 +1164,8 @@ int main(void)
 		cmocka_unit_test(test_tls),
 		cmocka_unit_test(test_emulator_down),
 		cmocka_unit_test(test_bad_arguments),
+		cmocka_unit_test(test_generate_unknown_key_is_input_error),
+		cmocka_unit_test(test_response_key_not_an_arn),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,17 +128,85 @@ static void test_key_check_value(void **state)
 	memset(dek->data, 0x42, dek->size);
 	memset(other->data, 0x43, other->size);
 
-	assert_int_equal(dmbyok_key_check_value(dek, UUID, &kcv), 0);
+	assert_int_equal(dmbyok_key_check_value(dek, UUID, NULL, &kcv), 0);
 	assert_int_equal(strlen(kcv), strlen("hmac-sha256-128:") + 32);
 	/* Bound to the volume: the same key on another volume has another check value. */
-	assert_int_equal(dmbyok_key_check_value(dek, "other", &kcv2), 0);
+	assert_int_equal(dmbyok_key_check_value(dek, "other", NULL, &kcv2), 0);
 	assert_string_not_equal(kcv, kcv2);
 
+	/* Version 1 (good_json): the binding plays no part. */
 	assert_int_equal(dmbyok_token_from_json(good_json, &t), 0);
 	free(t->key_check);
 	t->key_check = strdup(kcv);
-	assert_int_equal(dmbyok_token_verify_dek(t, dek, UUID), 0);
-	assert_int_equal(dmbyok_token_verify_dek(t, other, UUID), -EBADMSG);
+	assert_int_equal(dmbyok_token_verify_dek(t, dek, UUID, NULL), 0);
+	assert_int_equal(dmbyok_token_verify_dek(t, dek, UUID, "digest=changed"), 0);
+	assert_int_equal(dmbyok_token_verify_dek(t, other, UUID, NULL), -EBADMSG);
+}
+
+#define BINDING_A                                                                                  \
+	"digest=pbkdf2:sha256:1000:c2FsdA==:ZGlnZXN0\nsegment=crypt:16777216:dynamic:0:aes-xts-"   \
+	"plain64:4096\n"
+#define BINDING_B                                                                                  \
+	"digest=pbkdf2:sha256:1000:c2FsdA==:b3RoZXI=\nsegment=crypt:16777216:dynamic:0:aes-xts-"   \
+	"plain64:4096\n"
+
+/* Version 2: a header whose digest (volume key) or segment changed no longer matches. */
+static void test_key_check_value_is_bound_to_the_header(void **state)
+{
+	_cleanup_secret_ struct secret *dek = NULL;
+	_cleanup_token_ struct dmbyok_token *t = NULL;
+	_cleanup_free_ char *v1 = NULL, *a = NULL, *b = NULL, *fa = NULL, *fb = NULL;
+
+	(void)state;
+	assert_int_equal(dmbyok_secret_new(DMBYOK_DEK_BYTES, &dek), 0);
+	memset(dek->data, 0x42, dek->size);
+	assert_int_equal(dmbyok_key_check_value(dek, UUID, NULL, &v1), 0);
+	assert_int_equal(dmbyok_key_check_value(dek, UUID, BINDING_A, &a), 0);
+	assert_int_equal(dmbyok_key_check_value(dek, UUID, BINDING_B, &b), 0);
+	assert_string_not_equal(v1, a);
+	assert_string_not_equal(a, b);
+
+	assert_int_equal(dmbyok_binding_fingerprint(BINDING_A, &fa), 0);
+	assert_int_equal(dmbyok_binding_fingerprint(BINDING_B, &fb), 0);
+	assert_int_equal(strlen(fa), strlen("sha256:") + 64);
+	assert_string_not_equal(fa, fb);
+
+	assert_int_equal(dmbyok_token_from_json(good_json, &t), 0);
+	t->version = 2;
+	free(t->key_check);
+	t->key_check = strdup(a);
+	t->binding = strdup(fa);
+	assert_int_equal(dmbyok_token_verify_dek(t, dek, UUID, BINDING_A), 0);
+	assert_int_equal(dmbyok_token_verify_dek(t, dek, UUID, BINDING_B), -EBADMSG);
+	/* A version 2 token without the header's binding cannot be checked at all. */
+	assert_int_equal(dmbyok_token_verify_dek(t, dek, UUID, NULL), -EINVAL);
+}
+
+/* Version 2 tokens must carry their binding; versions beyond this build are refused. */
+static void test_versions(void **state)
+{
+	_cleanup_token_ struct dmbyok_token *t = NULL, *t2 = NULL;
+	_cleanup_free_ char *json = NULL, *v2 = NULL, *nobind = NULL;
+	char *p;
+
+	(void)state;
+	json = strdup(good_json);
+	p = strstr(json, "\"version\":1");
+	assert_non_null(p);
+	p[10] = '2';
+	assert_int_equal(dmbyok_token_from_json(json, &t), -EUCLEAN); /* no binding */
+	assert_true(
+	    asprintf(&nobind, "%.*s,\"binding\":\"sha256:00\"}", (int)strlen(json) - 1, json) > 0);
+	assert_int_equal(dmbyok_token_from_json(nobind, &t), 0);
+	assert_int_equal(t->version, 2);
+	assert_string_equal(t->binding, "sha256:00");
+	assert_int_equal(dmbyok_token_to_json(t, &v2), 0);
+	assert_int_equal(dmbyok_token_from_json(v2, &t2), 0);
+	assert_string_equal(t2->binding, "sha256:00");
+
+	p = strstr(nobind, "\"version\":2");
+	p[10] = '3';
+	assert_int_equal(dmbyok_token_from_json(nobind, &t2), -EUCLEAN);
 }
 
 int main(void)
@@ -148,6 +217,8 @@ int main(void)
 		cmocka_unit_test(test_token_from_other_volume_is_refused),
 		cmocka_unit_test(test_context_pairs),
 		cmocka_unit_test(test_key_check_value),
+		cmocka_unit_test(test_key_check_value_is_bound_to_the_header),
+		cmocka_unit_test(test_versions),
 	};
 	return cmocka_run_group_tests(tests, quiet, NULL);
 }

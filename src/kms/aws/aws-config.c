@@ -382,3 +382,125 @@ int dmbyok_aws_endpoint_url(const char *override, const char *region, char **ret
 	*ret = s;
 	return 0;
 }
+
+bool dmbyok_aws_profile_is_set(const char *explicit_profile)
+{
+	return (explicit_profile && *explicit_profile) || env_nonempty("AWS_PROFILE") ||
+	       env_nonempty("AWS_DEFAULT_PROFILE");
+}
+
+static int load_optional(const char *path, struct aws_ini **ret, char *why, size_t why_size)
+{
+	int r = dmbyok_aws_ini_load(path, ret);
+
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0) {
+		/* botocore refuses a broken file rather than ignoring what it says */
+		snprintf(why, why_size, "Cannot read the AWS file %s: %s", path, strerror(-r));
+		return r == -ENOMEM ? r : -EINVAL;
+	}
+	return 0;
+}
+
+int dmbyok_aws_shared_config_load(struct aws_shared_config *ret, char *why, size_t why_size)
+{
+	struct aws_shared_config sc = {};
+	int r;
+
+	r = dmbyok_aws_credentials_file_path(&sc.creds_path);
+	if (r >= 0)
+		r = load_optional(sc.creds_path, &sc.creds, why, why_size);
+	if (r >= 0 || r == -ENOENT)
+		r = dmbyok_aws_config_file_path(&sc.config_path);
+	if (r >= 0)
+		r = load_optional(sc.config_path, &sc.config, why, why_size);
+	if (r < 0 && r != -ENOENT) {
+		dmbyok_aws_shared_config_done(&sc);
+		return r;
+	}
+	*ret = sc;
+	return 0;
+}
+
+void dmbyok_aws_shared_config_done(struct aws_shared_config *sc)
+{
+	if (!sc)
+		return;
+	dmbyok_aws_ini_free(sc->creds);
+	dmbyok_aws_ini_free(sc->config);
+	free(sc->creds_path);
+	free(sc->config_path);
+	*sc = (struct aws_shared_config){};
+}
+
+const char *dmbyok_aws_profile_get_creds_file(const struct aws_shared_config *sc,
+                                              const char *profile, const char *key)
+{
+	return dmbyok_aws_ini_get(sc->creds, profile, key);
+}
+
+const char *dmbyok_aws_profile_get_config_file(const struct aws_shared_config *sc,
+                                               const char *profile, const char *key)
+{
+	char section[256];
+	const char *v = NULL;
+
+	if (!strcmp(profile, "default"))
+		v = dmbyok_aws_ini_get(sc->config, "default", key);
+	snprintf(section, sizeof(section), "profile %s", profile);
+	/* botocore lets [profile default] stand for [default] */
+	if (!v)
+		v = dmbyok_aws_ini_get(sc->config, section, key);
+	return v;
+}
+
+const char *dmbyok_aws_profile_get(const struct aws_shared_config *sc, const char *profile,
+                                   const char *key)
+{
+	const char *v = dmbyok_aws_profile_get_creds_file(sc, profile, key);
+
+	return v ? v : dmbyok_aws_profile_get_config_file(sc, profile, key);
+}
+
+bool dmbyok_aws_profile_exists(const struct aws_shared_config *sc, const char *profile)
+{
+	char section[256];
+
+	snprintf(section, sizeof(section), "profile %s", profile);
+	return dmbyok_aws_ini_has_section(sc->creds, profile) ||
+	       dmbyok_aws_ini_has_section(sc->config, section) ||
+	       (!strcmp(profile, "default") && dmbyok_aws_ini_has_section(sc->config, "default"));
+}
+
+int dmbyok_aws_sts_endpoint(const char *region, char **ret_url, char **ret_signing_region)
+{
+	_cleanup_free_ char *url = NULL, *signing = NULL;
+	const char *v = env_nonempty("AWS_ENDPOINT_URL_STS");
+
+	if (!v)
+		v = env_nonempty("AWS_ENDPOINT_URL");
+	if (v) {
+		if (strncasecmp(v, "https://", 8) != 0 &&
+		    !(strncasecmp(v, "http://", 7) == 0 && dmbyok_aws_url_is_loopback(v)))
+			return log_error_errno(EINVAL,
+			                       "STS endpoint %s must be https:// (plain http is "
+			                       "only allowed to loopback).",
+			                       v);
+		if (strchr(v, '@'))
+			return log_error_errno(EINVAL, "STS endpoint must not carry credentials.");
+		url = strdup(v);
+	} else if (region && region_valid(region)) {
+		if (asprintf(&url, "https://sts.%s.amazonaws.com%s/", region,
+		             !strncmp(region, "cn-", 3) ? ".cn" : "") < 0)
+			url = NULL;
+	} else {
+		url = strdup("https://sts.amazonaws.com/");
+	}
+	ENSURE_ALLOC(url);
+	signing = strdup(region && region_valid(region) ? region : "us-east-1");
+	ENSURE_ALLOC(signing);
+	*ret_url = TAKE_PTR(url);
+	*ret_signing_region = TAKE_PTR(signing);
+	return 0;
+}

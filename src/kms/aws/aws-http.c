@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <malloc.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include <curl/curl.h>
+#include <openssl/ssl.h>
 
 #include "aws.h"
 #include "dmbyok/log.h"
@@ -30,9 +33,66 @@ struct recv_ctx {
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_result;
 
+/*
+ * libcurl's own heap holds credentials we cannot reach: its copies of CURLOPT_USERNAME and
+ * CURLOPT_PASSWORD, the header list, the request it builds (with X-Amz-Security-Token and
+ * Authorization), SigV4's intermediate keys and the download buffer. glibc's M_PERTURB
+ * skips tcache-sized chunks, so those would outlive the transfer: give libcurl an
+ * allocator that wipes every block it frees, and never lets realloc leave a copy behind.
+ */
+static void wipe_free(void *p)
+{
+	if (!p)
+		return;
+	dmbyok_secure_wipe(p, malloc_usable_size(p));
+	free(p);
+}
+
+static void *wipe_malloc(size_t n)
+{
+	return malloc(n);
+}
+
+static void *wipe_calloc(size_t n, size_t size)
+{
+	return calloc(n, size);
+}
+
+static char *wipe_strdup(const char *s)
+{
+	return strdup(s);
+}
+
+static void *wipe_realloc(void *p, size_t n)
+{
+	size_t old;
+	void *q;
+
+	if (!p)
+		return malloc(n);
+	old = malloc_usable_size(p);
+	if (n && n <= old)
+		return p;
+	q = malloc(n ? n : 1);
+	if (!q)
+		return NULL;
+	memcpy(q, p, old < n ? old : n);
+	wipe_free(p);
+	return q;
+}
+
 static void curl_init_once(void)
 {
-	curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+	/* Only takes effect if nobody initialised libcurl before us (nobody does in dmbyok). */
+	curl_init_result = curl_global_init_mem(CURL_GLOBAL_DEFAULT, wipe_malloc, wipe_free,
+	                                        wipe_realloc, wipe_strdup, wipe_calloc);
+}
+
+/* OpenSSL decrypts records in place: have it wipe the plaintext once it was delivered. */
+static CURLcode on_ssl_ctx(CURL *curl, void *ssl_ctx, void *userdata)
+{
+	SSL_CTX_set_options(ssl_ctx, SSL_OP_CLEANSE_PLAINTEXT);
+	return CURLE_OK;
 }
 
 int dmbyok_aws_http_new(const char *ca_bundle, struct aws_http **ret)
@@ -109,6 +169,38 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+int dmbyok_aws_secret_header(const char *name, const char *value, struct secret **ret)
+{
+	_cleanup_secret_ struct secret *s = NULL;
+	size_t n = strlen(name), m = strlen(value);
+
+	GUARD(dmbyok_secret_new(n + 2 + m + 1, &s));
+	memcpy(s->data, name, n);
+	memcpy(s->data + n, ": ", 2);
+	memcpy(s->data + n + 2, value, m);
+	s->data[n + 2 + m] = '\0';
+	s->size = n + 2 + m;
+	*ret = TAKE_PTR(s);
+	return 0;
+}
+
+static int header_add(struct curl_slist **list, const char *line)
+{
+	struct curl_slist *l = curl_slist_append(*list, line);
+
+	ENSURE_ALLOC(l);
+	*list = l;
+	return 0;
+}
+
+/* curl_slist_append copied the lines into the heap: wipe them, some carry credentials. */
+static void headers_free(struct curl_slist *list)
+{
+	for (struct curl_slist *l = list; l; l = l->next)
+		dmbyok_secure_wipe(l->data, strlen(l->data));
+	curl_slist_free_all(list);
+}
+
 static int curl_to_errno(CURL *curl, CURLcode cc, const struct recv_ctx *ctx)
 {
 	long os_errno = 0;
@@ -155,7 +247,8 @@ static int curl_to_errno(CURL *curl, CURLcode cc, const struct recv_ctx *ctx)
 int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *req,
                             struct aws_http_response *ret, const char **ret_detail)
 {
-	struct curl_slist *headers = NULL, *l;
+	_cleanup_secret_ struct secret *token_header = NULL;
+	struct curl_slist *headers = NULL;
 	struct recv_ctx ctx = {};
 	unsigned timeout = req->timeout_ms ? req->timeout_ms : AWS_DEFAULT_TIMEOUT_MS;
 	unsigned connect_timeout =
@@ -175,12 +268,22 @@ int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *r
 	ctx.body->size = 0;
 
 	for (const char *const *p = req->headers; p && *p; p++) {
-		l = curl_slist_append(headers, *p);
-		if (!l) {
-			r = -ENOMEM;
+		r = header_add(&headers, *p);
+		if (r < 0)
 			goto out;
-		}
-		headers = l;
+	}
+	if (req->session_token) {
+		r = dmbyok_aws_secret_header("X-Amz-Security-Token",
+		                             (const char *)req->session_token->data, &token_header);
+		if (r >= 0)
+			r = header_add(&headers, (const char *)token_header->data);
+		if (r < 0)
+			goto out;
+	}
+	for (const struct secret *const *p = req->secret_headers; p && *p; p++) {
+		r = header_add(&headers, (const char *)(*p)->data);
+		if (r < 0)
+			goto out;
 	}
 
 	curl = curl_easy_init();
@@ -201,6 +304,7 @@ int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *r
 	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (h->ca_bundle)
 		curl_easy_setopt(curl, CURLOPT_CAINFO, h->ca_bundle);
+	curl_easy_setopt(curl, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
 	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)timeout);
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS,
 	                 (long)(connect_timeout < timeout ? connect_timeout : timeout));
@@ -245,11 +349,17 @@ int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *r
 	ret->status = status;
 	ret->body = TAKE_PTR(ctx.body);
 out:
-	/* Frees curl's copies of the secret key and of the response; the connection stays. */
-	if (curl)
+	/*
+	 * Frees curl's copies of the secret key and of the response (wiped by wipe_free); the
+	 * connection stays. Replacing the key first drops curl's copy even if it kept the handle.
+	 */
+	if (curl) {
+		if (req->sigv4)
+			curl_easy_setopt(curl, CURLOPT_PASSWORD, "");
 		curl_easy_cleanup(curl);
+	}
 	dmbyok_secret_free(ctx.body);
-	curl_slist_free_all(headers);
+	headers_free(headers);
 	return r;
 }
 

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -26,6 +27,7 @@ static struct aws_kms *aws_of(struct kms_client *c)
 
 DEFINE_CLEANUP_FUNC(json_object *, json_object_put);
 #define _cleanup_json_ _cleanup_(json_object_putp)
+DEFINE_CLEANUP_FUNC(json_tokener *, json_tokener_free);
 
 int dmbyok_aws_error_code(const char *type, char **ret)
 {
@@ -119,16 +121,26 @@ static int call_target(struct aws_kms *k, const char *key_id, char **ret_region,
 	return 0;
 }
 
-/* Parses an error response into r and the operator's message. */
-static int parse_error(struct kms_client *c, const char *operation,
-                       const struct aws_http_response *resp, char **ret_code)
+/* A response's text fit for a message: printable ASCII, bounded. */
+#define SHOWN_MAX 128
+static const char *shown(const char *s, char buf[static SHOWN_MAX])
+{
+	size_t i;
+
+	for (i = 0; s[i] && i < SHOWN_MAX - 1; i++)
+		buf[i] = (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x7f ? s[i] : '?';
+	buf[i] = '\0';
+	return buf;
+}
+
+int dmbyok_aws_parse_error(const struct secret *body, char **ret_code, char **ret_message)
 {
 	_cleanup_json_ json_object *j = NULL;
-	_cleanup_free_ char *code = NULL;
+	_cleanup_free_ char *code = NULL, *msg = NULL;
 	json_object *t = NULL, *m = NULL;
-	const char *msg = "";
 
-	j = json_tokener_parse((const char *)resp->body->data);
+	/* Lenient on purpose: a proxy's odd body is still worth quoting. */
+	j = json_tokener_parse((const char *)body->data);
 	if (j && json_object_is_type(j, json_type_object)) {
 		if (!json_object_object_get_ex(j, "__type", &t))
 			(void)json_object_object_get_ex(j, "code", &t);
@@ -136,11 +148,31 @@ static int parse_error(struct kms_client *c, const char *operation,
 			(void)json_object_object_get_ex(j, "Message", &m);
 		if (t && json_object_is_type(t, json_type_string))
 			GUARD(dmbyok_aws_error_code(json_object_get_string(t), &code));
-		if (m && json_object_is_type(m, json_type_string))
-			msg = json_object_get_string(m);
+		if (m && json_object_is_type(m, json_type_string)) {
+			char buf[SHOWN_MAX];
+
+			msg = strdup(shown(json_object_get_string(m), buf));
+			ENSURE_ALLOC(msg);
+		}
 	}
+	/* An empty code names no error. */
+	if (code && !*code)
+		free(TAKE_PTR(code));
+	*ret_code = TAKE_PTR(code);
+	*ret_message = TAKE_PTR(msg);
+	return 0;
+}
+
+/* Records an error response for the operator; returns its errno and *ret_code. */
+static int error_response(struct kms_client *c, const char *operation,
+                          const struct aws_http_response *resp, char **ret_code)
+{
+	_cleanup_free_ char *code = NULL, *msg = NULL;
+	char buf[SHOWN_MAX];
+
+	GUARD(dmbyok_aws_parse_error(resp->body, &code, &msg));
 	if (code)
-		dmbyok_kms_set_last_error(c, "%s: %s", code, msg);
+		dmbyok_kms_set_last_error(c, "%s: %s", shown(code, buf), msg ? msg : "");
 	else
 		dmbyok_kms_set_last_error(c, "%s: HTTP status %ld without an AWS error", operation,
 		                          resp->status);
@@ -150,13 +182,15 @@ static int parse_error(struct kms_client *c, const char *operation,
 
 /*
  * One KMS operation with the standard retry policy. The response body is returned in
- * locked memory, untouched, since it may carry plaintext.
+ * locked memory, untouched, since it may carry plaintext. After an error response,
+ * *ret_error_code (optional) is the bare AWS error code, or NULL.
  */
 static int kms_call(struct kms_client *c, const char *operation, const char *key_id,
-                    json_object *request, struct secret **ret_body)
+                    json_object *request, struct secret **ret_body, char **ret_error_code)
 {
 	struct aws_kms *k = aws_of(c);
 	_cleanup_free_ char *region = NULL, *url = NULL, *sigv4 = NULL, *target = NULL;
+	_cleanup_free_ char *code = NULL;
 	const char *body;
 	bool refreshed = false, retried = false;
 	int r = -EIO;
@@ -177,10 +211,9 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 	ENSURE_ALLOC(body);
 
 	for (unsigned attempt = 1;; attempt++) {
-		_cleanup_free_ char *token_header = NULL, *code = NULL;
 		struct aws_http_response resp = {};
 		const struct aws_credentials *cr;
-		const char *headers[4], *detail = NULL;
+		const char *headers[3], *detail = NULL;
 		char why[512];
 		bool retryable;
 		size_t n = 0;
@@ -193,14 +226,9 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 
 		headers[n++] = "Content-Type: application/x-amz-json-1.1";
 		headers[n++] = target;
-		if (cr->session_token) {
-			if (asprintf(&token_header, "X-Amz-Security-Token: %s", cr->session_token) <
-			    0)
-				return log_oom();
-			headers[n++] = token_header;
-		}
 		headers[n] = NULL;
 
+		free(TAKE_PTR(code));
 		r = dmbyok_aws_http_perform(
 		    k->http,
 		    &(struct aws_http_request){
@@ -212,6 +240,8 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 		        .sigv4 = sigv4,
 		        .access_key_id = cr->access_key_id,
 		        .secret_access_key = (const char *)cr->secret_access_key->data,
+		        /* the HTTP layer builds its header in locked memory */
+		        .session_token = cr->session_token,
 		        .timeout_ms = k->timeout_ms,
 		    },
 		    &resp, &detail);
@@ -232,7 +262,7 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 			*ret_body = TAKE_PTR(resp.body);
 			return 0;
 		} else {
-			r = parse_error(c, operation, &resp, &code);
+			r = error_response(c, operation, &resp, &code);
 			retryable = dmbyok_aws_error_is_retryable(code, resp.status);
 			dmbyok_aws_http_response_done(&resp);
 			/* Temporary credentials may expire under us: fetch fresh ones once. */
@@ -254,6 +284,8 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 		retried = true;
 		dmbyok_aws_sleep_ms(dmbyok_aws_retry_backoff_ms(attempt));
 	}
+	if (ret_error_code)
+		*ret_error_code = TAKE_PTR(code);
 	return log_debug_errno(r, "%s failed: %s", operation, dmbyok_kms_last_error(c));
 }
 
@@ -332,7 +364,8 @@ int dmbyok_aws_json_take_string(struct secret *body, const char *field, struct s
 			return -EPROTO;
 		key = p + 1;
 		end = skip_string(p);
-		if (!end)
+		/* An escaped name could spell `field` to a JSON parser without matching here. */
+		if (!end || memchr(key, '\\', (size_t)(end - key)))
 			return -EPROTO;
 		p = (char *)skip_ws(end);
 		if (*p++ != ':')
@@ -373,70 +406,259 @@ int dmbyok_aws_json_take_string(struct secret *body, const char *field, struct s
 	return 0;
 }
 
-/* The Plaintext of a response, base64-decoded from locked memory into locked memory. */
-static int take_plaintext(struct secret *body, struct secret **ret)
+/* Records why a response is unusable; returns -EPROTO. */
+static int protocol_error(char *why, size_t why_size, const char *fmt, ...) _printf_(3, 4);
+static int protocol_error(char *why, size_t why_size, const char *fmt, ...)
 {
-	_cleanup_secret_ struct secret *b64 = NULL, *pt = NULL;
-	int n;
+	va_list ap;
 
-	GUARD(dmbyok_aws_json_take_string(body, "Plaintext", &b64));
-	GUARD(dmbyok_secret_new(b64->size / 4 * 3 + 1, &pt));
-	n = dmbyok_base64_decode((const char *)b64->data, b64->size, pt->data, pt->capacity);
-	if (n < 0)
-		return -EPROTO;
-	pt->size = (size_t)n;
-	*ret = TAKE_PTR(pt);
-	return 0;
+	if (why && why_size > 0) {
+		va_start(ap, fmt);
+		vsnprintf(why, why_size, fmt, ap);
+		va_end(ap);
+	}
+	return -EPROTO;
 }
 
-static int parse_body(struct kms_client *c, const char *operation, const struct secret *body,
-                      json_object **ret)
+/*
+ * A success response as strict JSON (what AWS sends), and an object: json-c's lenient
+ * extensions (comments, single quotes) could make it read other fields than
+ * dmbyok_aws_json_take_string() did.
+ */
+static int parse_object(const struct secret *body, json_object **ret)
 {
-	json_object *j = json_tokener_parse((const char *)body->data);
+	_cleanup_(json_tokener_freep) json_tokener *tok = NULL;
+	json_object *j;
+	size_t len = strlen((const char *)body->data), end;
 
-	if (!j || !json_object_is_type(j, json_type_object)) {
+	ENSURE(len <= INT32_MAX, EPROTO);
+	tok = json_tokener_new();
+	ENSURE_ALLOC(tok);
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	j = json_tokener_parse_ex(tok, (const char *)body->data, (int)len);
+	if (!j)
+		return -EPROTO;
+	end = json_tokener_get_parse_end(tok);
+	while (end < len && strchr(" \t\r\n", body->data[end]))
+		end++;
+	if (end != len || !json_object_is_type(j, json_type_object)) {
 		json_object_put(j);
-		dmbyok_kms_set_last_error(c, "%s: malformed response from the KMS", operation);
-		return log_debug_errno(EPROTO, "%s: malformed response.", operation);
+		return -EPROTO;
 	}
 	*ret = j;
 	return 0;
 }
 
-static int get_string(struct kms_client *c, const char *operation, json_object *j,
-                      const char *field, char **ret)
+/* A string member; NULL in *ret when optional and absent. */
+static int member_string(json_object *o, const char *operation, const char *field, bool required,
+                         char **ret, char *why, size_t why_size)
 {
 	json_object *v;
 
-	if (!ret)
-		return 0;
-	if (!json_object_object_get_ex(j, field, &v) || !json_object_is_type(v, json_type_string)) {
-		dmbyok_kms_set_last_error(c, "%s: response lacks %s", operation, field);
-		return -EPROTO;
+	*ret = NULL;
+	if (!json_object_object_get_ex(o, field, &v)) {
+		if (!required)
+			return 0;
+		return protocol_error(why, why_size, "%s: the response lacks %s", operation, field);
 	}
+	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
+		return protocol_error(why, why_size, "%s: %s in the response is not a string",
+		                      operation, field);
 	*ret = strdup(json_object_get_string(v));
 	ENSURE_ALLOC(*ret);
 	return 0;
 }
 
-/* Calls an operation whose response carries a Plaintext key. */
-static int call_with_plaintext(struct kms_client *c, const char *operation, const char *key_id,
-                               json_object *request, struct secret **ret_plaintext,
-                               json_object **ret_response)
+bool dmbyok_aws_is_key_arn(const char *s)
 {
-	_cleanup_secret_ struct secret *body = NULL, *pt = NULL;
+	_cleanup_free_ char *region = NULL;
+	size_t n;
+
+	/* arn:PARTITION:kms:REGION:ACCOUNT:key/ID; the region is checked on the way. */
+	if (!s || dmbyok_aws_arn_region(s, &region) < 0)
+		return false;
+	s += strlen("arn:");
+	n = strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-");
+	if (n == 0 || s[n] != ':')
+		return false;
+	s += n + 1;
+	if (strncmp(s, "kms:", 4) != 0)
+		return false;
+	s += 4 + strlen(region);
+	if (*s++ != ':' || strspn(s, "0123456789") != 12 || s[12] != ':')
+		return false;
+	s += 13;
+	if (strncmp(s, "key/", 4) != 0)
+		return false;
+	s += 4;
+	n = strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-");
+	return n > 0 && n <= 128 && s[n] == '\0';
+}
+
+/* A member naming a key by its ARN: anything else is a protocol error, not a key. */
+static int member_key_arn(json_object *o, const char *operation, const char *field, bool required,
+                          char **ret, char *why, size_t why_size)
+{
+	_cleanup_free_ char *v = NULL;
+	char buf[SHOWN_MAX];
+
+	GUARD(member_string(o, operation, field, required, &v, why, why_size));
+	if (v && !dmbyok_aws_is_key_arn(v))
+		return protocol_error(why, why_size,
+		                      "%s: %s \"%s\" in the response is not a key ARN", operation,
+		                      field, shown(v, buf));
+	*ret = TAKE_PTR(v);
+	return 0;
+}
+
+/* A wrapped key: non-empty canonical base64, or it could never be unwrapped again. */
+static int member_ciphertext(json_object *o, const char *operation, char **ret, char *why,
+                             size_t why_size)
+{
+	_cleanup_free_ char *v = NULL;
+	_cleanup_free_ uint8_t *raw = NULL;
+	size_t len;
+
+	GUARD(member_string(o, operation, "CiphertextBlob", true, &v, why, why_size));
+	len = strlen(v);
+	raw = malloc(len / 4 * 3 + 1);
+	ENSURE_ALLOC(raw);
+	if (dmbyok_base64_decode(v, len, raw, len / 4 * 3) <= 0)
+		return protocol_error(
+		    why, why_size, "%s: CiphertextBlob in the response is not base64", operation);
+	*ret = TAKE_PTR(v);
+	return 0;
+}
+
+/* The Plaintext of a response, base64-decoded from locked memory into locked memory. */
+static int take_plaintext(struct secret *body, const char *operation, struct secret **ret,
+                          char *why, size_t why_size)
+{
+	_cleanup_secret_ struct secret *b64 = NULL, *pt = NULL;
+	int n;
+
+	n = dmbyok_aws_json_take_string(body, "Plaintext", &b64);
+	if (n == -ENOENT)
+		return protocol_error(why, why_size, "%s: the response lacks Plaintext", operation);
+	if (n < 0)
+		return n == -ENOMEM
+		           ? n
+		           : protocol_error(why, why_size, "%s: malformed response", operation);
+	GUARD(dmbyok_secret_new(b64->size / 4 * 3 + 1, &pt));
+	n = dmbyok_base64_decode((const char *)b64->data, b64->size, pt->data, pt->capacity);
+	if (n <= 0)
+		return protocol_error(why, why_size,
+		                      "%s: Plaintext in the response is empty or not base64",
+		                      operation);
+	pt->size = (size_t)n;
+	*ret = TAKE_PTR(pt);
+	return 0;
+}
+
+void dmbyok_aws_kms_result_done(struct aws_kms_result *res)
+{
+	if (!res)
+		return;
+	dmbyok_secret_free(res->plaintext);
+	free(res->ciphertext_b64);
+	free(res->key_arn);
+	free(res->source_key_arn);
+	*res = (struct aws_kms_result){};
+}
+
+/* The members GenerateDataKey, Decrypt and ReEncrypt have in common; *ret_json optional. */
+static int parse_common(struct secret *body, const char *operation, bool plaintext, bool ciphertext,
+                        struct aws_kms_result *ret, json_object **ret_json, char *why,
+                        size_t why_size)
+{
+	_cleanup_(dmbyok_aws_kms_result_done) struct aws_kms_result res = {};
+	_cleanup_json_ json_object *j = NULL;
 	int r;
 
-	GUARD(kms_call(c, operation, key_id, request, &body));
-	r = take_plaintext(body, &pt);
-	if (r < 0) {
-		dmbyok_kms_set_last_error(c, "%s: malformed or missing Plaintext in the response",
-		                          operation);
-		return log_debug_errno(r, "%s: no usable Plaintext in the response.", operation);
-	}
-	GUARD(parse_body(c, operation, body, ret_response));
-	*ret_plaintext = TAKE_PTR(pt);
+	/* The key comes out of the locked body before json-c copies the document. */
+	if (plaintext)
+		GUARD(take_plaintext(body, operation, &res.plaintext, why, why_size));
+	r = parse_object(body, &j);
+	if (r == -EPROTO)
+		return protocol_error(why, why_size, "%s: malformed response", operation);
+	if (r < 0)
+		return r;
+	if (ciphertext)
+		GUARD(member_ciphertext(j, operation, &res.ciphertext_b64, why, why_size));
+	GUARD(member_key_arn(j, operation, "KeyId", true, &res.key_arn, why, why_size));
+	*ret = res;
+	res = (struct aws_kms_result){};
+	if (ret_json)
+		*ret_json = TAKE_PTR(j);
 	return 0;
+}
+
+int dmbyok_aws_parse_generate_data_key(struct secret *body, struct aws_kms_result *ret, char *why,
+                                       size_t why_size)
+{
+	return parse_common(body, "GenerateDataKey", true, true, ret, NULL, why, why_size);
+}
+
+int dmbyok_aws_parse_decrypt(struct secret *body, struct aws_kms_result *ret, char *why,
+                             size_t why_size)
+{
+	return parse_common(body, "Decrypt", true, false, ret, NULL, why, why_size);
+}
+
+int dmbyok_aws_parse_reencrypt(struct secret *body, struct aws_kms_result *ret, char *why,
+                               size_t why_size)
+{
+	_cleanup_(dmbyok_aws_kms_result_done) struct aws_kms_result res = {};
+	_cleanup_json_ json_object *j = NULL;
+
+	GUARD(parse_common(body, "ReEncrypt", false, true, &res, &j, why, why_size));
+	GUARD(member_key_arn(j, "ReEncrypt", "SourceKeyId", false, &res.source_key_arn, why,
+	                     why_size));
+	*ret = res;
+	res = (struct aws_kms_result){};
+	return 0;
+}
+
+int dmbyok_aws_parse_describe_key(const struct secret *body, struct kms_key_info *ret, char *why,
+                                  size_t why_size)
+{
+	_cleanup_(dmbyok_kms_key_info_done) struct kms_key_info info = {};
+	_cleanup_json_ json_object *j = NULL;
+	json_object *md, *enabled;
+	int r;
+
+	r = parse_object(body, &j);
+	if (r == -EPROTO)
+		return protocol_error(why, why_size, "DescribeKey: malformed response");
+	if (r < 0)
+		return r;
+	if (!json_object_object_get_ex(j, "KeyMetadata", &md) ||
+	    !json_object_is_type(md, json_type_object))
+		return protocol_error(why, why_size, "DescribeKey: the response lacks KeyMetadata");
+	GUARD(member_key_arn(md, "DescribeKey", "Arn", true, &info.key_arn, why, why_size));
+	GUARD(member_string(md, "DescribeKey", "KeyState", true, &info.key_state, why, why_size));
+	if (json_object_object_get_ex(md, "Enabled", &enabled)) {
+		/* json-c would read "false" as true */
+		if (!json_object_is_type(enabled, json_type_boolean))
+			return protocol_error(
+			    why, why_size, "DescribeKey: Enabled in the response is not a boolean");
+		info.enabled = json_object_get_boolean(enabled);
+	} else {
+		info.enabled = !strcmp(info.key_state, "Enabled");
+	}
+
+	*ret = info;
+	info = (struct kms_key_info){};
+	return 0;
+}
+
+/* A success response the parser refused: say so, as a protocol error. */
+static int response_failed(struct kms_client *c, const char *operation, int r, const char *why)
+{
+	if (r == -EPROTO)
+		dmbyok_kms_set_last_error(c, "%s", *why ? why : "malformed response from the KMS");
+	return log_debug_errno(r, "%s: unusable response: %s", operation,
+	                       *why ? why : dmbyok_strerror(r));
 }
 
 static int add_string(json_object *o, const char *k, const char *v)
@@ -466,9 +688,12 @@ static int aws_generate_data_key(struct kms_client *c, const char *key_id, json_
                                  size_t n_bytes, struct secret **ret_plaintext,
                                  char **ret_ciphertext_b64, char **ret_key_arn)
 {
-	_cleanup_json_ json_object *req = NULL, *resp = NULL;
-	_cleanup_secret_ struct secret *pt = NULL;
-	_cleanup_free_ char *blob = NULL, *arn = NULL;
+	_cleanup_json_ json_object *req = NULL;
+	_cleanup_secret_ struct secret *body = NULL;
+	_cleanup_(dmbyok_aws_kms_result_done) struct aws_kms_result res = {};
+	_cleanup_free_ char *code = NULL;
+	char why[256] = "";
+	int r;
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
@@ -477,28 +702,42 @@ static int aws_generate_data_key(struct kms_client *c, const char *key_id, json_
 		return -ENOMEM;
 	GUARD(add_object(req, "EncryptionContext", context));
 
-	GUARD(call_with_plaintext(c, "GenerateDataKey", key_id, req, &pt, &resp));
-	if (pt->size != n_bytes) {
-		dmbyok_kms_set_last_error(c, "GenerateDataKey: got %zu bytes of key, asked for %zu",
-		                          pt->size, n_bytes);
-		return -EPROTO;
-	}
-	GUARD(get_string(c, "GenerateDataKey", resp, "CiphertextBlob", &blob));
-	GUARD(get_string(c, "GenerateDataKey", resp, "KeyId", ret_key_arn ? &arn : NULL));
+	r = kms_call(c, "GenerateDataKey", key_id, req, &body, &code);
+	if (r == -EKEYREVOKED && code && !strcmp(code, "NotFoundException")) {
+		char said[sizeof(c->last_error)];
 
-	*ret_plaintext = TAKE_PTR(pt);
-	*ret_ciphertext_b64 = TAKE_PTR(blob);
+		/* The key the operator just named does not exist: a typo, not a revocation. */
+		snprintf(said, sizeof(said), "%s", dmbyok_kms_last_error(c));
+		dmbyok_kms_set_last_error(c, "no KMS key %s: check the key id or alias (%s)",
+		                          key_id, said);
+		return log_debug_errno(EINVAL, "GenerateDataKey: no key %s.", key_id);
+	}
+	if (r < 0)
+		return r;
+	r = dmbyok_aws_parse_generate_data_key(body, &res, why, sizeof(why));
+	if (r < 0)
+		return response_failed(c, "GenerateDataKey", r, why);
+	if (res.plaintext->size != n_bytes) {
+		dmbyok_kms_set_last_error(c, "GenerateDataKey: got %zu bytes of key, asked for %zu",
+		                          res.plaintext->size, n_bytes);
+		return log_debug_errno(EPROTO, "%s", dmbyok_kms_last_error(c));
+	}
+
+	*ret_plaintext = TAKE_PTR(res.plaintext);
+	*ret_ciphertext_b64 = TAKE_PTR(res.ciphertext_b64);
 	if (ret_key_arn)
-		*ret_key_arn = TAKE_PTR(arn);
+		*ret_key_arn = TAKE_PTR(res.key_arn);
 	return 0;
 }
 
 static int aws_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
                        json_object *context, struct secret **ret_plaintext, char **ret_key_arn)
 {
-	_cleanup_json_ json_object *req = NULL, *resp = NULL;
-	_cleanup_secret_ struct secret *pt = NULL;
-	_cleanup_free_ char *arn = NULL;
+	_cleanup_json_ json_object *req = NULL;
+	_cleanup_secret_ struct secret *body = NULL;
+	_cleanup_(dmbyok_aws_kms_result_done) struct aws_kms_result res = {};
+	char why[256] = "";
+	int r;
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
@@ -507,11 +746,13 @@ static int aws_decrypt(struct kms_client *c, const char *key_id, const char *cip
 		GUARD(add_string(req, "KeyId", key_id));
 	GUARD(add_object(req, "EncryptionContext", context));
 
-	GUARD(call_with_plaintext(c, "Decrypt", key_id, req, &pt, &resp));
-	GUARD(get_string(c, "Decrypt", resp, "KeyId", ret_key_arn ? &arn : NULL));
-	*ret_plaintext = TAKE_PTR(pt);
+	GUARD(kms_call(c, "Decrypt", key_id, req, &body, NULL));
+	r = dmbyok_aws_parse_decrypt(body, &res, why, sizeof(why));
+	if (r < 0)
+		return response_failed(c, "Decrypt", r, why);
+	*ret_plaintext = TAKE_PTR(res.plaintext);
 	if (ret_key_arn)
-		*ret_key_arn = TAKE_PTR(arn);
+		*ret_key_arn = TAKE_PTR(res.key_arn);
 	return 0;
 }
 
@@ -519,16 +760,23 @@ int dmbyok_aws_kms_call(struct kms_client *c, const char *operation, const char 
                         json_object *request, json_object **ret_response)
 {
 	_cleanup_secret_ struct secret *body = NULL;
+	int r;
 
-	GUARD(kms_call(c, operation, key_id, request, &body));
-	return parse_body(c, operation, body, ret_response);
+	GUARD(kms_call(c, operation, key_id, request, &body, NULL));
+	r = parse_object(body, ret_response);
+	if (r < 0)
+		return response_failed(c, operation, r, "");
+	return 0;
 }
 
 static int aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
                          const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
 {
-	_cleanup_json_ json_object *req = NULL, *resp = NULL;
-	_cleanup_free_ char *blob = NULL, *arn = NULL;
+	_cleanup_json_ json_object *req = NULL;
+	_cleanup_secret_ struct secret *body = NULL;
+	_cleanup_(dmbyok_aws_kms_result_done) struct aws_kms_result res = {};
+	char why[256] = "";
+	int r;
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
@@ -538,40 +786,30 @@ static int aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_
 	GUARD(add_object(req, "DestinationEncryptionContext", context));
 
 	/* The call goes to the destination key's region. */
-	GUARD(dmbyok_aws_kms_call(c, "ReEncrypt", dest_key_id, req, &resp));
-	GUARD(get_string(c, "ReEncrypt", resp, "CiphertextBlob", &blob));
-	GUARD(get_string(c, "ReEncrypt", resp, "KeyId", ret_key_arn ? &arn : NULL));
-	*ret_ciphertext_b64 = TAKE_PTR(blob);
+	GUARD(kms_call(c, "ReEncrypt", dest_key_id, req, &body, NULL));
+	r = dmbyok_aws_parse_reencrypt(body, &res, why, sizeof(why));
+	if (r < 0)
+		return response_failed(c, "ReEncrypt", r, why);
+	*ret_ciphertext_b64 = TAKE_PTR(res.ciphertext_b64);
 	if (ret_key_arn)
-		*ret_key_arn = TAKE_PTR(arn);
+		*ret_key_arn = TAKE_PTR(res.key_arn);
 	return 0;
 }
 
 static int aws_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret)
 {
-	_cleanup_json_ json_object *req = NULL, *resp = NULL;
-	_cleanup_(dmbyok_kms_key_info_done) struct kms_key_info info = {};
-	json_object *md, *enabled;
+	_cleanup_json_ json_object *req = NULL;
+	_cleanup_secret_ struct secret *body = NULL;
+	char why[256] = "";
+	int r;
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
 	GUARD(add_string(req, "KeyId", key_id));
-	GUARD(dmbyok_aws_kms_call(c, "DescribeKey", key_id, req, &resp));
-
-	if (!json_object_object_get_ex(resp, "KeyMetadata", &md) ||
-	    !json_object_is_type(md, json_type_object)) {
-		dmbyok_kms_set_last_error(c, "DescribeKey: response lacks KeyMetadata");
-		return -EPROTO;
-	}
-	GUARD(get_string(c, "DescribeKey", md, "Arn", &info.key_arn));
-	GUARD(get_string(c, "DescribeKey", md, "KeyState", &info.key_state));
-	if (json_object_object_get_ex(md, "Enabled", &enabled))
-		info.enabled = json_object_get_boolean(enabled);
-	else
-		info.enabled = !strcmp(info.key_state, "Enabled");
-
-	*ret = info;
-	info = (struct kms_key_info){};
+	GUARD(kms_call(c, "DescribeKey", key_id, req, &body, NULL));
+	r = dmbyok_aws_parse_describe_key(body, ret, why, sizeof(why));
+	if (r < 0)
+		return response_failed(c, "DescribeKey", r, why);
 	return 0;
 }
 

@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include <json-c/json.h>
@@ -67,6 +68,37 @@ int dmbyok_aws_endpoint_url(const char *override, const char *region, char **ret
 /* Whether a URL's host is a loopback address (where plain HTTP is tolerated). */
 bool dmbyok_aws_url_is_loopback(const char *url);
 
+/*
+ * Both shared files loaded, read as botocore's merged view: a profile's key comes from the
+ * credentials file ([NAME]) if it has it, else from the config file ([profile NAME], or
+ * [default]). Either file may be absent (NULL).
+ */
+struct aws_shared_config {
+	char *creds_path, *config_path;
+	struct aws_ini *creds, *config;
+};
+
+/* -EINVAL (with why) when a file exists but cannot be read or parsed. */
+int dmbyok_aws_shared_config_load(struct aws_shared_config *ret, char *why, size_t why_size);
+void dmbyok_aws_shared_config_done(struct aws_shared_config *sc);
+const char *dmbyok_aws_profile_get(const struct aws_shared_config *sc, const char *profile,
+                                   const char *key);
+/* From the credentials file or the config file only. */
+const char *dmbyok_aws_profile_get_creds_file(const struct aws_shared_config *sc,
+                                              const char *profile, const char *key);
+const char *dmbyok_aws_profile_get_config_file(const struct aws_shared_config *sc,
+                                               const char *profile, const char *key);
+bool dmbyok_aws_profile_exists(const struct aws_shared_config *sc, const char *profile);
+/* Whether the profile was named (explicitly, AWS_PROFILE or AWS_DEFAULT_PROFILE). */
+bool dmbyok_aws_profile_is_set(const char *explicit_profile);
+
+/*
+ * The STS endpoint as the AWS CLI picks it: AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL, else
+ * https://sts.REGION.amazonaws.com, or the global https://sts.amazonaws.com without a
+ * region. ret_signing_region is the region for SigV4 ("us-east-1" when none).
+ */
+int dmbyok_aws_sts_endpoint(const char *region, char **ret_url, char **ret_signing_region);
+
 /* ---- aws-http.c: one libcurl handle per client, retry policy ---- */
 
 struct aws_http;
@@ -84,6 +116,10 @@ struct aws_http_request {
 	unsigned timeout_ms;
 	unsigned connect_timeout_ms;
 	bool no_proxy; /* metadata endpoints must never go through a proxy */
+	/* Sent as X-Amz-Security-Token (and so signed); the header is built in locked memory. */
+	const struct secret *session_token;
+	/* Headers that carry a credential: NULL-terminated "Name: value" lines in locked memory. */
+	const struct secret *const *secret_headers;
 };
 
 struct aws_http_response {
@@ -102,6 +138,8 @@ DEFINE_CLEANUP_FUNC(struct aws_http *, dmbyok_aws_http_free);
 int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *req,
                             struct aws_http_response *ret, const char **ret_detail);
 void dmbyok_aws_http_response_done(struct aws_http_response *r);
+/* "Name: value" in locked memory, for a header that carries a credential. */
+int dmbyok_aws_secret_header(const char *name, const char *value, struct secret **ret);
 
 /* SDK "standard" retry mode: attempts, full-jitter backoff and a retry quota. */
 struct aws_retry {
@@ -129,18 +167,38 @@ void dmbyok_aws_sleep_ms(unsigned ms);
 struct aws_credentials {
 	char *access_key_id;
 	struct secret *secret_access_key; /* NUL-terminated */
-	char *session_token;              /* NULL for long-term keys */
+	struct secret *session_token;     /* NUL-terminated; NULL for long-term keys */
 	time_t expiration;                /* 0: does not expire */
-	const char *source;               /* "environment", "profile", "container", "imds" */
+	time_t obtained;
+	/* environment, profile, assume-role, web-identity, process, container, imds */
+	const char *source;
 };
+
+/* Takes ownership of secret and token (token may be NULL); -EINVAL for unusable values. */
+int dmbyok_aws_credentials_new(const char *access_key_id, struct secret *secret,
+                               struct secret *token, time_t expiration, const char *source,
+                               struct aws_credentials **ret);
+/* A copy of s (n bytes) as a NUL-terminated secret. */
+int dmbyok_aws_secret_strndup(const char *s, size_t n, struct secret **ret);
 
 void dmbyok_aws_credentials_free(struct aws_credentials *cr);
 DEFINE_CLEANUP_FUNC(struct aws_credentials *, dmbyok_aws_credentials_free);
+
+/* What the shared files looked like when the cached credentials were resolved. */
+struct aws_file_stamp {
+	bool exists;
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+};
 
 struct aws_credentials_cache {
 	char *profile; /* explicit profile, or NULL */
 	struct aws_credentials *cached;
 	time_t next_refresh; /* after a failed refresh, do not hammer the source */
+	/* Static keys from the shared files are re-read when either file changes. */
+	struct aws_file_stamp stamps[2];
 };
 
 /*
@@ -164,6 +222,43 @@ int dmbyok_aws_credentials_from_json(struct secret *body, const char *source,
 /* ISO 8601 "2024-01-02T03:04:05Z" (fractions allowed) to time_t. */
 int dmbyok_aws_parse_iso8601(const char *s, time_t *ret);
 
+/*
+ * credential_process (aws-process.c): runs the command without a shell (split as POSIX
+ * shell words, as botocore does) and parses its JSON (Version 1). A failing command or
+ * malformed output is final: -ENOKEY / -EINVAL with the reason in why.
+ */
+int dmbyok_aws_credential_process(const char *command, struct aws_credentials **ret, char *why,
+                                  size_t why_size);
+/* POSIX shell word splitting without expansions; -EINVAL for unbalanced quotes. */
+int dmbyok_aws_split_command(const char *command, char ***ret_argv);
+
+/* STS (aws-sts.c), the Query API with XML answers; errors as for KMS calls, plus why. */
+struct aws_assume_role {
+	const char *role_arn;
+	const char *session_name;
+	const char *external_id; /* NULL: none */
+	unsigned duration_s;     /* 0: STS's default */
+};
+/* AssumeRole, signed with `source`. */
+int dmbyok_aws_sts_assume_role(struct aws_http *h, const char *region,
+                               const struct aws_credentials *source,
+                               const struct aws_assume_role *p, struct aws_credentials **ret,
+                               char *why, size_t why_size);
+/* AssumeRoleWithWebIdentity, unsigned: the token (NUL-terminated) is the credential. */
+int dmbyok_aws_sts_assume_role_with_web_identity(struct aws_http *h, const char *region,
+                                                 const struct secret *token,
+                                                 const struct aws_assume_role *p,
+                                                 struct aws_credentials **ret, char *why,
+                                                 size_t why_size);
+/*
+ * STS GetCallerIdentity with the credentials the chain resolves: who this host is to AWS.
+ * ret_account may be NULL.
+ */
+int dmbyok_aws_get_caller_identity(struct aws_credentials_cache *cache, struct aws_http *h,
+                                   char **ret_arn, char **ret_account, char *why, size_t why_size);
+/* The text of the first <tag>...</tag> in xml, entities decoded; -ENOENT when absent. */
+int dmbyok_aws_xml_text(const char *xml, const char *tag, char **ret);
+
 /* ---- aws-kms.c: operations and error mapping ---- */
 
 /*
@@ -185,3 +280,36 @@ int dmbyok_aws_error_to_errno(const char *error_code, long status);
  */
 int dmbyok_aws_kms_call(struct kms_client *c, const char *operation, const char *key_id,
                         json_object *request, json_object **ret_response);
+
+/*
+ * Response parsers: pure functions of a response body (NUL-terminated, in locked memory),
+ * called by the operations and fuzzed on their own (tests/fuzz). Anything but a
+ * well-formed answer is -EPROTO with the reason in `why` (never secret material); -ENOMEM
+ * is the only other error. Key ARN fields must be key ARNs, CiphertextBlob and Plaintext
+ * non-empty canonical base64.
+ */
+struct aws_kms_result {
+	struct secret *plaintext; /* GenerateDataKey, Decrypt */
+	char *ciphertext_b64;     /* GenerateDataKey, ReEncrypt */
+	char *key_arn;            /* KeyId: the key that did the work */
+	char *source_key_arn;     /* ReEncrypt's SourceKeyId, NULL when absent */
+};
+void dmbyok_aws_kms_result_done(struct aws_kms_result *res);
+
+/* These take Plaintext out of `body` (blanking it) before any JSON parser sees it. */
+int dmbyok_aws_parse_generate_data_key(struct secret *body, struct aws_kms_result *ret, char *why,
+                                       size_t why_size);
+int dmbyok_aws_parse_decrypt(struct secret *body, struct aws_kms_result *ret, char *why,
+                             size_t why_size);
+int dmbyok_aws_parse_reencrypt(struct secret *body, struct aws_kms_result *ret, char *why,
+                               size_t why_size);
+int dmbyok_aws_parse_describe_key(const struct secret *body, struct kms_key_info *ret, char *why,
+                                  size_t why_size);
+/*
+ * An error response (`__type` or `code`, `message` or `Message`): the bare code, NULL when
+ * the body names none, and the message made printable, NULL when absent.
+ */
+int dmbyok_aws_parse_error(const struct secret *body, char **ret_code, char **ret_message);
+
+/* Whether s is a KMS key ARN: "arn:PARTITION:kms:REGION:ACCOUNT:key/KEY-ID". */
+bool dmbyok_aws_is_key_arn(const char *s);

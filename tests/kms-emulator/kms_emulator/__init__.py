@@ -8,8 +8,9 @@ Modules:
   crypto  - the emulator's ciphertext blob format (AES-256-GCM)
   policy  - key policy and grant evaluation
   ops     - the KMS operations themselves
+  sts     - STS: AssumeRole, AssumeRoleWithWebIdentity, GetCallerIdentity, roles
   faults  - injected faults (latency, throttling, resets, ...)
-  server  - the HTTP(S) server: KMS, IMDSv2, container credentials, control
+  server  - the HTTP(S) server: KMS, STS, IMDSv2, container credentials, control
 """
 
 ACCOUNT_ID = "111122223333"

@@ -68,6 +68,16 @@ def _account_of(arn):
     return parts[4] if len(parts) > 4 else ""
 
 
+def _session_role(principal_arn):
+    """An assumed-role session ARN stands for its role, as in AWS policies."""
+    parts = principal_arn.split(":", 5)
+    if len(parts) == 6 and parts[2] == "sts" and parts[5].startswith("assumed-role/"):
+        role = parts[5].split("/")
+        if len(role) == 3:
+            return f"arn:aws:iam::{parts[4]}:role/{role[1]}"
+    return None
+
+
 def _principal_matches(spec, principal_arn):
     if spec == "*":
         return True
@@ -75,6 +85,8 @@ def _principal_matches(spec, principal_arn):
         return False
     for entry in _as_list(spec.get("AWS")):
         if entry == "*" or entry == principal_arn:
+            return True
+        if entry == _session_role(principal_arn):
             return True
         # "ACCOUNT" and "arn:aws:iam::ACCOUNT:root" stand for the account.
         if entry == _account_of(principal_arn):

@@ -14,10 +14,11 @@ import struct
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import ACCOUNT_ID, DEFAULT_REGION, faults
+from . import ACCOUNT_ID, DEFAULT_REGION, faults, sts
 from .errors import KMSError
 from .model import ServiceModel
 from .ops import Call, Kms
@@ -150,6 +151,13 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/" and "X-Amz-Target" in self.headers:
             return self._kms()
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        if path == "/" and content_type.lower() == "application/x-www-form-urlencoded":
+            return self._sts()
+        if path == "/_emulator/roles":
+            return self._control(self._create_role)
+        if path == "/_emulator/sts":
+            return self._control(self._configure_sts)
         if path == "/_emulator/faults":
             return self._control(self._add_fault)
         if path == "/_emulator/expire-deletion":
@@ -168,6 +176,14 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_emulator/faults":
             with self.app.store.transaction() as txn:
                 return self._send_json(200, {"faults": txn.data["faults"]})
+        if path == "/_emulator/roles":
+            with self.app.store.transaction() as txn:
+                return self._send_json(200, {"roles": txn.data.get("roles", {})})
+        if path == "/_emulator/sessions":
+            query = urllib.parse.parse_qs(self.path.partition("?")[2])
+            name = (query.get("session_name") or [None])[0]
+            with self.app.store.transaction() as txn:
+                return self._send_json(200, sts.sessions(txn, name))
         self._send(404, "Not Found\n", "text/plain")
 
     def do_PUT(self):
@@ -286,6 +302,64 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, body, content_type or "application/x-amz-json-1.1",
                    headers=[("x-amzn-RequestId", request_id)])
 
+    # -- STS (Query API) -------------------------------------------------------
+
+    def _sts(self):
+        app = self.app
+        started = time.monotonic()
+        request_id = str(uuid.uuid4())
+        body = self._body()
+        params = {k: v[0] for k, v in urllib.parse.parse_qs(
+            body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        action = params.get("Action", "")
+        record = {"time": _iso(millis=True), "request_id": request_id,
+                  "operation": "sts:" + action, "principal": None, "access_key_id": None,
+                  "key_arn": None, "encryption_context": None,
+                  "source_ip": self.client_address[0],
+                  "user_agent": self.headers.get("User-Agent")}
+        status = 200
+        try:
+            if params.get("Version") != sts.VERSION:
+                raise sts.STSError("InvalidAction", "Version must be 2011-06-15")
+            if action == "AssumeRoleWithWebIdentity":
+                # Unsigned by design: the token is the credential.
+                with app.store.transaction() as txn:
+                    response = sts.assume_role_with_web_identity(txn, params, request_id)
+                    record["role_arn"] = params.get("RoleArn")
+            elif action in ("AssumeRole", "GetCallerIdentity"):
+                with app.store.transaction() as txn:
+                    try:
+                        access_key, principal = app.sigv4.verify(
+                            "POST", self.path, self.headers, body,
+                            txn.data["principals"], app.region, service="sts")
+                    except KMSError as err:
+                        raise sts.STSError(sts.FROM_KMS.get(err.error_type,
+                                                            err.error_type),
+                                           err.message) from None
+                    record["access_key_id"] = access_key
+                    record["principal"] = principal["arn"]
+                    if action == "AssumeRole":
+                        record["role_arn"] = params.get("RoleArn")
+                        response = sts.assume_role(txn, params, principal["arn"],
+                                                   request_id)
+                    else:
+                        response = sts.get_caller_identity(principal, access_key,
+                                                           request_id)
+            else:
+                raise sts.STSError("InvalidAction",
+                                   f"Could not find operation {action} for version "
+                                   f"{sts.VERSION}")
+            record["result"] = "Success"
+        except sts.STSError as err:
+            status, response = err.status, err.body(request_id)
+            record["result"] = err.code
+            record["error_message"] = err.message
+        record["http_status"] = status
+        self._send(status, response, "text/xml",
+                   headers=[("x-amzn-RequestId", request_id)])
+        record["latency_ms"] = round((time.monotonic() - started) * 1000, 3)
+        app.audit.write(record)
+
     # -- EC2 instance metadata (IMDSv2) ----------------------------------------
 
     def _imds_token(self):
@@ -346,7 +420,19 @@ class Handler(BaseHTTPRequestHandler):
             status, result = 200, action(spec)
         except KMSError as err:
             status, result = err.status, err.body()
+        except sts.STSError as err:
+            status, result = err.status, {"__type": err.code, "message": err.message}
         self._send_json(status, result)
+
+    def _create_role(self, spec):
+        with self.app.store.transaction() as txn:
+            return sts.create_role(txn, spec)
+
+    def _configure_sts(self, spec):
+        if not isinstance(spec, dict):
+            raise KMSError("ValidationException", "body must be an object")
+        with self.app.store.transaction() as txn:
+            return sts.configure(txn, spec)
 
     def _add_fault(self, spec):
         fault = faults.parse(spec)

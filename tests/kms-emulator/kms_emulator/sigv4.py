@@ -62,11 +62,13 @@ def _parse_amz_date(text):
     return None
 
 
-def verify(method, raw_path, headers, body, principals, region, now=None):
+def verify(method, raw_path, headers, body, principals, region, now=None,
+           service="kms"):
     """Authenticate one request.
 
     `headers` is the http.client.HTTPMessage as received, `principals` maps
-    access key id -> {"secret", "arn", "session_token"?, "expired"?}.
+    access key id -> {"secret", "arn", "session_token"?, "expired"?, "expires"?}
+    ("expires": epoch seconds, for temporary credentials from STS).
     Returns (access_key_id, principal dict); raises KMSError otherwise.
     """
     auth = headers.get("Authorization")
@@ -90,7 +92,9 @@ def verify(method, raw_path, headers, body, principals, region, now=None):
     if principal is None:
         raise KMSError("UnrecognizedClientException",
                        "The security token included in the request is invalid.")
-    if principal.get("expired"):
+    moment = now or datetime.datetime.now(datetime.timezone.utc)
+    if principal.get("expired") or (
+            "expires" in principal and principal["expires"] <= moment.timestamp()):
         raise KMSError("ExpiredTokenException",
                        "The security token included in the request is expired")
     expected_token = principal.get("session_token")
@@ -100,9 +104,9 @@ def verify(method, raw_path, headers, body, principals, region, now=None):
         raise KMSError("UnrecognizedClientException",
                        "The security token included in the request is invalid.")
 
-    if scope_service != "kms":
+    if scope_service != service:
         raise KMSError("InvalidSignatureException",
-                       "Credential should be scoped to correct service: 'kms'. ")
+                       f"Credential should be scoped to correct service: '{service}'. ")
     if scope_region != region:
         raise KMSError("InvalidSignatureException",
                        f"Credential should be scoped to a valid region, "

@@ -47,6 +47,10 @@ def default_state():
         # Required value of the Authorization header on /container/credentials
         # (null: no header needed).
         "container_auth_token": "container-auth-token",
+        # IAM roles STS may hand out sessions of (created via the control API),
+        # and STS's session durations.
+        "roles": {},
+        "sts": {"default_duration": 3600, "min_duration": 900},
         "keys": {},
         "aliases": {},
         "grants": {},
