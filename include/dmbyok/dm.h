@@ -56,6 +56,9 @@ struct dm_crypt_info {
 
 void dmbyok_dm_crypt_info_done(struct dm_crypt_info *info);
 
+/* "no_read_workqueue,allow_discards,..." (dm-crypt's own names) or "none" to DM_CRYPT_*. */
+int dmbyok_dm_crypt_flags_parse(const char *s, uint32_t *ret);
+
 /* -ENOTSUP with a clear message when the kernel has no device-mapper or no crypt target. */
 int dmbyok_dm_check_kernel_support(void);
 

@@ -86,6 +86,26 @@ int dmbyok_status(const char *name, struct mapping_status *ret);
 int dmbyok_list(struct mapping_status **ret, size_t *ret_n);
 void dmbyok_mapping_status_list_free(struct mapping_status *l, size_t n);
 
+/*
+ * doctor: each check of the kernel (device-mapper, keyring, xts acceleration) and, given
+ * key_id, of every KMS call dmbyok makes, reported as it completes: r 0 passed, r < 0
+ * failed (provider_said: the KMS's own words, or NULL), r > 0 a warning. Returns the last
+ * failure, or 0.
+ */
+typedef void (*dmbyok_doctor_report_fn)(const char *check, int r, const char *detail,
+                                        const char *provider_said, void *userdata);
+int dmbyok_doctor(const char *key_id, const struct kms_options *kms, dmbyok_doctor_report_fn report,
+                  void *userdata);
+
+/* -ENOTSUP with a clear message unless the kernel has device-mapper and dm-crypt. */
+int dmbyok_check_kernel(void);
+
+/* Parse "no_read_workqueue,no_write_workqueue,..." or "none" into DM_CRYPT_* flags. */
+int dmbyok_perf_flags_parse(const char *s, uint32_t *ret);
+
+/* A volume's header and token as JSON, as `dump --json` shows them (nothing secret). */
+int dmbyok_dump(const char *device, const char *header, json_object **ret);
+
 /* The kernel's preferred xts(aes) driver, and whether it is hardware accelerated. */
 int dmbyok_xts_driver(char **ret_driver, bool *ret_accelerated);
 

@@ -37,5 +37,3 @@ int verb_doctor(struct cli *c);
 
 /* -EINVAL with a usage message unless exactly `min`..`max` positional arguments were given. */
 int cli_require_args(const struct cli *c, size_t min, size_t max, const char *usage);
-/* Parse "no_read_workqueue,no_write_workqueue,allow_discards" or "none". */
-int cli_parse_perf_flags(const char *s, uint32_t *ret);

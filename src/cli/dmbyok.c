@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "dmbyok/dm.h"
+#include "dmbyok/lifecycle.h"
 #include "dmbyok/log.h"
 #include "dmbyok/secret.h"
 
@@ -47,38 +47,6 @@ int cli_require_args(const struct cli *c, size_t min, size_t max, const char *u)
 {
 	if (c->n_args < min || c->n_args > max)
 		return log_error_errno(EINVAL, "usage: dmbyok %s", u);
-	return 0;
-}
-
-int cli_parse_perf_flags(const char *s, uint32_t *ret)
-{
-	static const struct {
-		const char *name;
-		uint32_t flag;
-	} names[] = {
-		{ "no_read_workqueue", DM_CRYPT_NO_READ_WORKQUEUE },
-		{ "no_write_workqueue", DM_CRYPT_NO_WRITE_WORKQUEUE },
-		{ "same_cpu_crypt", DM_CRYPT_SAME_CPU_CRYPT },
-		{ "submit_from_crypt_cpus", DM_CRYPT_SUBMIT_FROM_CRYPT_CPUS },
-		{ "allow_discards", DM_CRYPT_ALLOW_DISCARDS },
-	};
-	_cleanup_free_ char *copy = strdup(s);
-	uint32_t flags = 0;
-	char *save = NULL;
-
-	ENSURE_ALLOC(copy);
-	if (strcmp(s, "none") != 0)
-		for (char *w = strtok_r(copy, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
-			size_t i;
-
-			for (i = 0; i < ELEMENTSOF(names) && strcmp(w, names[i].name); i++)
-				;
-			if (i == ELEMENTSOF(names))
-				return log_error_errno(EINVAL, "Unknown performance flag \"%s\".",
-				                       w);
-			flags |= names[i].flag;
-		}
-	*ret = flags;
 	return 0;
 }
 
@@ -155,7 +123,7 @@ int main(int argc, char **argv)
 			c.kms.ca_bundle = optarg;
 			break;
 		case ARG_PERF:
-			r = cli_parse_perf_flags(optarg, &c.perf_flags);
+			r = dmbyok_perf_flags_parse(optarg, &c.perf_flags);
 			if (r < 0)
 				return dmbyok_exit_code(r);
 			c.perf_set = true;

@@ -4,12 +4,10 @@
 #include <string.h>
 
 #include <json-c/json.h>
-#include <libcryptsetup.h>
 
 #include "cli.h"
 #include "dmbyok/lifecycle.h"
 #include "dmbyok/log.h"
-#include "dmbyok/volume.h"
 
 static json_object *status_json(const struct mapping_status *s)
 {
@@ -79,7 +77,7 @@ int verb_status(struct cli *c)
 	GUARD(cli_require_args(c, 0, 1, "status [NAME] [--json]"));
 	if (c->n_args == 0)
 		return verb_list(c);
-	GUARD(dmbyok_dm_check_kernel_support());
+	GUARD(dmbyok_check_kernel());
 	r = dmbyok_status(c->args[0], &s);
 	if (r == -ENODEV)
 		return log_error_errno(ENOENT, "No dmbyok mapping named %s.", c->args[0]);
@@ -99,7 +97,7 @@ int verb_list(struct cli *c)
 	json_object *arr = NULL;
 	size_t n = 0;
 
-	GUARD(dmbyok_dm_check_kernel_support());
+	GUARD(dmbyok_check_kernel());
 	GUARD(dmbyok_list(&l, &n));
 	if (c->json)
 		arr = json_object_new_array();
@@ -120,66 +118,51 @@ int verb_list(struct cli *c)
 	return 0;
 }
 
-static json_object *dump_json(const struct volume *v)
+/* A member of the dump as text, or "-". */
+static const char *str(json_object *o, const char *path1, const char *path2)
 {
-	_cleanup_free_ char *token_json = NULL;
-	json_object *o = json_object_new_object();
+	json_object *v = NULL;
 
-	if (!o || dmbyok_token_to_json(v->token, &token_json) < 0) {
-		json_object_put(o);
-		return NULL;
-	}
-	json_object_object_add(o, "device", json_object_new_string(v->device));
-	if (v->header)
-		json_object_object_add(o, "header", json_object_new_string(v->header));
-	json_object_object_add(o, "volume_uuid", json_object_new_string(v->uuid));
-	json_object_object_add(o, "cipher", json_object_new_string(DMBYOK_DM_CIPHER));
-	json_object_object_add(o, "key_bits", json_object_new_int(DMBYOK_DEK_BYTES * 8));
-	json_object_object_add(o, "sector_size", json_object_new_int((int)v->sector_size));
-	json_object_object_add(o, "data_offset_sectors",
-	                       json_object_new_int64((int64_t)v->data_offset));
-	json_object_object_add(o, "data_size_sectors",
-	                       json_object_new_int64((int64_t)v->data_sectors));
-	json_object_object_add(o, "keyslot", json_object_new_int(v->token->keyslot));
-	json_object_object_add(o, "token_id", json_object_new_int(v->token_id));
-	json_object_object_add(o, "token", json_tokener_parse(token_json));
-	return o;
+	if (!json_object_object_get_ex(o, path1, &v) ||
+	    (path2 && !json_object_object_get_ex(v, path2, &v)))
+		return "-";
+	return json_object_get_string(v);
 }
 
 int verb_dump(struct cli *c)
 {
-	_cleanup_volume_ struct volume *v = NULL;
-	json_object *o;
+	json_object *o = NULL;
 
 	GUARD(cli_require_args(c, 1, 1, "dump DEVICE [--header FILE] [--json]"));
-	GUARD(dmbyok_volume_load(c->args[0], c->header, &v));
-
+	GUARD(dmbyok_dump(c->args[0], c->header, &o));
 	if (c->json) {
-		o = dump_json(v);
-		ENSURE_ALLOC(o);
 		print_json(o);
 		return 0;
 	}
-	printf("dmbyok volume %s\n", v->uuid);
-	printf("  device:       %s\n", v->device);
-	if (v->header)
-		printf("  header:       %s\n", v->header);
-	printf("  cipher:       " DMBYOK_DM_CIPHER ", %d-bit key, %u-byte sectors\n",
-	       DMBYOK_DEK_BYTES * 8, v->sector_size);
-	printf("  data:         offset %" PRIu64 " sectors, %" PRIu64 " sectors\n", v->data_offset,
-	       v->data_sectors);
-	printf("  keyslot:      %d (unlocked by the data key itself)\n", v->token->keyslot);
-	printf("  kms:          %s, region %s\n", v->token->kms,
-	       v->token->region ? v->token->region : "-");
-	printf("  key:          %s\n  key ARN:      %s\n", v->token->key_id, v->token->key_arn);
-	printf("  context:      %s\n",
-	       json_object_to_json_string_ext(v->token->context, JSON_C_TO_STRING_PLAIN));
-	printf("  key check:    %s (token version %d)\n", v->token->key_check, v->token->version);
-	if (v->token->binding)
-		printf("  bound to:     %s%s\n", v->token->binding,
-		       dmbyok_volume_check_binding(v) == 0 ? "" : " (NOT this header's!)");
-	printf("  created:      %s\n", v->token->created ? v->token->created : "-");
-	if (v->token->rewrapped)
-		printf("  re-wrapped:   %s\n", v->token->rewrapped);
+	printf("dmbyok volume %s\n", str(o, "volume_uuid", NULL));
+	printf("  device:       %s\n", str(o, "device", NULL));
+	if (json_object_object_get_ex(o, "header", NULL))
+		printf("  header:       %s\n", str(o, "header", NULL));
+	printf("  cipher:       %s, %s-bit key, %s-byte sectors\n", str(o, "cipher", NULL),
+	       str(o, "key_bits", NULL), str(o, "sector_size", NULL));
+	printf("  data:         offset %s sectors, %s sectors\n",
+	       str(o, "data_offset_sectors", NULL), str(o, "data_size_sectors", NULL));
+	printf("  keyslot:      %s (unlocked by the data key itself)\n", str(o, "keyslot", NULL));
+	printf("  kms:          %s, region %s\n", str(o, "token", "kms"),
+	       str(o, "token", "region"));
+	printf("  key:          %s\n  key ARN:      %s\n", str(o, "token", "key_id"),
+	       str(o, "token", "key_arn"));
+	printf("  context:      %s\n", str(o, "token", "context"));
+	printf("  key check:    %s (token version %s)\n", str(o, "token", "key_check"),
+	       str(o, "token", "version"));
+	if (strcmp(str(o, "token", "binding"), "-") != 0)
+		printf("  bound to:     %s%s\n", str(o, "token", "binding"),
+		       json_object_get_boolean(json_object_object_get(o, "binding_matches"))
+		           ? ""
+		           : " (NOT this header's: re-encrypted since format?)");
+	printf("  created:      %s\n", str(o, "token", "created"));
+	if (strcmp(str(o, "token", "rewrapped"), "-") != 0)
+		printf("  re-wrapped:   %s\n", str(o, "token", "rewrapped"));
+	json_object_put(o);
 	return 0;
 }

@@ -101,6 +101,9 @@ int dmbyok_harden_process(void)
 	 * cryptsetup does, so none of it can reach swap. Best effort for unprivileged tests.
 	 */
 	if (mlockall(MCL_CURRENT | MCL_FUTURE) < 0)
-		log_debug("Cannot lock the process's memory (%m); only key buffers are locked.");
+		log_notice(
+		    "Cannot lock this process's memory (%m): the data key's own buffers are "
+		    "still locked, but transient copies inside libraries (TLS records, "
+		    "libcryptsetup) could be swapped out. Raise RLIMIT_MEMLOCK or run as root.");
 	return 0;
 }

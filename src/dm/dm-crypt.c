@@ -26,6 +26,28 @@ static const struct {
 	{ DM_CRYPT_NO_WRITE_WORKQUEUE, "no_write_workqueue" },
 };
 
+int dmbyok_dm_crypt_flags_parse(const char *s, uint32_t *ret)
+{
+	_cleanup_free_ char *copy = strdup(s);
+	uint32_t flags = 0;
+	char *save = NULL;
+
+	ENSURE_ALLOC(copy);
+	if (strcmp(s, "none") != 0)
+		for (char *w = strtok_r(copy, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+			size_t i;
+
+			for (i = 0; i < ELEMENTSOF(crypt_args) && strcmp(w, crypt_args[i].arg); i++)
+				;
+			if (i == ELEMENTSOF(crypt_args))
+				return log_error_errno(EINVAL, "Unknown performance flag \"%s\".",
+				                       w);
+			flags |= crypt_args[i].flag;
+		}
+	*ret = flags;
+	return 0;
+}
+
 static void dm_log_cb(int level, const char *file, int line, int dm_errno_or_class, const char *fmt,
                       ...) _printf_(5, 6);
 static void dm_log_cb(int level, const char *file, int line, int dm_errno_or_class, const char *fmt,

@@ -816,3 +816,49 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	log_info("Re-wrapped %s: data key now wrapped by %s.", device, arn);
 	return 0;
 }
+
+int dmbyok_check_kernel(void)
+{
+	return dmbyok_dm_check_kernel_support();
+}
+
+int dmbyok_perf_flags_parse(const char *s, uint32_t *ret)
+{
+	return dmbyok_dm_crypt_flags_parse(s, ret);
+}
+
+int dmbyok_dump(const char *device, const char *header, json_object **ret)
+{
+	_cleanup_volume_ struct volume *v = NULL;
+	_cleanup_free_ char *token_json = NULL;
+	json_object *o;
+	bool matches;
+
+	GUARD(dmbyok_volume_load(device, header, &v));
+	GUARD(dmbyok_token_to_json(v->token, &token_json));
+	dmbyok_log_quiet_push();
+	matches = dmbyok_volume_check_binding(v) == 0;
+	dmbyok_log_quiet_pop();
+
+	o = json_object_new_object();
+	ENSURE_ALLOC(o);
+	json_object_object_add(o, "device", json_object_new_string(v->device));
+	if (v->header)
+		json_object_object_add(o, "header", json_object_new_string(v->header));
+	json_object_object_add(o, "volume_uuid", json_object_new_string(v->uuid));
+	json_object_object_add(o, "cipher", json_object_new_string(DMBYOK_DM_CIPHER));
+	json_object_object_add(o, "key_bits", json_object_new_int(DMBYOK_DEK_BYTES * 8));
+	json_object_object_add(o, "sector_size", json_object_new_int((int)v->sector_size));
+	json_object_object_add(o, "data_offset_sectors",
+	                       json_object_new_int64((int64_t)v->data_offset));
+	json_object_object_add(o, "data_size_sectors",
+	                       json_object_new_int64((int64_t)v->data_sectors));
+	json_object_object_add(o, "keyslot", json_object_new_int(v->token->keyslot));
+	json_object_object_add(o, "token_id", json_object_new_int(v->token_id));
+	/* Version 1 tokens record no binding: they prove nothing about the header. */
+	json_object_object_add(o, "binding_matches",
+	                       v->token->version >= 2 ? json_object_new_boolean(matches) : NULL);
+	json_object_object_add(o, "token", json_tokener_parse(token_json));
+	*ret = o;
+	return 0;
+}

@@ -511,13 +511,15 @@ int dmbyok_volume_format(const struct volume_format_params *p)
 			goto out;
 		}
 		close(fd);
+		/* From here on, any failure removes the file we created (restore_area). */
+		written = true;
 	}
 
 	r = p->header ? crypt_init_data_device(&cd, p->header, p->device)
 	              : crypt_init(&cd, p->device);
 	if (r < 0) {
 		r = log_error_errno(r, "Cannot open %s: %s", hdr, dmbyok_strerror(r));
-		goto out;
+		goto fail;
 	}
 	dmbyok_volume_setup_logging(cd);
 	params.sector_size = choose_sector_size(p->device, p->header ? 0 : HEADER_AREA_BYTES);
@@ -526,7 +528,7 @@ int dmbyok_volume_format(const struct volume_format_params *p)
 		                    "%s has blocks larger than 4096 bytes, which dm-crypt cannot "
 		                    "encrypt.",
 		                    p->device);
-		goto out;
+		goto fail;
 	}
 	written = true;
 	r = crypt_format(cd, CRYPT_LUKS2, DMBYOK_CIPHER, DMBYOK_CIPHER_MODE, p->uuid,

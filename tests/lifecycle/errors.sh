@@ -38,6 +38,10 @@ expect_exit 2 "format a device that does not exist" $DMBYOK format /dev/nosuch -
 expect_exit 2 "reserved context key" $DMBYOK format $A --key alias/a --force --context dmbyok:volume=x
 refuses 2 "encryption context too large" $A $DMBYOK format $A --key alias/a --force \
 	--context "big=$(head -c 5000 /dev/zero | tr '\0' x)"
+refuses 2 "an alias that does not exist is a typo, not a revoked key" $A \
+	$DMBYOK format $A --key alias/no-such-alias --force
+refuses 2 "--region contradicting the key ARN's region" $A $DMBYOK open $A data --region eu-west-3
+check "the message names both regions" grep -q 'eu-west-3.*us-east-1' "$WORK/err"
 mkdir -p "$WORK/small" && mount -t tmpfs -o size=64k tmpfs "$WORK/small"
 CSUM=$(header_sum $C)
 expect_exit 1 "a detached header that cannot be written (full file system)" \

@@ -31,17 +31,32 @@ expect_exit() {
 finish() { echo; echo "$(basename "$0"): ${PASSED:-0} passed, 0 failed"; }
 
 # --- the KMS emulator, running on the guest's own loopback ---------------------------
+# start_kms [tls]: with tls, over HTTPS with a throw-away CA (AWS_CA_BUNDLE points to it).
 start_kms() {
-	local out=$WORK/kms.out
+	local out=$WORK/kms.out tls=()
+	if [ "${1:-}" = tls ]; then
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+			-subj "/CN=dmbyok test CA" -keyout "$WORK/ca.key" -out "$WORK/ca.pem" \
+			-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+			2>/dev/null || fail "cannot make the test CA"
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+			-keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null || fail "server key"
+		printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$WORK/ext"
+		openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+			-CAcreateserial -days 2 -extfile "$WORK/ext" -out "$WORK/server.pem" 2>/dev/null ||
+			fail "cannot sign the server certificate"
+		tls=(--tls-cert "$WORK/server.pem" --tls-key "$WORK/server.key")
+		export AWS_CA_BUNDLE=$WORK/ca.pem
+	fi
 	"$EMULATOR" --listen 127.0.0.1:0 --state "$WORK/kms.json" --audit-log "$WORK/audit.log" \
-		>"$out" 2>"$WORK/kms.err" &
+		"${tls[@]}" >"$out" 2>"$WORK/kms.err" &
 	KMS_PID=$!
 	for _ in $(seq 600); do
 		grep -q 'listening on' "$out" 2>/dev/null && break
 		kill -0 "$KMS_PID" 2>/dev/null || { cat "$WORK/kms.err" >&2; fail "KMS emulator died"; }
 		sleep 0.1
 	done
-	KMS_URL=$(grep -o 'http://[0-9.:]*' "$out") || fail "KMS emulator never became ready"
+	KMS_URL=$(grep -o 'https\?://[0-9.:]*' "$out") || fail "KMS emulator never became ready"
 	# dmbyok acts as the host principal, exactly as on a real instance.
 	export AWS_ENDPOINT_URL_KMS=$KMS_URL AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 	export AWS_ACCESS_KEY_ID=AKIDHOST000000000001 AWS_SECRET_ACCESS_KEY=hostsecret
@@ -57,7 +72,7 @@ kms_as() {
 	host) user=AKIDHOST000000000001:hostsecret ;;
 	*) fail "kms_as: who is $who" ;;
 	esac
-	curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:kms" --user "$user" \
+	curl -sS --fail-with-body ${AWS_CA_BUNDLE:+--cacert "$AWS_CA_BUNDLE"} --aws-sigv4 "aws:amz:us-east-1:kms" --user "$user" \
 		-H 'Content-Type: application/x-amz-json-1.1' -H "X-Amz-Target: TrentService.$op" \
 		-d "$body" "$KMS_URL/"
 }

@@ -7,7 +7,7 @@ MEMSCAN=$DMBYOK_BUILD_DIR/tests/lifecycle/memscan
 HOLD=$DMBYOK_BUILD_DIR/tests/lifecycle/hold-open
 
 step "a volume and its DEK (unwrapped by the test as the oracle)"
-start_kms
+start_kms tls # the agent's case: TLS, one long-lived process, many KMS calls
 create_key alias/secrets >/dev/null
 check "format" $DMBYOK format $DISK --key alias/secrets
 unwrap_dek_to $DISK "$WORK/dek"
@@ -19,12 +19,24 @@ sleep 0.5
 expect_exit 1 "memscan finds the DEK in a process that read it" $MEMSCAN "$WORK/dek" --pid $CONTROL
 kill $CONTROL
 
-step "open through the library and stay alive; scan the process"
-coproc HOLDER { exec "$HOLD" $DISK data 2>"$WORK/hold.err"; }
+step "the scanner also finds the key's base64 and hex forms"
+(KEYB64=$(base64 -w0 "$WORK/dek"); exec -a "holder-$KEYB64" sleep 30) &
+CONTROL=$!
+sleep 0.3
+expect_exit 1 "memscan finds the base64 form" $MEMSCAN "$WORK/dek" --pid $CONTROL
+kill $CONTROL
+(KEYHEX=$(od -An -tx1 "$WORK/dek" | tr -d ' \n'); exec -a "holder-$KEYHEX" sleep 30) &
+CONTROL=$!
+sleep 0.3
+expect_exit 1 "memscan finds the hex form" $MEMSCAN "$WORK/dek" --pid $CONTROL
+kill $CONTROL
+
+step "open through the library, lock and unlock it 20 times over TLS, stay alive; scan"
+coproc HOLDER { exec "$HOLD" $DISK data 20 2>"$WORK/hold.err"; }
 read -r -t 120 line <&"${HOLDER[0]}" || fail "hold-open did not report"
 [ "$line" = opened ] || fail "hold-open said: $line $(cat "$WORK/hold.err")"
 ok "the volume is open and the opener is still running (pid $HOLDER_PID)"
-expect_exit 0 "no copy of the DEK (or either half) in the opener's memory" $MEMSCAN "$WORK/dek" --pid $HOLDER_PID
+expect_exit 0 "no copy of the DEK (either half, base64, hex) in the opener's memory after 21 unwraps" $MEMSCAN "$WORK/dek" --pid $HOLDER_PID
 check "core dumps are disabled for the opener" \
 	bash -c "grep -E '^Max core file size +0 +0 ' /proc/$HOLDER_PID/limits"
 exec {HOLDER[1]}>&-
