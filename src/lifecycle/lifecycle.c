@@ -514,21 +514,28 @@ static int lock_mapping(const char *name, unsigned timeout_ms, struct dmbyok_dev
 }
 
 /* Remembers whether the file system is frozen by us, for unlock (and after a crash). */
+/* Rewrites the record of a mapping from what status found, with the given key and freeze. */
+static int save_record(const struct mapping_status *s, const char *key_id, const char *key_arn,
+                       bool frozen)
+{
+	return dmbyok_registry_save(&(struct registry_entry){
+	    .name = s->dm.name,
+	    .device = s->device,
+	    .header = s->header,
+	    .volume_uuid = s->volume_uuid,
+	    .key_id = (char *)key_id,
+	    .key_arn = (char *)key_arn,
+	    .frozen = frozen,
+	});
+}
+
 static void record_frozen(const struct mapping_status *s, bool frozen)
 {
+	int r;
+
 	if (!s->key_id || !s->key_arn)
 		return; /* no record and no header read: thaw_after_resume covers that case */
-	struct registry_entry e = {
-		.name = s->dm.name,
-		.device = s->device,
-		.header = s->header,
-		.volume_uuid = s->volume_uuid,
-		.key_id = s->key_id,
-		.key_arn = s->key_arn,
-		.frozen = frozen,
-	};
-	int r = dmbyok_registry_save(&e);
-
+	r = save_record(s, s->key_id, s->key_arn, frozen);
 	if (r < 0)
 		log_warning("Could not record the freeze of %s (%s).", s->dm.name,
 		            dmbyok_strerror(r));
@@ -733,23 +740,10 @@ static void update_records(const char *volume_uuid, const char *key_id, const ch
 
 	if (dmbyok_dm_check_kernel_support() < 0 || dmbyok_list(&l, &n) < 0)
 		return;
-	for (size_t i = 0; i < n; i++) {
-		struct registry_entry e;
-
-		if (strcmp(l[i].volume_uuid, volume_uuid) != 0)
-			continue;
-		e = (struct registry_entry){
-			.name = l[i].dm.name,
-			.device = l[i].device,
-			.header = l[i].header,
-			.volume_uuid = l[i].volume_uuid,
-			.key_id = (char *)key_id,
-			.key_arn = (char *)key_arn,
-			.frozen = l[i].frozen,
-		};
-		if (dmbyok_registry_save(&e) < 0)
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(l[i].volume_uuid, volume_uuid) &&
+		    save_record(&l[i], key_id, key_arn, l[i].frozen) < 0)
 			log_warning("Could not update the record of %s.", l[i].dm.name);
-	}
 	dmbyok_mapping_status_list_free(l, n);
 }
 

@@ -39,7 +39,13 @@ curl_rotate() { kms_as customer RotateKeyOnDemand "{\"KeyId\":\"$K2\"}" >/dev/nu
 check "rotate key 2's material" curl_rotate
 check "rewrap under the rotated key" $DMBYOK rewrap $DISK
 K3=$(kms_as customer CreateKey '{}' | json_get KeyMetadata.Arn)
-check "rewrap --key to key 3" $DMBYOK rewrap $DISK --key "$K3"
+check "open (the agent would watch this mapping's key)" $DMBYOK open $DISK data
+check "rewrap --key to key 3 while open" $DMBYOK rewrap $DISK --key "$K3"
+check "status of the open mapping names key 3, not the key it was opened under" \
+	test "$($DMBYOK status data --json | jq -r .key_arn)" = "$K3"
+check "its runtime record was updated too (not stale)" \
+	test "$($DMBYOK status data --json | jq -r .record)/$(jq -r .key_arn "$DMBYOK_RUNTIME_DIR/mappings/data.json")" = "ok/$K3"
+check "close" $DMBYOK close data
 check "the token now names key 3 as key id and ARN" \
 	test "$(token_json $DISK | json_get key_id)/$(token_json $DISK | json_get key_arn)" = "$K3/$K3"
 

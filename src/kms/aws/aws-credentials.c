@@ -351,6 +351,32 @@ static int metadata_request(struct aws_http *h, const struct metadata_opts *o, c
 	return r;
 }
 
+/* GET one set of temporary credentials from a metadata endpoint (container or IMDS). */
+static int fetch_credentials(struct resolve_ctx *ctx, const struct metadata_opts *o,
+                             const char *url, const struct secret *const *secret_headers,
+                             const char *source, struct aws_credentials **ret)
+{
+	struct aws_http_response resp = { 0 };
+	const char *detail = NULL;
+	int r;
+
+	r = metadata_request(ctx->http, o, "GET", url, NULL, secret_headers, &resp, &detail);
+	if (r < 0)
+		return fail(ctx, r, "Cannot fetch %s credentials from %s: %s", source, url, detail);
+	if (resp.status != 200) {
+		long status = resp.status;
+
+		dmbyok_aws_http_response_done(&resp);
+		return fail(ctx, -EKEYREJECTED, "The %s credentials endpoint %s answered HTTP %ld.",
+		            source, url, status);
+	}
+	r = dmbyok_aws_credentials_from_json(resp.body, source, ret);
+	dmbyok_aws_http_response_done(&resp);
+	if (r < 0 && r != -ENOMEM)
+		return fail(ctx, r, "Malformed %s credentials from %s.", source, url);
+	return r;
+}
+
 /* Plain http to a container endpoint only where AWS's own agents listen. */
 static bool container_host_allowed(const char *url)
 {
@@ -381,9 +407,7 @@ static int from_container(struct resolve_ctx *ctx, const char *profile,
 	_cleanup_secret_ struct secret *token = NULL, *auth = NULL;
 	const struct secret *secret_headers[2] = {};
 	_cleanup_free_ char *url = NULL;
-	struct aws_http_response resp = {};
 	struct metadata_opts o;
-	const char *detail;
 	int r;
 
 	if (rel) {
@@ -419,22 +443,7 @@ static int from_container(struct resolve_ctx *ctx, const char *profile,
 	}
 
 	metadata_opts(ctx, profile, &o);
-	r = metadata_request(ctx->http, &o, "GET", url, NULL, secret_headers, &resp, &detail);
-	if (r < 0)
-		return fail(ctx, r, "Cannot fetch container credentials from %s: %s", url, detail);
-	if (resp.status != 200) {
-		long status = resp.status;
-
-		dmbyok_aws_http_response_done(&resp);
-		return fail(ctx, -EKEYREJECTED,
-		            "The container credentials endpoint %s answered HTTP %ld.", url,
-		            status);
-	}
-	r = dmbyok_aws_credentials_from_json(resp.body, "container", ret);
-	dmbyok_aws_http_response_done(&resp);
-	if (r < 0 && r != -ENOMEM)
-		return fail(ctx, r, "Malformed container credentials from %s.", url);
-	return r;
+	return fetch_credentials(ctx, &o, url, secret_headers, "container", ret);
 }
 
 static bool imds_disabled(void)
@@ -523,23 +532,7 @@ static int from_imds(struct resolve_ctx *ctx, const char *profile, struct aws_cr
 	free(url);
 	if (asprintf(&url, "%s/latest/meta-data/iam/security-credentials/%s", base, role) < 0)
 		return -ENOMEM;
-	r = metadata_request(ctx->http, &o, "GET", url, NULL, secret_headers, &resp, &detail);
-	if (r < 0)
-		return fail(ctx, r, "Cannot fetch role %s credentials from instance metadata: %s",
-		            role, detail);
-	if (resp.status != 200) {
-		long status = resp.status;
-
-		dmbyok_aws_http_response_done(&resp);
-		return fail(ctx, -EKEYREJECTED,
-		            "Instance metadata answered HTTP %ld for role %s credentials.", status,
-		            role);
-	}
-	r = dmbyok_aws_credentials_from_json(resp.body, "imds", ret);
-	dmbyok_aws_http_response_done(&resp);
-	if (r < 0 && r != -ENOMEM)
-		return fail(ctx, r, "Malformed instance metadata credentials for role %s.", role);
-	return r;
+	return fetch_credentials(ctx, &o, url, secret_headers, "imds", ret);
 }
 
 /* ---- role assumption ---- */
