@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dmbyok/kms.h"
+#include "dmbyok/lifecycle.h"
 
 struct cli {
 	char **args; /* positional arguments after the verb */

@@ -1,4 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The volume lifecycle: format, open, close, lock, unlock, rewrap, status, composed from the
+ * KMS, volume (header) and dm layers, each under the device's lock, each either done or
+ * leaving the header and the mappings as they were.
+ */
 #include <assert.h>
 #include <stdio.h>
 #include <sys/stat.h>

@@ -1,4 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * A dmbyok volume's LUKS2 header through libcryptsetup: load and check it, bind the token to
+ * it, format it (restoring the old bytes on failure), and refuse devices that are in use or
+ * hold data.
+ */
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <string.h>

@@ -44,28 +44,6 @@ struct resolve_ctx {
 	size_t why_size;
 };
 
-int dmbyok_aws_secret_strndup(const char *s, size_t n, struct secret **ret)
-{
-	_cleanup_secret_ struct secret *x = NULL;
-
-	GUARD(dmbyok_secret_new(n + 1, &x));
-	memcpy(x->data, s, n);
-	x->data[n] = '\0';
-	x->size = n;
-	*ret = TAKE_PTR(x);
-	return 0;
-}
-
-void dmbyok_aws_credentials_free(struct aws_credentials *cr)
-{
-	if (!cr)
-		return;
-	free(cr->access_key_id);
-	dmbyok_secret_free(cr->secret_access_key);
-	dmbyok_secret_free(cr->session_token);
-	free(cr);
-}
-
 void dmbyok_aws_credentials_invalidate(struct aws_credentials_cache *cache)
 {
 	dmbyok_aws_credentials_free(cache->cached);
@@ -82,36 +60,6 @@ void dmbyok_aws_credentials_cache_done(struct aws_credentials_cache *cache)
 	cache->profile = NULL;
 }
 
-/* Header values must not be able to smuggle in further headers. */
-static bool header_safe(const char *s, size_t n)
-{
-	return !memchr(s, '\r', n) && !memchr(s, '\n', n);
-}
-
-int dmbyok_aws_credentials_new(const char *akid, struct secret *secret, struct secret *token,
-                               time_t expiration, const char *source, struct aws_credentials **ret)
-{
-	_cleanup_secret_ struct secret *s = secret, *t = token;
-	_cleanup_(dmbyok_aws_credentials_freep) struct aws_credentials *cr = NULL;
-
-	if (!akid || !*akid || !s || !s->size || !header_safe(akid, strlen(akid)) ||
-	    !header_safe((const char *)s->data, s->size) ||
-	    (t && !header_safe((const char *)t->data, t->size)))
-		return -EINVAL;
-	cr = calloc(1, sizeof(*cr));
-	ENSURE_ALLOC(cr);
-	cr->access_key_id = strdup(akid);
-	ENSURE_ALLOC(cr->access_key_id);
-	cr->secret_access_key = TAKE_PTR(s);
-	if (t && t->size)
-		cr->session_token = TAKE_PTR(t);
-	cr->expiration = expiration;
-	cr->obtained = time(NULL);
-	cr->source = source;
-	*ret = TAKE_PTR(cr);
-	return 0;
-}
-
 /* From strings that already live in locked memory (INI text) or the environment. */
 static int creds_from_strings(const char *akid, const char *secret, const char *token,
                               const char *source, struct aws_credentials **ret)
@@ -122,27 +70,6 @@ static int creds_from_strings(const char *akid, const char *secret, const char *
 	if (token && *token)
 		GUARD(dmbyok_aws_secret_strndup(token, strlen(token), &t));
 	return dmbyok_aws_credentials_new(akid, TAKE_PTR(s), TAKE_PTR(t), 0, source, ret);
-}
-
-int dmbyok_aws_parse_iso8601(const char *s, time_t *ret)
-{
-	struct tm tm = {};
-	const char *p;
-	time_t t;
-
-	p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-	if (!p)
-		return -EINVAL;
-	if (*p == '.')
-		for (p++; isdigit((unsigned char)*p); p++)
-			;
-	if (strcmp(p, "Z") && strcmp(p, "+00:00") && strcmp(p, "+0000"))
-		return -EINVAL;
-	t = timegm(&tm);
-	if (t == (time_t)-1)
-		return -EINVAL;
-	*ret = t;
-	return 0;
 }
 
 static const char *env_nonempty(const char *name)
@@ -234,58 +161,6 @@ static int from_static(struct resolve_ctx *ctx, const char *profile, bool creds_
 	                       "profile", ret);
 	if (r == -EINVAL)
 		return fail(ctx, r, "Profile '%s' in %s has unusable keys.", profile, path);
-	return r;
-}
-
-/* Credentials JSON of the container and instance metadata endpoints. */
-int dmbyok_aws_credentials_from_json(struct secret *body, const char *source,
-                                     struct aws_credentials **ret)
-{
-	_cleanup_secret_ struct secret *secret = NULL, *token = NULL;
-	json_object *j, *akid, *exp, *code;
-	time_t expiration = 0;
-	int r;
-
-	/* Secrets leave the body before json-c copies anything into the heap. */
-	r = dmbyok_aws_json_take_string(body, "SecretAccessKey", &secret);
-	if (r < 0)
-		return r == -ENOENT ? -EPROTO : r;
-	r = dmbyok_aws_json_take_string(body, "Token", &token);
-	if (r < 0 && r != -ENOENT)
-		return r;
-	j = json_tokener_parse((const char *)body->data);
-	if (!j || !json_object_is_type(j, json_type_object)) {
-		r = -EPROTO;
-		goto out;
-	}
-	/* A member of another type (null, a number) is as wrong as a failure code. */
-	if (json_object_object_get_ex(j, "Code", &code) &&
-	    (!json_object_is_type(code, json_type_string) ||
-	     strcmp(json_object_get_string(code), "Success") != 0)) {
-		r = log_debug_errno(EPROTO, "Metadata credentials not ready: %s",
-		                    json_object_get_string(code));
-		goto out;
-	}
-	if (!json_object_object_get_ex(j, "AccessKeyId", &akid) ||
-	    !json_object_is_type(akid, json_type_string)) {
-		r = -EPROTO;
-		goto out;
-	}
-	if (json_object_object_get_ex(j, "Expiration", &exp) &&
-	    (!json_object_is_type(exp, json_type_string) ||
-	     dmbyok_aws_parse_iso8601(json_object_get_string(exp), &expiration) < 0)) {
-		r = log_debug_errno(EPROTO, "Bad Expiration in %s credentials.", source);
-		goto out;
-	}
-	/* Temporary credentials always expire; without a date, refresh them regularly. */
-	if (!expiration)
-		expiration = time(NULL) + 3600;
-	r = dmbyok_aws_credentials_new(json_object_get_string(akid), TAKE_PTR(secret),
-	                               TAKE_PTR(token), expiration, source, ret);
-	if (r == -EINVAL)
-		r = -EPROTO;
-out:
-	json_object_put(j);
 	return r;
 }
 
@@ -435,7 +310,7 @@ static int from_container(struct resolve_ctx *ctx, const char *profile,
 		GUARD(dmbyok_aws_secret_strndup(token_env, strlen(token_env), &token));
 	}
 	if (token && token->size) {
-		if (!header_safe((const char *)token->data, token->size))
+		if (!dmbyok_aws_header_safe((const char *)token->data, token->size))
 			return fail(ctx, -EINVAL,
 			            "The container authorization token is malformed.");
 		GUARD(dmbyok_aws_secret_header("Authorization", (const char *)token->data, &auth));
@@ -503,7 +378,7 @@ static int from_imds(struct resolve_ctx *ctx, const char *profile, struct aws_cr
 	dmbyok_aws_http_response_done(&resp);
 	if (r < 0)
 		return r;
-	if (!token->size || !header_safe((const char *)token->data, token->size))
+	if (!token->size || !dmbyok_aws_header_safe((const char *)token->data, token->size))
 		return fail(ctx, -EPROTO, "Malformed IMDSv2 token from %s.", base);
 	GUARD(dmbyok_aws_secret_header("X-aws-ec2-metadata-token", (const char *)token->data,
 	                               &token_header));
@@ -904,4 +779,19 @@ int dmbyok_aws_credentials_get(struct aws_credentials_cache *cache, struct aws_h
 	memcpy(cache->stamps, stamps, sizeof(stamps));
 	*ret = fresh;
 	return 0;
+}
+
+int dmbyok_aws_get_caller_identity(struct aws_credentials_cache *cache, struct aws_http *h,
+                                   char **ret_arn, char **ret_account, char *why, size_t why_size)
+{
+	_cleanup_free_ char *region = NULL;
+	const struct aws_credentials *cr;
+	int r;
+
+	GUARD(dmbyok_aws_credentials_get(cache, h, &cr, why, why_size));
+	r = dmbyok_aws_resolve_region(NULL, NULL, cache->profile, &region);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	return dmbyok_aws_sts_get_caller_identity(h, region, cr, ret_arn, ret_account, why,
+	                                          why_size);
 }

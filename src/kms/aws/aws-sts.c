@@ -289,18 +289,13 @@ int dmbyok_aws_sts_assume_role_with_web_identity(struct aws_http *h, const char 
 	              why, why_size);
 }
 
-int dmbyok_aws_get_caller_identity(struct aws_credentials_cache *cache, struct aws_http *h,
-                                   char **ret_arn, char **ret_account, char *why, size_t why_size)
+int dmbyok_aws_sts_get_caller_identity(struct aws_http *h, const char *region,
+                                       const struct aws_credentials *cr, char **ret_arn,
+                                       char **ret_account, char *why, size_t why_size)
 {
 	_cleanup_secret_ struct secret *form = NULL, *body = NULL;
-	_cleanup_free_ char *region = NULL, *arn = NULL, *account = NULL;
-	const struct aws_credentials *cr;
-	int r;
+	_cleanup_free_ char *arn = NULL, *account = NULL;
 
-	GUARD(dmbyok_aws_credentials_get(cache, h, &cr, why, why_size));
-	r = dmbyok_aws_resolve_region(NULL, NULL, cache->profile, &region);
-	if (r < 0 && r != -ENOENT)
-		return r;
 	GUARD(dmbyok_secret_new(128, &form));
 	form->size = 0;
 	GUARD(form_add(form, "Action", "GetCallerIdentity"));

@@ -180,6 +180,8 @@ int dmbyok_aws_credentials_new(const char *access_key_id, struct secret *secret,
                                struct aws_credentials **ret);
 /* A copy of s (n bytes) as a NUL-terminated secret. */
 int dmbyok_aws_secret_strndup(const char *s, size_t n, struct secret **ret);
+/* Whether a header value is free of CR and LF (no smuggled headers). */
+bool dmbyok_aws_header_safe(const char *s, size_t n);
 
 void dmbyok_aws_credentials_free(struct aws_credentials *cr);
 DEFINE_CLEANUP_FUNC(struct aws_credentials *, dmbyok_aws_credentials_free);
@@ -250,6 +252,10 @@ int dmbyok_aws_sts_assume_role_with_web_identity(struct aws_http *h, const char 
                                                  const struct aws_assume_role *p,
                                                  struct aws_credentials **ret, char *why,
                                                  size_t why_size);
+/* STS GetCallerIdentity signed with `cr`: the principal they belong to. */
+int dmbyok_aws_sts_get_caller_identity(struct aws_http *h, const char *region,
+                                       const struct aws_credentials *cr, char **ret_arn,
+                                       char **ret_account, char *why, size_t why_size);
 /*
  * STS GetCallerIdentity with the credentials the chain resolves: who this host is to AWS.
  * ret_account may be NULL.
