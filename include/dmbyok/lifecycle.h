@@ -12,6 +12,7 @@
 
 #include "dmbyok/dm.h"
 #include "dmbyok/kms.h"
+#include "dmbyok/token.h"
 
 /*
  * Performance flags dmbyok persists unless told otherwise. bench/run io measured the
@@ -96,6 +97,15 @@ typedef void (*dmbyok_doctor_report_fn)(const char *check, int r, const char *de
                                         const char *provider_said, void *userdata);
 int dmbyok_doctor(const char *key_id, const struct kms_options *kms, dmbyok_doctor_report_fn report,
                   void *userdata);
+
+/* The dmbyok token of a volume's header (checked to belong to it). */
+int dmbyok_read_token(const char *device, const char *header, struct dmbyok_token **ret);
+/*
+ * Whether this host may still unwrap under the token's key: one KMS Decrypt of its wrapped
+ * DEK with its encryption context (which sees disable, deletion, key policy, grants and
+ * IAM), the plaintext wiped at once. 0, or the KMS error in dmbyok's taxonomy.
+ */
+int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms);
 
 /* -ENOTSUP with a clear message unless the kernel has device-mapper and dm-crypt. */
 int dmbyok_check_kernel(void);

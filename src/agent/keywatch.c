@@ -161,6 +161,13 @@ static void decide_lock(struct dmbyok_keywatch *w, enum dmbyok_keywatch_lock_rea
 	w->next_probe_ms = MIN(w->next_probe_ms, add_ms(now_ms, w->cfg.restore_interval_ms));
 }
 
+void dmbyok_keywatch_adopt_locked(struct dmbyok_keywatch *w, uint64_t now_ms)
+{
+	now_ms = advance_clock(w, now_ms);
+	w->volumes = DMBYOK_KEYWATCH_VOLUMES_LOCKED;
+	decide_lock(w, DMBYOK_KEYWATCH_REASON_ADOPTED, now_ms);
+}
+
 static enum dmbyok_keywatch_volumes target_volumes(const struct dmbyok_keywatch *w)
 {
 	switch (w->state) {
@@ -422,6 +429,8 @@ const char *dmbyok_keywatch_lock_reason_name(enum dmbyok_keywatch_lock_reason r)
 		return "fail-closed";
 	case DMBYOK_KEYWATCH_REASON_DELETED:
 		return "deleted";
+	case DMBYOK_KEYWATCH_REASON_ADOPTED:
+		return "found-locked";
 	}
 	return "unknown";
 }

@@ -118,6 +118,7 @@ enum dmbyok_keywatch_lock_reason {
 	DMBYOK_KEYWATCH_REASON_REVOKED,
 	DMBYOK_KEYWATCH_REASON_FAIL_CLOSED,
 	DMBYOK_KEYWATCH_REASON_DELETED,
+	DMBYOK_KEYWATCH_REASON_ADOPTED, /* found locked when the watch began (agent restart) */
 };
 
 /* What the daemon confirmed about the key's volumes. */
@@ -177,6 +178,12 @@ struct dmbyok_keywatch {
 int dmbyok_keywatch_init(struct dmbyok_keywatch *w, const char *key_arn,
                          const struct dmbyok_keywatch_config *cfg, uint64_t now_ms);
 void dmbyok_keywatch_done(struct dmbyok_keywatch *w);
+/*
+ * The key's volumes were found locked when the watch began (an agent restarted after it
+ * locked them): the watch starts LOCKED, probing at restore_interval, and the first OK
+ * answer unlocks them. A lock decided this way is never re-done.
+ */
+void dmbyok_keywatch_adopt_locked(struct dmbyok_keywatch *w, uint64_t now_ms);
 
 /* A probe's answer: 0 or a negative errno; key_deleted as described above. */
 unsigned dmbyok_keywatch_on_probe(struct dmbyok_keywatch *w, int probe_result, bool key_deleted,

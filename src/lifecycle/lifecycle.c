@@ -861,3 +861,28 @@ int dmbyok_dump(const char *device, const char *header, json_object **ret)
 	*ret = o;
 	return 0;
 }
+
+int dmbyok_read_token(const char *device, const char *header, struct dmbyok_token **ret)
+{
+	_cleanup_volume_ struct volume *v = NULL;
+
+	GUARD(dmbyok_volume_load(device, header, &v));
+	GUARD(dmbyok_token_check_volume(v->token, v->uuid));
+	*ret = TAKE_PTR(v->token);
+	return 0;
+}
+
+int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms)
+{
+	_cleanup_kms_client_ struct kms_client *c = NULL;
+	_cleanup_secret_ struct secret *dek = NULL;
+	int r;
+
+	GUARD(kms_connect(kms, t->region, &c));
+	/* The one call that proves this host may still unwrap; the key is wiped at once. */
+	r = dmbyok_kms_decrypt(c, t->key_arn, t->ciphertext, t->context, &dek, NULL);
+	if (r < 0)
+		return log_debug_errno(r, "Probe of %s: %s (%s)", t->key_arn, dmbyok_strerror(r),
+		                       dmbyok_kms_last_error(c));
+	return 0;
+}

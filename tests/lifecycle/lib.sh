@@ -34,6 +34,7 @@ finish() { echo; echo "$(basename "$0"): ${PASSED:-0} passed, 0 failed"; }
 # start_kms [tls]: with tls, over HTTPS with a throw-away CA (AWS_CA_BUNDLE points to it).
 start_kms() {
 	local out=$WORK/kms.out tls=()
+	: >"$out"
 	if [ "${1:-}" = tls ]; then
 		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 			-subj "/CN=dmbyok test CA" -keyout "$WORK/ca.key" -out "$WORK/ca.pem" \
@@ -48,8 +49,9 @@ start_kms() {
 		tls=(--tls-cert "$WORK/server.pem" --tls-key "$WORK/server.key")
 		export AWS_CA_BUNDLE=$WORK/ca.pem
 	fi
-	"$EMULATOR" --listen 127.0.0.1:0 --state "$WORK/kms.json" --audit-log "$WORK/audit.log" \
-		"${tls[@]}" >"$out" 2>"$WORK/kms.err" &
+	# KMS_LISTEN: a fixed address lets a test stop and restart the KMS under a running agent.
+	"$EMULATOR" --listen "${KMS_LISTEN:-127.0.0.1:0}" --state "$WORK/kms.json" \
+		--audit-log "$WORK/audit.log" "${tls[@]}" >"$out" 2>"$WORK/kms.err" &
 	KMS_PID=$!
 	for _ in $(seq 600); do
 		grep -q 'listening on' "$out" 2>/dev/null && break

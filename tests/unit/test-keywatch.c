@@ -394,6 +394,28 @@ static void test_restore_within_restore_interval(void **state)
 	assert_int_equal(dmbyok_keywatch_next_deadline(&w), now + S(10));
 }
 
+/* An agent restarted over volumes it had locked keeps them locked until the key answers OK. */
+static void test_adopted_locked_volumes(void **state)
+{
+	_cleanup_(dmbyok_keywatch_done) struct dmbyok_keywatch w = { 0 };
+	uint64_t t0 = now;
+
+	(void)state;
+	assert_int_equal(dmbyok_keywatch_init(&w, arn, NULL, now), 0);
+	dmbyok_keywatch_adopt_locked(&w, now);
+	assert_int_equal(w.state, DMBYOK_KEYWATCH_LOCKED);
+	assert_string_equal(dmbyok_keywatch_lock_reason_name(w.lock_reason), "found-locked");
+	/* Nothing to do to the volumes (they are locked already): only probes. */
+	assert_int_equal(sleep_and_tick(&w), DMBYOK_KEYWATCH_PROBE);
+	assert_int_equal(now, t0);
+	assert_int_equal(answer(&w, -EKEYREVOKED), 0);
+	assert_int_equal(sleep_and_tick(&w), DMBYOK_KEYWATCH_PROBE);
+	assert_int_equal(now - t0, S(2)); /* restore_interval */
+	assert_int_equal(answer(&w, 0), DMBYOK_KEYWATCH_UNLOCK);
+	assert_int_equal(dmbyok_keywatch_action_done(&w, DMBYOK_KEYWATCH_UNLOCK, 0, now), 0);
+	assert_int_equal(w.state, DMBYOK_KEYWATCH_ACTIVE);
+}
+
 static void test_teardown_then_reprovision(void **state)
 {
 	_cleanup_(dmbyok_keywatch_done) struct dmbyok_keywatch w = { 0 };
@@ -892,6 +914,7 @@ int main(void)
 		cmocka_unit_test_setup(test_credentials_alert_once_never_lock, setup),
 		cmocka_unit_test_setup(test_fail_closed_locks_after_bound_and_restores, setup),
 		cmocka_unit_test_setup(test_restore_within_restore_interval, setup),
+		cmocka_unit_test_setup(test_adopted_locked_volumes, setup),
 		cmocka_unit_test_setup(test_teardown_then_reprovision, setup),
 		cmocka_unit_test_setup(test_teardown_never_when_off, setup),
 		cmocka_unit_test_setup(test_key_deleted_is_terminal, setup),
