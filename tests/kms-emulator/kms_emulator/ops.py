@@ -542,7 +542,7 @@ class Kms:
                 return {"GrantToken": grant["GrantToken"], "GrantId": grant["GrantId"]}
         grant_id = secrets.token_hex(32)
         grant = dict(wanted, GrantId=grant_id, CreationDate=call.now,
-                     GrantToken=base64.urlsafe_b64encode(os.urandom(48)).decode())
+                     GrantToken="AQpA" + base64.urlsafe_b64encode(os.urandom(48)).decode())
         call.data["grants"][grant_id] = grant
         call.txn.dirty = True
         return {"GrantToken": grant["GrantToken"], "GrantId": grant_id}
