@@ -50,7 +50,29 @@ struct agent {
 	struct key **keys;
 	size_t n_keys;
 	sd_event_source *rescan;
+	bool stopping; /* SIGTERM: start nothing new, exit once running children are done */
 };
+
+/* A lock killed half-way would leave its volume suspended with its key: let children finish. */
+static void exit_when_idle(struct agent *a)
+{
+	for (size_t i = 0; i < a->n_keys; i++)
+		if (a->keys[i]->probe_pid || a->keys[i]->action_pid)
+			return;
+	(void)sd_event_exit(a->event, 0);
+}
+
+static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
+{
+	struct agent *a = userdata;
+
+	(void)s;
+	log_info("Stopping (signal %u): waiting for running probes and actions.", si->ssi_signo);
+	(void)sd_notify(false, "STOPPING=1");
+	a->stopping = true;
+	exit_when_idle(a);
+	return 0;
+}
 
 static uint64_t now_ms(void)
 {
@@ -98,6 +120,8 @@ static int on_timer(sd_event_source *s, uint64_t usec, void *userdata)
 	struct key *k = userdata;
 
 	(void)s, (void)usec;
+	if (k->agent->stopping)
+		return 0;
 	perform(k, dmbyok_keywatch_on_tick(&k->watch, now_ms()));
 	schedule(k);
 	return 0;
@@ -117,6 +141,10 @@ static int on_probe_exit(sd_event_source *s, const siginfo_t *si, void *userdata
 
 	sd_event_source_unref(s);
 	k->probe_pid = 0;
+	if (k->agent->stopping) {
+		exit_when_idle(k->agent);
+		return 0;
+	}
 	log_debug("Probe of %s: %s in %llu ms.", k->watch.key_arn,
 	          dmbyok_error_class_name(dmbyok_error_class(r)),
 	          (unsigned long long)(t - k->probe_started_ms));
@@ -143,6 +171,10 @@ static int on_action_exit(sd_event_source *s, const siginfo_t *si, void *userdat
 		           action == DMBYOK_KEYWATCH_LOCK ? "Locked" : "Unlocked", k->n_names,
 		           k->watch.key_arn);
 	(void)dmbyok_keywatch_action_done(&k->watch, action, r, now_ms());
+	if (k->agent->stopping) {
+		exit_when_idle(k->agent);
+		return 0;
+	}
 	perform(k, dmbyok_keywatch_on_tick(&k->watch, now_ms()));
 	schedule(k);
 	return 0;
@@ -335,6 +367,8 @@ static int on_rescan(sd_event_source *s, uint64_t usec, void *userdata)
 {
 	struct agent *a = userdata;
 
+	if (a->stopping)
+		return 0;
 	(void)rescan(a);
 	(void)sd_event_source_set_time(s, usec + a->cfg.check_interval_ms * 1000ULL);
 	(void)sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
@@ -467,9 +501,9 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	r = sd_event_default(&a.event);
 	if (r >= 0)
-		r = sd_event_add_signal(a.event, NULL, SIGTERM, NULL, NULL);
+		r = sd_event_add_signal(a.event, NULL, SIGTERM, on_stop_signal, &a);
 	if (r >= 0)
-		r = sd_event_add_signal(a.event, NULL, SIGINT, NULL, NULL);
+		r = sd_event_add_signal(a.event, NULL, SIGINT, on_stop_signal, &a);
 	if (r >= 0)
 		r = sd_event_set_watchdog(a.event, true);
 	if (r >= 0)
@@ -490,7 +524,6 @@ int main(int argc, char **argv)
 	(void)sd_notifyf(false, "READY=1\nSTATUS=Watching %zu key(s)", a.n_keys);
 
 	r = sd_event_loop(a.event);
-	(void)sd_notify(false, "STOPPING=1");
 	for (size_t i = 0; i < a.n_keys; i++)
 		key_free(a.keys[i]);
 	free(a.keys);
