@@ -79,7 +79,7 @@ struct volume_format_params {
 	const struct secret *dek;
 	struct dmbyok_token *token;
 	char *binding;
-	    /* this header's binding (dmbyok_volume_binding) */ /* keyslot is filled in */
+	/* this header's binding (dmbyok_volume_binding) */ /* keyslot is filled in */
 	uint32_t activation_flags; /* persisted CRYPT_ACTIVATE_* performance flags */
 };
 
