@@ -102,3 +102,26 @@ unwrap_dek_to() { # unwrap_dek_to DEVICE FILE
 
 # Fingerprint of the first 16 MiB (the LUKS2 header area): "changes nothing" checks.
 header_sum() { head -c 16M "$1" | sha256sum | cut -d' ' -f1; }
+
+# --- an application that fsyncs: the "no acknowledged write lost" oracle -------------
+# start_writer FILE: appends numbered records to FILE, each fsync'ed; the number of the
+# last acknowledged one (fsync returned) is in $WORK/acked. Sets WRITER.
+start_writer() {
+	: >"$WORK/acked"
+	(
+		i=0
+		while :; do
+			printf 'record %08d\n' $i | dd of="$1" oflag=append conv=notrunc,fsync status=none
+			echo $i >"$WORK/acked" # only after fsync returned: an acknowledged write
+			i=$((i + 1))
+		done
+	) &
+	WRITER=$!
+}
+acked() { cat "$WORK/acked"; }
+stop_writer() { kill "$WRITER" 2>/dev/null; wait "$WRITER" 2>/dev/null || true; ACKED=$(acked); }
+# check_acked_survived FILE WHAT: every record up to $ACKED is in FILE, in order.
+check_acked_survived() {
+	check "every acknowledged record ($((ACKED + 1))) survived $2, in order" \
+		bash -c "head -n $((ACKED + 1)) '$1' | awk '{ if (\$2 != sprintf(\"%08d\", NR - 1)) exit 1 }' && [ \$(wc -l <'$1') -ge $((ACKED + 1)) ]"
+}

@@ -153,16 +153,7 @@ dmsetup resume lower
 check "unlock after the disk recovers" $DMBYOK unlock st --quiet
 check "data readable" test "$(cat "$MNT/f")" = "before the stall"
 
-: >"$WORK/acked"
-(
-	i=0
-	while :; do
-		printf 'record %08d\n' $i | dd of="$MNT/log" oflag=append conv=notrunc,fsync status=none
-		echo $i >"$WORK/acked"
-		i=$((i + 1))
-	done
-) &
-WRITER=$!
+start_writer "$MNT/log"
 sleep 2
 dmsetup suspend --nolockfs lower # stalls with the writer's I/O in flight
 sleep 1
@@ -184,16 +175,14 @@ dmsetup resume lower # the stuck I/O completes, then the orphaned suspend does
 for _ in $(seq 50); do [ "$(state st)" = suspended-keyed ] && break; sleep 0.2; done
 check "status shows the interrupted lock" test "$(state st)" = suspended-keyed
 check "unlock repairs it" $DMBYOK unlock st --quiet
-A1=$(cat "$WORK/acked"); sleep 2; A2=$(cat "$WORK/acked")
+A1=$(acked); sleep 2; A2=$(acked)
 check "writes flow again ($A1 -> $A2)" test "$A2" -gt "$A1"
-kill $WRITER; wait $WRITER 2>/dev/null || true
-ACKED=$(cat "$WORK/acked")
+stop_writer
 umount "$MNT"
 check "close" $DMBYOK close st --quiet
 check "reopen" $DMBYOK open /dev/mapper/lower st --quiet
 mount -o ro /dev/mapper/st "$MNT"
-check "every acknowledged record ($((ACKED + 1))) survived the stall, the failed lock and the kill" \
-	bash -c "head -n $((ACKED + 1)) '$MNT/log' | awk '{ if (\$2 != sprintf(\"%08d\", NR - 1)) exit 1 }' && [ \$(wc -l <'$MNT/log') -ge $((ACKED + 1)) ]"
+check_acked_survived "$MNT/log" "the stall, the failed lock and the kill"
 umount "$MNT"
 $DMBYOK close st --quiet
 dmsetup remove lower
