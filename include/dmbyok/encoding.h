@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #pragma once
 
-/* Base64 and hex. Encoding uses OpenSSL's codec; decoding is dmbyok's own, strict one. */
+/*
+ * Text forms of values: base64 and hex (encoding uses OpenSSL's codec; decoding is dmbyok's
+ * own, strict one), and bounded numbers given as options.
+ */
 
 #include <stddef.h>
 #include <stdint.h>
@@ -19,3 +22,10 @@ int dmbyok_base64_decode(const char *b64, size_t b64_len, void *out, size_t out_
 
 /* Lower-case hex of data into a new string (never use for secrets). */
 int dmbyok_hex_encode(const void *data, size_t n, char **ret);
+
+/*
+ * A decimal number of `unit` ("seconds", ...) in [min, max] given to --option: -EINVAL with
+ * a message naming the option and the range otherwise (signs, spaces, overflow included).
+ */
+int dmbyok_parse_option_uint(const char *option, const char *s, unsigned min, unsigned max,
+                             const char *unit, unsigned *ret);

@@ -20,6 +20,7 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
+#include "dmbyok/encoding.h"
 #include "dmbyok/lifecycle.h"
 #include "dmbyok/log.h"
 #include "dmbyok/process.h"
@@ -33,7 +34,7 @@ struct key {
 	struct agent *agent;
 	struct dmbyok_keywatch watch;
 	struct dmbyok_token *token; /* one of its volumes' tokens: what a probe decrypts */
-	char **names;               /* its mappings, as of the last scan */
+	char **names;               /* its mappings as of the last scan, NULL-terminated */
 	size_t n_names;
 	bool seen; /* found by the current scan */
 	sd_event_source *timer;
@@ -79,15 +80,6 @@ static uint64_t now_ms(void)
 	return dmbyok_now_ms();
 }
 
-static void strv_clear(char ***l, size_t *n)
-{
-	for (size_t i = 0; i < *n; i++)
-		free((*l)[i]);
-	free(*l);
-	*l = NULL;
-	*n = 0;
-}
-
 static void key_free(struct key *k)
 {
 	if (!k)
@@ -95,7 +87,7 @@ static void key_free(struct key *k)
 	sd_event_source_disable_unref(k->timer);
 	dmbyok_keywatch_done(&k->watch);
 	dmbyok_token_free(k->token);
-	strv_clear(&k->names, &k->n_names);
+	dmbyok_strv_free(k->names);
 	free(k);
 }
 
@@ -309,7 +301,9 @@ static int rescan(struct agent *a)
 		return log_error_errno(r, "Cannot list mappings: %s", dmbyok_strerror(r));
 	for (size_t i = 0; i < a->n_keys; i++) {
 		a->keys[i]->seen = false;
-		strv_clear(&a->keys[i]->names, &a->keys[i]->n_names);
+		dmbyok_strv_free(a->keys[i]->names);
+		a->keys[i]->names = NULL;
+		a->keys[i]->n_names = 0;
 	}
 	for (size_t i = 0; i < n; i++) {
 		const struct mapping_status *s = &l[i];
@@ -326,7 +320,10 @@ static int rescan(struct agent *a)
 			new_key = true;
 			log_info("Watching key %s.", s->key_arn);
 		}
-		names = realloc(k->names, (k->n_names + 1) * sizeof(char *));
+		/* NULL-terminated, so dmbyok_strv_free() frees it. */
+		names = realloc(k->names, (k->n_names + 2) * sizeof(char *));
+		if (names)
+			names[k->n_names + 1] = NULL;
 		if (!names || !(names[k->n_names] = strdup(s->dm.name))) {
 			if (names)
 				k->names = names;
@@ -375,17 +372,13 @@ static int on_rescan(sd_event_source *s, uint64_t usec, void *userdata)
 	return 0;
 }
 
-static int parse_seconds(const char *what, const char *s, unsigned min, unsigned max,
+/* An option in seconds, stored in milliseconds (keywatch's unit). */
+static int parse_seconds(const char *option, const char *s, unsigned min, unsigned max,
                          uint64_t *ret_ms)
 {
-	char *end = NULL;
-	unsigned long v;
+	unsigned v;
 
-	errno = 0;
-	v = strtoul(s, &end, 10);
-	if (errno || !end || *end || v < min || v > max)
-		return log_error_errno(EINVAL, "--%s wants %u to %u seconds, not \"%s\".", what,
-		                       min, max, s);
+	GUARD(dmbyok_parse_option_uint(option, s, min, max, "seconds", &v));
 	*ret_ms = (uint64_t)v * 1000ULL;
 	return 0;
 }
@@ -428,8 +421,8 @@ static int parse_args(struct agent *a, int argc, char **argv)
 			                    &a->cfg.check_interval_ms));
 			break;
 		case 'c':
-			GUARD(parse_seconds("revoke-confirmations", optarg, 1, 100, &ms));
-			a->cfg.revoke_confirmations = (unsigned)(ms / 1000);
+			GUARD(dmbyok_parse_option_uint("revoke-confirmations", optarg, 1, 100,
+			                               "answers", &a->cfg.revoke_confirmations));
 			break;
 		case 'r':
 			GUARD(parse_seconds("restore-interval", optarg, 1, 3600,

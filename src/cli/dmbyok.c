@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "dmbyok/encoding.h"
 #include "dmbyok/lifecycle.h"
 #include "dmbyok/log.h"
 #include "dmbyok/secret.h"
@@ -128,19 +129,12 @@ int main(int argc, char **argv)
 				return dmbyok_exit_code(r);
 			c.perf_set = true;
 			break;
-		case ARG_TIMEOUT: {
-			char *end = NULL;
-			unsigned long t;
-
-			errno = 0;
-			t = strtoul(optarg, &end, 10);
-			if (errno || !end || *end || t < 1 || t > 3600)
-				return dmbyok_exit_code(log_error_errno(
-				    EINVAL, "--timeout wants 1 to 3600 seconds, not \"%s\".",
-				    optarg));
-			c.timeout_s = (unsigned)t;
+		case ARG_TIMEOUT:
+			r = dmbyok_parse_option_uint("timeout", optarg, 1, 3600, "seconds",
+			                             &c.timeout_s);
+			if (r < 0)
+				return dmbyok_exit_code(r);
 			break;
-		}
 		case 'q':
 			dmbyok_log_set_max_level(LOG_LEVEL_WARNING);
 			break;

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <limits.h>
 #include <string.h>
 
 #include <openssl/evp.h>
 
 #include "dmbyok/encoding.h"
+#include "dmbyok/log.h"
 #include "dmbyok/macro.h"
 #include "dmbyok/secret.h"
 
@@ -109,5 +111,20 @@ int dmbyok_hex_encode(const void *data, size_t n, char **ret)
 	}
 	s[2 * n] = '\0';
 	*ret = s;
+	return 0;
+}
+
+int dmbyok_parse_option_uint(const char *option, const char *s, unsigned min, unsigned max,
+                             const char *unit, unsigned *ret)
+{
+	char *end = NULL;
+	unsigned long v;
+
+	errno = 0;
+	v = *s >= '0' && *s <= '9' ? strtoul(s, &end, 10) : ULONG_MAX;
+	if (errno || !end || *end || v < min || v > max)
+		return log_error_errno(EINVAL, "--%s wants %u to %u %s, not \"%s\".", option, min,
+		                       max, unit, s);
+	*ret = (unsigned)v;
 	return 0;
 }

@@ -124,9 +124,29 @@ static void test_hex(void **state)
 	free(hex);
 }
 
+/* Options: decimal only, inside the range; anything else is refused with -EINVAL. */
+static void test_parse_option_uint(void **state)
+{
+	unsigned v = 7;
+
+	(void)state;
+	assert_int_equal(dmbyok_parse_option_uint("timeout", "30", 1, 3600, "seconds", &v), 0);
+	assert_int_equal(v, 30);
+	assert_int_equal(dmbyok_parse_option_uint("timeout", "3600", 1, 3600, "seconds", &v), 0);
+	assert_int_equal(v, 3600);
+	for (const char *const *bad =
+	         (const char *const[]){ "0", "3601", "-5", "+5", " 5", "5s", "", "0x10",
+	                                "99999999999999999999", NULL };
+	     *bad; bad++)
+		assert_int_equal(dmbyok_parse_option_uint("timeout", *bad, 1, 3600, "seconds", &v),
+		                 -EINVAL);
+	assert_int_equal(v, 3600); /* untouched on failure */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_parse_option_uint),
 		cmocka_unit_test(test_base64_rfc4648_vectors),
 		cmocka_unit_test(test_base64_decode_exact_fit),
 		cmocka_unit_test(test_base64_decode_rejects_bad_input),
