@@ -743,7 +743,15 @@ static void update_records(const char *volume_uuid, const char *key_id, const ch
 	struct mapping_status *l = NULL;
 	size_t n = 0;
 
-	if (dmbyok_dm_check_kernel_support() < 0 || dmbyok_list(&l, &n) < 0)
+	int r;
+
+	/* Rewrap needs no device-mapper: without one there is no mapping to update, silently. */
+	dmbyok_log_quiet_push();
+	r = dmbyok_dm_check_kernel_support();
+	if (r >= 0)
+		r = dmbyok_list(&l, &n);
+	dmbyok_log_quiet_pop();
+	if (r < 0)
 		return;
 	for (size_t i = 0; i < n; i++)
 		if (!strcmp(l[i].volume_uuid, volume_uuid) &&
