@@ -112,6 +112,23 @@ int dmbyok_fs_thaw(const char *mountpoint);
  */
 int dmbyok_device_responds(const char *node, unsigned timeout_ms);
 
+/*
+ * Teardown and reprovision of a mapping whose key is revoked, keeping its name and dm UUID
+ * while something holds it open. replace_with_error: the table becomes the `error` target
+ * (held and new I/O fail with EIO: nothing of the volume stays in the kernel), resumed.
+ * remove_deferred: removed now if unused, else as soon as its last user closes it.
+ * cancel_deferred_remove: keep it after all (0 when no removal was pending). crypt_reload:
+ * the crypt table again, its key through the keyring, resumed.
+ */
+int dmbyok_dm_replace_with_error(const char *name, uint64_t length);
+int dmbyok_dm_remove_deferred(const char *name);
+int dmbyok_dm_cancel_deferred_remove(const char *name);
+int dmbyok_dm_crypt_reload(const char *name, const struct dm_crypt_params *p,
+                           const struct secret *key);
+/* Any mapping's first target type ("crypt", "error", ...), dm UUID and open count. */
+int dmbyok_dm_get_target(const char *name, char **ret_type, char **ret_dm_uuid,
+                         int *ret_open_count);
+
 /* Hand dm-crypt the key again (through the keyring) and resume I/O. */
 int dmbyok_dm_crypt_unlock(const char *name, const char *key_desc, const struct secret *key);
 

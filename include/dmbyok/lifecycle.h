@@ -61,6 +61,21 @@ int dmbyok_lock(const char *name, unsigned timeout_ms);
 /* Unlock repairs an interrupted lock too: resumes it (its key is still there). */
 int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms);
 
+/*
+ * Teardown, after a revocation (dmbyokd): locks the mapping if it is not, then removes it
+ * if nobody holds it open (0). One in use is left locked (1) unless error_if_in_use: then
+ * its table becomes the `error` target, so blocked processes get EIO, and it is removed
+ * when its last user closes it (2). Either way its runtime record stays, marked torn
+ * down, for dmbyok_reprovision(); `list` (dmbyok_list_torn_down) shows it.
+ */
+int dmbyok_teardown(const char *name, unsigned timeout_ms, bool error_if_in_use);
+/*
+ * Maps a torn-down volume again, as it was: same name, device, detached header and flags,
+ * after a KMS Decrypt proves the key is back. A mapping still held open gets its crypt
+ * table back in place. `unlock NAME` does this for a torn-down NAME; `close NAME` forgets it.
+ */
+int dmbyok_reprovision(const char *name, const struct kms_options *kms);
+
 /* Re-wrap the DEK (KMS ReEncrypt) under `new_key_id`, or under the token's key_id again
  * (which follows an alias to its current key). The data and the DEK do not change. */
 int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id,
@@ -71,6 +86,7 @@ struct mapping_status {
 	struct dm_crypt_info dm;
 	bool locked;        /* suspended with its key wiped */
 	bool frozen;        /* its file system was frozen by `lock` (thawed by `unlock`) */
+	bool torn_down;     /* from dmbyok_list_torn_down(): no crypt mapping, only the record */
 	const char *record; /* runtime record: "ok", "missing" or "stale" (static string) */
 	char *device;       /* the data device as opened */
 	char *header;       /* detached header, or NULL */
@@ -85,7 +101,15 @@ const char *dmbyok_mapping_state_name(const struct mapping_status *s);
 int dmbyok_status(const char *name, struct mapping_status *ret);
 /* Status of every dmbyok mapping; free with dmbyok_mapping_status_list_free(). */
 int dmbyok_list(struct mapping_status **ret, size_t *ret_n);
+/*
+ * Without read_headers, key names come from the runtime records, and headers are read only
+ * for mappings that have none (opened by cryptsetup's token plugin, say): cheap enough for
+ * the agent to rescan on every device-mapper event.
+ */
+int dmbyok_list_mappings(bool read_headers, struct mapping_status **ret, size_t *ret_n);
 void dmbyok_mapping_status_list_free(struct mapping_status *l, size_t n);
+/* Volumes torn down by dmbyokd (from their records): name, device, header, keys, flags. */
+int dmbyok_list_torn_down(struct mapping_status **ret, size_t *ret_n);
 
 /*
  * doctor: each check of the kernel (device-mapper, keyring, xts acceleration) and, given
@@ -105,7 +129,15 @@ int dmbyok_read_token(const char *device, const char *header, struct dmbyok_toke
  * DEK with its encryption context (which sees disable, deletion, key policy, grants and
  * IAM), the plaintext wiped at once. 0, or the KMS error in dmbyok's taxonomy.
  */
-int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms);
+#define DMBYOK_PROBE_KEY_DELETED 1u /* the key no longer exists (DescribeKey: no such key) */
+#define DMBYOK_PROBE_ALIAS_MOVED 2u /* the token's alias names another key now: re-wrap */
+/*
+ * *ret_found tells more than the result: on a revoked answer, a DescribeKey tells whether
+ * the key is gone for good; with check_alias and an alias-named token, a DescribeKey of the
+ * alias tells whether it was re-targeted. KMS calls: 1, or 2 when either is asked.
+ */
+int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, bool check_alias,
+                     unsigned *ret_found);
 
 /* -ENOTSUP with a clear message unless the kernel has device-mapper and dm-crypt. */
 int dmbyok_check_kernel(void);

@@ -6,13 +6,17 @@
  * back; an outage never locks. The decisions are keywatch.c's; this file runs them.
  *
  * One sd-event loop, single-threaded. Everything that can wait on the network or a disk
- * (a KMS probe, a lock, an unlock) runs in a child process the loop watches, so a KMS call
- * hanging for one key never delays another key's lock, and the watchdog keeps being fed.
+ * (a KMS probe, a lock, a teardown, an unlock, a re-wrap) runs in a child process the loop
+ * watches, so a KMS call hanging for one key never delays another key's lock, and the
+ * watchdog keeps being fed. Mappings are found by a rescan on every device-mapper uevent
+ * (and once a minute, in case an event was lost); torn-down volumes by their records.
  */
 #include <getopt.h>
+#include <linux/netlink.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,40 +29,13 @@
 #include "dmbyok/log.h"
 #include "dmbyok/process.h"
 #include "dmbyok/secret.h"
-#include "keywatch.h"
-
-struct agent;
-
-/* A customer key and the mappings that use it. */
-struct key {
-	struct agent *agent;
-	struct dmbyok_keywatch watch;
-	struct dmbyok_token *token; /* one of its volumes' tokens: what a probe decrypts */
-	char **names;               /* its mappings as of the last scan, NULL-terminated */
-	size_t n_names;
-	bool seen; /* found by the current scan */
-	sd_event_source *timer;
-	pid_t probe_pid, action_pid;
-	unsigned action; /* the volume action action_pid performs */
-	uint64_t probe_started_ms;
-};
-
-struct agent {
-	sd_event *event;
-	struct dmbyok_keywatch_config cfg;
-	struct kms_options kms;
-	unsigned lock_timeout_ms;
-	struct key **keys;
-	size_t n_keys;
-	sd_event_source *rescan;
-	bool stopping; /* SIGTERM: start nothing new, exit once running children are done */
-};
+#include "dmbyokd.h"
 
 /* A lock killed half-way would leave its volume suspended with its key: let children finish. */
 static void exit_when_idle(struct agent *a)
 {
 	for (size_t i = 0; i < a->n_keys; i++)
-		if (a->keys[i]->probe_pid || a->keys[i]->action_pid)
+		if (a->keys[i]->probe_pid || a->keys[i]->action_pid || a->keys[i]->rewrap_pid)
 			return;
 	(void)sd_event_exit(a->event, 0);
 }
@@ -80,6 +57,16 @@ static uint64_t now_ms(void)
 	return dmbyok_now_ms();
 }
 
+static void vols_free(struct vol *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].name);
+		free(v[i].device);
+		free(v[i].header);
+	}
+	free(v);
+}
+
 static void key_free(struct key *k)
 {
 	if (!k)
@@ -87,7 +74,7 @@ static void key_free(struct key *k)
 	sd_event_source_disable_unref(k->timer);
 	dmbyok_keywatch_done(&k->watch);
 	dmbyok_token_free(k->token);
-	dmbyok_strv_free(k->names);
+	vols_free(k->vols, k->n_vols);
 	free(k);
 }
 
@@ -125,11 +112,32 @@ static int child_result(const siginfo_t *si)
 	return si->si_code == CLD_EXITED ? -si->si_status : -EINTR;
 }
 
+uint64_t dmbyok_agent_realtime_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000ULL;
+}
+
+static void start_rewrap(struct key *k);
+static void rescan_soon(struct agent *a);
+
+/* Each action bit of a batch is reported with the batch's result. */
+static void report_actions(struct key *k, unsigned actions, int r)
+{
+	for (unsigned bit = DMBYOK_KEYWATCH_LOCK; bit <= DMBYOK_KEYWATCH_REPROVISION; bit <<= 1)
+		if (actions & bit)
+			(void)dmbyok_keywatch_action_done(&k->watch, bit, r, now_ms());
+}
+
+
 static int on_probe_exit(sd_event_source *s, const siginfo_t *si, void *userdata)
 {
 	struct key *k = userdata;
 	int r = child_result(si);
 	uint64_t t = now_ms();
+	bool deleted = false;
 
 	sd_event_source_unref(s);
 	k->probe_pid = 0;
@@ -137,12 +145,47 @@ static int on_probe_exit(sd_event_source *s, const siginfo_t *si, void *userdata
 		exit_when_idle(k->agent);
 		return 0;
 	}
+	if (r == -EXIT_KEY_DELETED) {
+		r = -EKEYREVOKED;
+		deleted = true;
+	} else if (r == -EXIT_ALIAS_MOVED) {
+		r = 0;
+		k->rewrap_due = true;
+	}
+	k->last_latency_ms = t - k->probe_started_ms;
+	if (k->agent->metrics)
+		(void)dmbyok_metrics_probe_done(k->agent->metrics, k->watch.key_arn, r,
+		                                k->last_latency_ms);
 	log_debug("Probe of %s: %s in %llu ms.", k->watch.key_arn,
 	          dmbyok_error_class_name(dmbyok_error_class(r)),
-	          (unsigned long long)(t - k->probe_started_ms));
-	perform(k, dmbyok_keywatch_on_probe(&k->watch, r, false, t));
+	          (unsigned long long)k->last_latency_ms);
+	if (deleted)
+		log_error("The customer key %s no longer exists: its %zu volume(s) are torn down "
+		          "for good. Their data is unrecoverable (crypto-shredded).",
+		          k->watch.key_arn, k->n_vols);
+	perform(k, dmbyok_keywatch_on_probe(&k->watch, r, deleted, t));
+	dmbyok_agent_write_metrics(k->agent);
+	start_rewrap(k);
 	schedule(k);
 	return 0;
+}
+
+static const char *action_done_verb(unsigned actions)
+{
+	if (actions & DMBYOK_KEYWATCH_TEARDOWN)
+		return actions & DMBYOK_KEYWATCH_LOCK ? "Locked and tore down" : "Tore down";
+	if (actions & DMBYOK_KEYWATCH_LOCK)
+		return "Locked (and removed the unused of)";
+	return actions & DMBYOK_KEYWATCH_REPROVISION ? "Reprovisioned" : "Unlocked";
+}
+
+static const char *action_name(unsigned actions)
+{
+	if (actions & DMBYOK_KEYWATCH_TEARDOWN)
+		return actions & DMBYOK_KEYWATCH_LOCK ? "lock and tear down" : "tear down";
+	if (actions & DMBYOK_KEYWATCH_LOCK)
+		return "lock";
+	return actions & DMBYOK_KEYWATCH_REPROVISION ? "reprovision" : "unlock";
 }
 
 static int on_action_exit(sd_event_source *s, const siginfo_t *si, void *userdata)
@@ -156,39 +199,181 @@ static int on_action_exit(sd_event_source *s, const siginfo_t *si, void *userdat
 	k->action = 0;
 	if (r < 0)
 		log_error("Could not %s the volumes of %s: %s. Retrying.",
-		          dmbyok_keywatch_action_name(action), k->watch.key_arn,
-		          dmbyok_strerror(r));
-	else
-		log_notice("%s the %zu volume(s) of %s.",
-		           action == DMBYOK_KEYWATCH_LOCK ? "Locked" : "Unlocked", k->n_names,
+		          action_name(action), k->watch.key_arn, dmbyok_strerror(r));
+	else {
+		log_notice("%s the %zu volume(s) of %s.", action_done_verb(action), k->n_vols,
 		           k->watch.key_arn);
-	(void)dmbyok_keywatch_action_done(&k->watch, action, r, now_ms());
+		if (action & DMBYOK_KEYWATCH_LOCK)
+			k->locked_at_us = dmbyok_agent_realtime_us();
+		else if (action & (DMBYOK_KEYWATCH_UNLOCK | DMBYOK_KEYWATCH_REPROVISION))
+			k->restored_at_us = dmbyok_agent_realtime_us();
+	}
+	report_actions(k, action, r);
+	if (k->agent->metrics) {
+		uint64_t took = now_ms() - k->action_started_ms;
+
+		if (action & (DMBYOK_KEYWATCH_LOCK | DMBYOK_KEYWATCH_TEARDOWN))
+			dmbyok_metrics_lock_done(k->agent->metrics, took, r);
+		else
+			dmbyok_metrics_restore_done(k->agent->metrics, took, r);
+	}
+	dmbyok_agent_write_metrics(k->agent);
 	if (k->agent->stopping) {
 		exit_when_idle(k->agent);
 		return 0;
 	}
 	perform(k, dmbyok_keywatch_on_tick(&k->watch, now_ms()));
+	start_rewrap(k);
 	schedule(k);
 	return 0;
 }
 
-/* In the child: one probe, or one action on every mapping of the key. */
-static int run_child(struct key *k, unsigned what)
-{
-	int r = 0;
+/* In a child: an on-revoke/on-restore hook, bounded. Its exit status is its result. */
+struct hook_args {
+	const char *program, *event, *key_arn;
+	const struct vol *vol;
+};
 
-	if (what == DMBYOK_KEYWATCH_PROBE)
-		return dmbyok_probe_key(k->token, &k->agent->kms);
-	for (size_t i = 0; i < k->n_names; i++) {
-		int q = what == DMBYOK_KEYWATCH_LOCK
-		            ? dmbyok_lock(k->names[i], k->agent->lock_timeout_ms)
-		            : dmbyok_unlock(k->names[i], NULL, &k->agent->kms);
-		/* Every volume is tried; the action is reported failed (and redone) if one fails.
-		 */
+static int exec_hook(void *userdata)
+{
+	const struct hook_args *h = userdata;
+	_cleanup_free_ char *node = NULL;
+
+	if (asprintf(&node, "/dev/mapper/%s", h->vol->name) < 0)
+		return -ENOMEM;
+	if (setenv("DMBYOK_EVENT", h->event, 1) < 0 || setenv("DMBYOK_VOLUME", h->vol->name, 1) < 0 ||
+	    setenv("DMBYOK_MAPPER", node, 1) < 0 || setenv("DMBYOK_DEVICE", h->vol->device, 1) < 0 ||
+	    setenv("DMBYOK_KEY_ARN", h->key_arn, 1) < 0)
+		return -ENOMEM;
+	execl(h->program, h->program, h->event, h->vol->name, (char *)NULL);
+	return -errno;
+}
+
+static void run_hook(struct key *k, const char *program, const char *event, const struct vol *v)
+{
+	int r;
+
+	if (!program)
+		return;
+	log_info("Running the %s hook for %s: %s %s %s.", event, v->name, program, event, v->name);
+	r = dmbyok_run_bounded(exec_hook,
+	                       &(struct hook_args){ .program = program,
+	                                            .event = event,
+	                                            .key_arn = k->watch.key_arn,
+	                                            .vol = v },
+	                       HOOK_TIMEOUT_MS);
+	if (r == -ETIMEDOUT)
+		log_warning("The %s hook for %s did not finish within %u s: killed.", event,
+		            v->name, HOOK_TIMEOUT_MS / 1000);
+	else if (r != 0)
+		log_warning("The %s hook for %s failed (exit status %d).", event, v->name, -r);
+}
+
+/*
+ * Lock every mapped volume of the key, then tear down at once those nobody holds open. The
+ * others stay locked; their users are told by the on-revoke hook (stop the service,
+ * unmount), after which those now unused are torn down too. The error target for what is
+ * still in use waits for teardown_after (the TEARDOWN action).
+ */
+static int lock_volumes(struct key *k)
+{
+	int r = 0, q;
+
+	for (size_t i = 0; i < k->n_vols; i++) {
+		if (k->vols[i].torn_down)
+			continue;
+		q = dmbyok_lock(k->vols[i].name, k->agent->conf.lock_timeout_ms);
+		/* Every volume is tried; the action is reported failed (and redone) if one fails. */
+		if (q < 0 && r == 0)
+			r = q;
+	}
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < k->n_vols; i++) {
+		struct vol *v = &k->vols[i];
+
+		if (v->torn_down)
+			continue;
+		if (dmbyok_teardown(v->name, k->agent->conf.lock_timeout_ms, false) != 1)
+			continue; /* torn down, or failed: it stays locked, which is safe */
+		run_hook(k, k->agent->conf.on_revoke, "revoke", v);
+		(void)dmbyok_teardown(v->name, k->agent->conf.lock_timeout_ms, false);
+	}
+	return 0;
+}
+
+static int teardown_volumes(struct key *k)
+{
+	int r = 0, q;
+
+	for (size_t i = 0; i < k->n_vols; i++) {
+		if (k->vols[i].torn_down)
+			continue;
+		q = dmbyok_teardown(k->vols[i].name, k->agent->conf.lock_timeout_ms, true);
 		if (q < 0 && r == 0)
 			r = q;
 	}
 	return r;
+}
+
+/* Unlock what is locked, map again what was torn down (then its on-restore hook). */
+static int restore_volumes(struct key *k)
+{
+	int r = 0, q;
+
+	for (size_t i = 0; i < k->n_vols; i++) {
+		struct vol *v = &k->vols[i];
+
+		if (v->torn_down) {
+			q = dmbyok_reprovision(v->name, &k->agent->kms);
+			if (q == 0)
+				run_hook(k, k->agent->conf.on_restore, "restore", v);
+		} else
+			q = dmbyok_unlock(v->name, v->header, &k->agent->kms);
+		if (q < 0 && r == 0)
+			r = q;
+	}
+	return r;
+}
+
+/* Re-wrap under the alias's new target; the next rescan moves the volumes to that key. */
+static int rewrap_volumes(struct key *k)
+{
+	int r = 0, q;
+
+	for (size_t i = 0; i < k->n_vols; i++) {
+		q = dmbyok_rewrap(k->vols[i].device, k->vols[i].header, NULL, &k->agent->kms);
+		if (q < 0 && r == 0)
+			r = q;
+	}
+	return r;
+}
+
+#define DMBYOKD_REWRAP (1u << 16) /* not a keywatch action: the daemon's own */
+
+/* In the child: one probe, a re-wrap, or a batch of volume actions (LOCK|TEARDOWN, ...). */
+static int run_child(struct key *k, unsigned what)
+{
+	unsigned found = 0;
+	int r;
+
+	if (what == DMBYOK_KEYWATCH_PROBE) {
+		r = dmbyok_probe_key(k->token, &k->agent->kms, k->check_alias, &found);
+		if (found & DMBYOK_PROBE_KEY_DELETED)
+			return -EXIT_KEY_DELETED;
+		if (r == 0 && (found & DMBYOK_PROBE_ALIAS_MOVED))
+			return -EXIT_ALIAS_MOVED;
+		return r;
+	}
+	if (what == DMBYOKD_REWRAP)
+		return rewrap_volumes(k);
+	if (what & DMBYOK_KEYWATCH_LOCK)
+		GUARD(lock_volumes(k));
+	if (what & DMBYOK_KEYWATCH_TEARDOWN)
+		GUARD(teardown_volumes(k));
+	if (what & (DMBYOK_KEYWATCH_UNLOCK | DMBYOK_KEYWATCH_REPROVISION))
+		GUARD(restore_volumes(k));
+	return 0;
 }
 
 static pid_t spawn(struct key *k, unsigned what, sd_event_child_handler_t done)
@@ -214,6 +399,43 @@ static pid_t spawn(struct key *k, unsigned what, sd_event_child_handler_t done)
 	return pid;
 }
 
+static int on_rewrap_exit(sd_event_source *s, const siginfo_t *si, void *userdata)
+{
+	struct key *k = userdata;
+	int r = child_result(si);
+
+	sd_event_source_unref(s);
+	k->rewrap_pid = 0;
+	if (r < 0)
+		log_error("Could not re-wrap the volumes of %s under the new target of %s: %s. "
+		          "Retrying after the next probe.",
+		          k->watch.key_arn, k->token->key_id, dmbyok_strerror(r));
+	else {
+		k->rewrap_due = false;
+		log_notice("Re-wrapped the %zu volume(s) of %s: %s was re-targeted; they now "
+		           "follow its new key.",
+		           k->n_vols, k->watch.key_arn, k->token->key_id);
+	}
+	if (k->agent->stopping)
+		exit_when_idle(k->agent);
+	else
+		rescan_soon(k->agent); /* their records name the new key: watch it instead */
+	return 0;
+}
+
+/* Only while the key works and nothing else runs for it: a re-wrap needs the old key. */
+static void start_rewrap(struct key *k)
+{
+	if (!k->rewrap_due || k->rewrap_pid || k->action_pid || k->agent->stopping ||
+	    k->watch.state != DMBYOK_KEYWATCH_ACTIVE)
+		return;
+	log_info("%s now names another key than %s: re-wrapping its %zu volume(s).",
+	         k->token->key_id, k->watch.key_arn, k->n_vols);
+	k->rewrap_pid = spawn(k, DMBYOKD_REWRAP, on_rewrap_exit);
+	if (k->rewrap_pid < 0)
+		k->rewrap_pid = 0;
+}
+
 static void perform(struct key *k, unsigned acts)
 {
 	const char *arn = k->watch.key_arn;
@@ -228,26 +450,22 @@ static void perform(struct key *k, unsigned acts)
 	if (acts & DMBYOK_KEYWATCH_ALERT_CLEARED)
 		log_notice("Probing %s works again.", arn);
 
-	for (unsigned bit = DMBYOK_KEYWATCH_LOCK; bit <= DMBYOK_KEYWATCH_REPROVISION; bit <<= 1) {
-		if (!(acts & bit))
-			continue;
-		if (bit != DMBYOK_KEYWATCH_LOCK && bit != DMBYOK_KEYWATCH_UNLOCK) {
-			/* teardown_after is 0 (never) in this version: these are not asked for. */
-			(void)dmbyok_keywatch_action_done(&k->watch, bit, -EOPNOTSUPP, now_ms());
-			continue;
-		}
+	if (acts & DMBYOK_KEYWATCH_VOLUME_ACTIONS) {
 		/* keywatch.c has logged the decision; the outcome is logged on the child's exit. */
-		k->action = bit;
-		k->action_pid = spawn(k, bit, on_action_exit);
+		k->action = acts & DMBYOK_KEYWATCH_VOLUME_ACTIONS;
+		k->action_started_ms = now_ms();
+		k->action_pid = spawn(k, k->action, on_action_exit);
 		if (k->action_pid < 0) {
 			k->action_pid = 0;
-			(void)dmbyok_keywatch_action_done(&k->watch, bit, -EAGAIN, now_ms());
+			report_actions(k, k->action, -EAGAIN);
+			k->action = 0;
 		}
-		break; /* one action at a time: the next comes when this one is reported */
 	}
 
 	if (acts & DMBYOK_KEYWATCH_PROBE) {
 		k->probe_started_ms = now_ms();
+		k->check_alias = k->probes_to_alias == 0;
+		k->probes_to_alias = k->check_alias ? ALIAS_CHECK_EVERY - 1 : k->probes_to_alias - 1;
 		k->probe_pid = spawn(k, DMBYOK_KEYWATCH_PROBE, on_probe_exit);
 		if (k->probe_pid < 0) {
 			k->probe_pid = 0;
@@ -264,7 +482,7 @@ static struct key *key_find(struct agent *a, const char *arn)
 	return NULL;
 }
 
-static int key_new(struct agent *a, const struct mapping_status *s, struct key **ret)
+static int key_new(struct agent *a, const char *key_arn, struct key **ret)
 {
 	struct key *k, **l;
 	int r;
@@ -272,7 +490,7 @@ static int key_new(struct agent *a, const struct mapping_status *s, struct key *
 	k = calloc(1, sizeof(*k));
 	ENSURE_ALLOC(k);
 	k->agent = a;
-	r = dmbyok_keywatch_init(&k->watch, s->key_arn, &a->cfg, now_ms());
+	r = dmbyok_keywatch_init(&k->watch, key_arn, &a->conf.watch, now_ms());
 	if (r >= 0)
 		r = sd_event_add_time(a->event, &k->timer, CLOCK_MONOTONIC, 0, 1000, on_timer, k);
 	l = r >= 0 ? realloc(a->keys, (a->n_keys + 1) * sizeof(*l)) : NULL;
@@ -286,77 +504,113 @@ static int key_new(struct agent *a, const struct mapping_status *s, struct key *
 	return 0;
 }
 
+static int vol_add(struct key *k, const struct mapping_status *s)
+{
+	struct vol *l = realloc(k->vols, (k->n_vols + 1) * sizeof(*l));
+	struct vol *v;
+
+	ENSURE_ALLOC(l);
+	k->vols = l;
+	v = &l[k->n_vols];
+	*v = (struct vol){ .name = strdup(s->dm.name),
+		           .device = strdup(s->device),
+		           .header = s->header ? strdup(s->header) : NULL,
+		           .torn_down = s->torn_down };
+	if (!v->name || !v->device || (s->header && !v->header)) {
+		free(v->name);
+		free(v->device);
+		free(v->header);
+		return -ENOMEM;
+	}
+	k->n_vols++;
+	return 0;
+}
+
+/* Adds one volume found by a scan to its key's watch (a new watch for a new key). */
+static void adopt(struct agent *a, const struct mapping_status *s)
+{
+	struct key *k = key_find(a, s->key_arn);
+	bool new_key = false;
+
+	if (!k) {
+		if (key_new(a, s->key_arn, &k) < 0)
+			return;
+		new_key = true;
+		log_info("Watching key %s.", s->key_arn);
+	}
+	if (vol_add(k, s) < 0)
+		return;
+	if (!k->token && dmbyok_read_token(s->device, s->header, &k->token) < 0)
+		log_warning("Cannot read the token of %s yet.", s->dm.name);
+	/* An agent restarted after it locked them: they stay locked until the key is back. */
+	if (new_key && (s->locked || s->torn_down)) {
+		log_notice("%s is %s: keeping it so until %s answers again.", s->dm.name,
+		           s->torn_down ? "torn down" : "locked", s->key_arn);
+		dmbyok_keywatch_adopt_locked(&k->watch, now_ms());
+	}
+	k->seen = true;
+}
+
 /*
- * Adopts what exists: every dmbyok mapping, grouped by the key that wraps its DEK (read
- * from its header, so a re-wrap moves it to its new key). Nothing is changed here.
+ * Adopts what exists: every dmbyok mapping, and every volume dmbyokd tore down, grouped by
+ * the key that wraps its DEK. Nothing is changed here. Key names come from the runtime
+ * records (a re-wrap updates them); a header is read only for a mapping without a record.
  */
 static int rescan(struct agent *a)
 {
-	struct mapping_status *l = NULL;
-	size_t n = 0;
+	struct mapping_status *l = NULL, *torn = NULL;
+	size_t n = 0, n_torn = 0;
 	int r;
 
-	r = dmbyok_list(&l, &n);
+	r = dmbyok_list_mappings(false, &l, &n);
 	if (r < 0)
 		return log_error_errno(r, "Cannot list mappings: %s", dmbyok_strerror(r));
+	r = dmbyok_list_torn_down(&torn, &n_torn);
+	if (r < 0)
+		log_warning("Cannot list torn-down volumes: %s", dmbyok_strerror(r));
 	for (size_t i = 0; i < a->n_keys; i++) {
 		a->keys[i]->seen = false;
-		dmbyok_strv_free(a->keys[i]->names);
-		a->keys[i]->names = NULL;
-		a->keys[i]->n_names = 0;
+		vols_free(a->keys[i]->vols, a->keys[i]->n_vols);
+		a->keys[i]->vols = NULL;
+		a->keys[i]->n_vols = 0;
 	}
 	for (size_t i = 0; i < n; i++) {
-		const struct mapping_status *s = &l[i];
-		struct key *k;
-		char **names;
-		bool new_key = false;
+		if (!l[i].key_arn) {
+			struct mapping_status full = { 0 };
 
-		if (!s->key_arn)
-			continue; /* header unreadable now (disk stalled): next scan */
-		k = key_find(a, s->key_arn);
-		if (!k) {
-			if (key_new(a, s, &k) < 0)
-				continue;
-			new_key = true;
-			log_info("Watching key %s.", s->key_arn);
-		}
-		/* NULL-terminated, so dmbyok_strv_free() frees it. */
-		names = realloc(k->names, (k->n_names + 2) * sizeof(char *));
-		if (names)
-			names[k->n_names + 1] = NULL;
-		if (!names || !(names[k->n_names] = strdup(s->dm.name))) {
-			if (names)
-				k->names = names;
+			/* No record: the header names the key (if the device answers now). */
+			if (dmbyok_status(l[i].dm.name, &full) == 0 && full.key_arn)
+				adopt(a, &full);
+			dmbyok_mapping_status_done(&full);
 			continue;
 		}
-		k->names = names;
-		k->n_names++;
-		if (!k->token && dmbyok_read_token(s->device, s->header, &k->token) < 0)
-			log_warning("Cannot read the token of %s yet.", s->dm.name);
-		/* An agent restarted after it locked them: they stay locked until the key is back.
-		 */
-		if (new_key && s->locked) {
-			log_notice("%s is locked: keeping it so until %s answers again.",
-			           s->dm.name, s->key_arn);
-			dmbyok_keywatch_adopt_locked(&k->watch, now_ms());
-		}
-		k->seen = true;
+		adopt(a, &l[i]);
 	}
-	/* Keys no mapping uses any more are dropped, once nothing runs for them. */
+	for (size_t i = 0; i < n_torn; i++) {
+		bool mapped = false;
+
+		/* An in-use torn-down mapping has the error target: not in the first list. */
+		for (size_t j = 0; j < n && !mapped; j++)
+			mapped = !strcmp(l[j].dm.name, torn[i].dm.name);
+		if (!mapped)
+			adopt(a, &torn[i]);
+	}
+	/* Keys no volume uses any more are dropped, once nothing runs for them. */
 	for (size_t i = 0; i < a->n_keys;) {
 		struct key *k = a->keys[i];
 
-		if (k->seen || k->probe_pid || k->action_pid || !k->token) {
+		if (k->seen || k->probe_pid || k->action_pid || k->rewrap_pid || !k->token) {
 			if (k->seen && k->token)
 				schedule(k);
 			i++;
 			continue;
 		}
-		log_info("No mapping uses %s any more: no longer watching it.", k->watch.key_arn);
+		log_info("No volume uses %s any more: no longer watching it.", k->watch.key_arn);
 		key_free(k);
 		a->keys[i] = a->keys[--a->n_keys];
 	}
 	dmbyok_mapping_status_list_free(l, n);
+	dmbyok_mapping_status_list_free(torn, n_torn);
 	return 0;
 }
 
@@ -367,96 +621,150 @@ static int on_rescan(sd_event_source *s, uint64_t usec, void *userdata)
 	if (a->stopping)
 		return 0;
 	(void)rescan(a);
-	(void)sd_event_source_set_time(s, usec + a->cfg.check_interval_ms * 1000ULL);
+	/* The backstop: the next uevent brings this forward. */
+	(void)sd_event_source_set_time_relative(s, RESCAN_BACKSTOP_MS * 1000ULL);
 	(void)sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 	return 0;
 }
 
-/* An option in seconds, stored in milliseconds (keywatch's unit). */
-static int parse_seconds(const char *option, const char *s, unsigned min, unsigned max,
-                         uint64_t *ret_ms)
+/* Bring the rescan forward to RESCAN_DEBOUNCE_MS from now (unless it is due sooner). */
+static void rescan_soon(struct agent *a)
 {
-	unsigned v;
+	uint64_t now_us, due;
 
-	GUARD(dmbyok_parse_option_uint(option, s, min, max, "seconds", &v));
-	*ret_ms = (uint64_t)v * 1000ULL;
+	if (sd_event_now(a->event, CLOCK_MONOTONIC, &now_us) < 0 ||
+	    sd_event_source_get_time(a->rescan, &due) < 0)
+		return;
+	if (due > now_us + RESCAN_DEBOUNCE_MS * 1000ULL) {
+		(void)sd_event_source_set_time(a->rescan, now_us + RESCAN_DEBOUNCE_MS * 1000ULL);
+		(void)sd_event_source_set_enabled(a->rescan, SD_EVENT_ONESHOT);
+	}
+}
+
+/*
+ * The kernel's uevents (not udev's: the agent must work where udevd does not run, and
+ * before it does at boot). Only whether a dm device came, went or changed matters.
+ */
+static int on_uevent(sd_event_source *s, int fd, uint32_t revents, void *userdata)
+{
+	struct agent *a = userdata;
+	char buf[8192];
+	bool dm = false;
+	ssize_t n;
+
+	(void)s, (void)revents;
+	while ((n = recv(fd, buf, sizeof(buf) - 1, MSG_DONTWAIT)) != 0) {
+		if (n < 0) {
+			if (errno == ENOBUFS)
+				dm = true; /* events were lost: rescan to be sure */
+			if (errno == EINTR || errno == ENOBUFS)
+				continue;
+			break;
+		}
+		buf[n] = '\0';
+		/* "ACTION@DEVPATH" then NUL-separated KEY=VALUE pairs. */
+		for (char *p = buf; p < buf + n; p += strlen(p) + 1)
+			if (!strncmp(p, "DEVNAME=dm-", 11) || !strncmp(p, "DM_NAME=", 8))
+				dm = true;
+	}
+	if (dm && !a->stopping)
+		rescan_soon(a);
+	return 0;
+}
+
+static int uevents_open(struct agent *a)
+{
+	struct sockaddr_nl sa = { .nl_family = AF_NETLINK, .nl_groups = 1 /* kernel */ };
+	int fd, r;
+
+	fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_KOBJECT_UEVENT);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	r = sd_event_add_io(a->event, &a->uevents, fd, EPOLLIN, on_uevent, a);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	(void)sd_event_source_set_io_fd_own(a->uevents, true);
 	return 0;
 }
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: dmbyokd [--check-interval S] [--revoke-confirmations N]\n"
-	           "               [--restore-interval S] [--fail-closed-after S]\n"
-	           "               [--lock-timeout S] [--region R] [--endpoint URL]\n"
-	           "               [--profile P] [--ca-bundle FILE] [--debug] [--version]\n");
+	fprintf(f,
+	        "usage: dmbyokd [--config FILE] [--check-interval S] [--revoke-confirmations N]\n"
+	        "               [--restore-interval S] [--fail-closed-after S]\n"
+	        "               [--teardown-after S] [--on-revoke PROGRAM] [--on-restore PROGRAM]\n"
+	        "               [--lock-timeout S] [--metrics-file PATH] [--control-socket PATH]\n"
+	        "               [--region R] [--endpoint URL] [--profile P] [--ca-bundle FILE]\n"
+	        "               [--debug] [--version]\n"
+	        "Settings are read from %s (or --config FILE) first; options override them.\n",
+	        DMBYOK_AGENT_CONFIG_FILE);
 }
 
+/* The file first (--config, else the default path if it exists), then the options over it. */
 static int parse_args(struct agent *a, int argc, char **argv)
 {
 	static const struct option options[] = {
-		{ "check-interval", required_argument, NULL, 'i' },
-		{ "revoke-confirmations", required_argument, NULL, 'c' },
-		{ "restore-interval", required_argument, NULL, 'r' },
-		{ "fail-closed-after", required_argument, NULL, 'f' },
-		{ "lock-timeout", required_argument, NULL, 't' },
-		{ "region", required_argument, NULL, 'R' },
-		{ "endpoint", required_argument, NULL, 'E' },
-		{ "profile", required_argument, NULL, 'P' },
-		{ "ca-bundle", required_argument, NULL, 'C' },
+		{ "config", required_argument, NULL, 'F' },
+		{ "check-interval", required_argument, NULL, 's' },
+		{ "revoke-confirmations", required_argument, NULL, 's' },
+		{ "restore-interval", required_argument, NULL, 's' },
+		{ "fail-closed-after", required_argument, NULL, 's' },
+		{ "teardown-after", required_argument, NULL, 's' },
+		{ "on-revoke", required_argument, NULL, 's' },
+		{ "on-restore", required_argument, NULL, 's' },
+		{ "lock-timeout", required_argument, NULL, 's' },
+		{ "metrics-file", required_argument, NULL, 's' },
+		{ "control-socket", required_argument, NULL, 's' },
+		{ "region", required_argument, NULL, 's' },
+		{ "endpoint", required_argument, NULL, 's' },
+		{ "profile", required_argument, NULL, 's' },
+		{ "ca-bundle", required_argument, NULL, 's' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{},
 	};
-	uint64_t ms;
-	int opt;
+	const char *config = NULL;
+	char where[64];
+	int opt, idx;
 
-	dmbyok_keywatch_config_default(&a->cfg);
-	a->cfg.teardown_after_ms = 0; /* teardown lands with the next version of the agent */
-	a->lock_timeout_ms = DMBYOK_LOCK_TIMEOUT_MS;
+	dmbyok_agent_config_init(&a->conf);
+	/* Pass 1: only --config (and --help/--version), so the file comes before the options. */
+	opterr = 0;
 	while ((opt = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
-		switch (opt) {
-		case 'i':
-			GUARD(parse_seconds("check-interval", optarg, 1, 3600,
-			                    &a->cfg.check_interval_ms));
-			break;
-		case 'c':
-			GUARD(dmbyok_parse_option_uint("revoke-confirmations", optarg, 1, 100,
-			                               "answers", &a->cfg.revoke_confirmations));
-			break;
-		case 'r':
-			GUARD(parse_seconds("restore-interval", optarg, 1, 3600,
-			                    &a->cfg.restore_interval_ms));
-			break;
-		case 'f':
-			GUARD(parse_seconds("fail-closed-after", optarg, 0, 30 * 86400,
-			                    &a->cfg.fail_closed_after_ms));
-			break;
-		case 't':
-			GUARD(parse_seconds("lock-timeout", optarg, 1, 3600, &ms));
-			a->lock_timeout_ms = (unsigned)ms;
-			break;
-		case 'R':
-			a->kms.region = optarg;
-			break;
-		case 'E':
-			a->kms.endpoint = optarg;
-			break;
-		case 'P':
-			a->kms.profile = optarg;
-			break;
-		case 'C':
-			a->kms.ca_bundle = optarg;
-			break;
-		case 'd':
-			dmbyok_log_set_max_level(LOG_LEVEL_DEBUG);
-			break;
-		case 'V':
+		if (opt == 'F')
+			config = optarg;
+		else if (opt == 'V') {
 			printf("dmbyokd %s\n", DMBYOK_VERSION);
 			exit(0);
-		case 'h':
+		} else if (opt == 'h') {
 			usage(stdout);
 			exit(0);
+		}
+	}
+	GUARD(dmbyok_agent_config_load(&a->conf, config ? config : DMBYOK_AGENT_CONFIG_FILE,
+	                               config != NULL));
+
+	optind = 0;
+	opterr = 1;
+	while ((opt = getopt_long(argc, argv, "h", options, &idx)) >= 0) {
+		switch (opt) {
+		case 'F':
+			break;
+		case 's':
+			snprintf(where, sizeof(where), "--%s", options[idx].name);
+			GUARD(dmbyok_agent_config_set(&a->conf, options[idx].name, optarg, where));
+			break;
+		case 'd':
+			GUARD(dmbyok_agent_config_set(&a->conf, "debug", "yes", "--debug"));
+			break;
 		default:
 			usage(stderr);
 			return -EINVAL;
@@ -466,7 +774,16 @@ static int parse_args(struct agent *a, int argc, char **argv)
 		usage(stderr);
 		return log_error_errno(EINVAL, "Unexpected argument \"%s\".", argv[optind]);
 	}
-	return dmbyok_keywatch_config_validate(&a->cfg);
+	GUARD(dmbyok_agent_config_validate(&a->conf));
+	if (a->conf.debug)
+		dmbyok_log_set_max_level(LOG_LEVEL_DEBUG);
+	a->kms = (struct kms_options){
+		.region = a->conf.region,
+		.endpoint = a->conf.endpoint,
+		.profile = a->conf.profile,
+		.ca_bundle = a->conf.ca_bundle,
+	};
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -477,8 +794,11 @@ int main(int argc, char **argv)
 
 	dmbyok_log_setup("dmbyokd");
 	r = parse_args(&a, argc, argv);
-	if (r < 0)
+	if (r < 0) {
+		dmbyok_agent_config_done(&a.conf);
 		return dmbyok_exit_code(r);
+	}
+	a.started_us = dmbyok_agent_realtime_us();
 	r = dmbyok_harden_process();
 	if (r < 0)
 		return dmbyok_exit_code(r);
@@ -501,8 +821,19 @@ int main(int argc, char **argv)
 		r = sd_event_set_watchdog(a.event, true);
 	if (r >= 0)
 		r = sd_event_add_time_relative(a.event, &a.rescan, CLOCK_MONOTONIC,
-		                               a.cfg.check_interval_ms * 1000ULL, 1000, on_rescan,
-		                               &a);
+		                               RESCAN_BACKSTOP_MS * 1000ULL, 1000, on_rescan, &a);
+	if (r >= 0)
+		r = uevents_open(&a);
+	if (r >= 0)
+		r = dmbyok_control_server_new(a.event, a.conf.control_socket, dmbyok_agent_status,
+		                              &a, &a.control);
+	if (r >= 0 && a.conf.metrics_file)
+		r = dmbyok_metrics_new(a.started_us / 1000000ULL, &a.metrics);
+	if (r == -EADDRINUSE) {
+		log_error("Another dmbyokd is running (it answers on its control socket): not "
+		          "starting a second one.");
+		return dmbyok_exit_code(-EBUSY);
+	}
 	if (r < 0) {
 		log_error("Cannot set up the event loop: %s", strerror(-r));
 		return dmbyok_exit_code(r);
@@ -512,8 +843,9 @@ int main(int argc, char **argv)
 	(void)rescan(&a);
 	log_info("Watching %zu key(s): probe every %llu s, lock after %u revoked answers in a "
 	         "row.",
-	         a.n_keys, (unsigned long long)(a.cfg.check_interval_ms / 1000),
-	         a.cfg.revoke_confirmations);
+	         a.n_keys, (unsigned long long)(a.conf.watch.check_interval_ms / 1000),
+	         a.conf.watch.revoke_confirmations);
+	dmbyok_agent_write_metrics(&a);
 	(void)sd_notifyf(false, "READY=1\nSTATUS=Watching %zu key(s)", a.n_keys);
 
 	r = sd_event_loop(a.event);
@@ -521,6 +853,10 @@ int main(int argc, char **argv)
 		key_free(a.keys[i]);
 	free(a.keys);
 	sd_event_source_disable_unref(a.rescan);
+	sd_event_source_disable_unref(a.uevents);
+	dmbyok_control_server_free(a.control);
+	dmbyok_metrics_free(a.metrics);
 	sd_event_unref(a.event);
+	dmbyok_agent_config_done(&a.conf);
 	return r < 0 ? dmbyok_exit_code(r) : 0;
 }

@@ -201,6 +201,125 @@ int dmbyok_dm_crypt_create(const char *name, const char *dm_uuid, const struct d
 	return 0;
 }
 
+static int simple_task(int type, const char *name, const char *message, bool udev_sync);
+
+/* Loads `type params` as the table of existing mapping `name` and resumes it with it. */
+static int reload_and_resume(const char *name, uint64_t length, const char *type,
+                             const char *params)
+{
+	_cleanup_dm_task_ struct dm_task *dmt = NULL;
+	int r;
+
+	dmt = dm_task_create(DM_DEVICE_RELOAD);
+	ENSURE_ALLOC(dmt);
+	if (!dm_task_set_name(dmt, name) || !dm_task_add_target(dmt, 0, length, type, params) ||
+	    !dm_task_secure_data(dmt))
+		return -EINVAL;
+	r = run_with_udev(dmt, false);
+	if (r < 0)
+		return log_error_errno(r, "The kernel refused the %s table for %s: %s", type, name,
+		                       dmbyok_strerror(r));
+	dm_task_destroy(TAKE_PTR(dmt));
+
+	/*
+	 * Swapping tables suspends a live device first; without skip_lockfs that suspend would
+	 * freeze the file system on it, which fails for one that saw the error target's EIO.
+	 */
+	dmt = dm_task_create(DM_DEVICE_RESUME);
+	ENSURE_ALLOC(dmt);
+	if (!dm_task_set_name(dmt, name) || !dm_task_skip_lockfs(dmt))
+		return -EINVAL;
+	r = run_with_udev(dmt, true);
+	if (r < 0)
+		return log_error_errno(r, "Cannot resume %s with its %s table: %s. Run `dmsetup "
+		                          "resume %s`.",
+		                       name, type, dmbyok_strerror(r), name);
+	return 0;
+}
+
+int dmbyok_dm_crypt_reload(const char *name, const struct dm_crypt_params *p,
+                           const struct secret *key)
+{
+	_cleanup_free_ char *params = NULL;
+	int32_t serial = 0;
+	int r;
+
+	dm_setup();
+	GUARD(format_params(p, &params));
+	GUARD(dmbyok_keyring_add_logon_key(p->key_desc, key, &serial));
+	r = reload_and_resume(name, p->length, "crypt", params);
+	dmbyok_keyring_destroy_key(serial);
+	return r;
+}
+
+int dmbyok_dm_replace_with_error(const char *name, uint64_t length)
+{
+	dm_setup();
+	/* Held bios move to the new table on resume: they fail instead of waiting forever. */
+	return reload_and_resume(name, length, "error", "");
+}
+
+int dmbyok_dm_remove_deferred(const char *name)
+{
+	_cleanup_dm_task_ struct dm_task *dmt = NULL;
+	int r;
+
+	dm_setup();
+	dmt = dm_task_create(DM_DEVICE_REMOVE);
+	ENSURE_ALLOC(dmt);
+	if (!dm_task_set_name(dmt, name) || !dm_task_deferred_remove(dmt))
+		return -EINVAL;
+	r = run_with_udev(dmt, true);
+	if (r < 0)
+		return log_error_errno(r, "Cannot schedule the removal of %s: %s", name,
+		                       dmbyok_strerror(r));
+	return 0;
+}
+
+int dmbyok_dm_cancel_deferred_remove(const char *name)
+{
+	int r;
+
+	dm_setup();
+	r = simple_task(DM_DEVICE_TARGET_MSG, name, "@cancel_deferred_remove", false);
+	/* ENXIO: no removal was pending (it is not an error to cancel nothing). */
+	return r == -ENXIO ? 0 : r;
+}
+
+int dmbyok_dm_get_target(const char *name, char **ret_type, char **ret_dm_uuid,
+                         int *ret_open_count)
+{
+	_cleanup_dm_task_ struct dm_task *dmt = NULL;
+	_cleanup_free_ char *type_copy = NULL, *uuid_copy = NULL;
+	struct dm_info di;
+	uint64_t start, length;
+	char *type = NULL, *params = NULL;
+	const char *uuid;
+	int r;
+
+	dm_setup();
+	dmt = dm_task_create(DM_DEVICE_TABLE);
+	ENSURE_ALLOC(dmt);
+	if (!dm_task_set_name(dmt, name))
+		return -EINVAL;
+	if (!dm_task_run(dmt)) {
+		r = task_errno(dmt);
+		return r == -ENXIO ? -ENODEV : r;
+	}
+	if (!dm_task_get_info(dmt, &di) || !di.exists)
+		return -ENODEV;
+	(void)dm_get_next_target(dmt, NULL, &start, &length, &type, &params);
+	uuid = dm_task_get_uuid(dmt);
+	type_copy = strdup(type ? type : "");
+	uuid_copy = strdup(uuid ? uuid : "");
+	if (!type_copy || !uuid_copy)
+		return -ENOMEM;
+	*ret_type = TAKE_PTR(type_copy);
+	*ret_dm_uuid = TAKE_PTR(uuid_copy);
+	*ret_open_count = di.open_count;
+	return 0;
+}
+
 int dmbyok_dm_crypt_remove(const char *name)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;

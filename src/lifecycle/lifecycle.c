@@ -15,12 +15,10 @@
 #include "dmbyok/log.h"
 #include "dmbyok/process.h"
 #include "dmbyok/volume.h"
+#include "internal.h"
 #include "registry.h"
 #include "runtime.h"
 
-#define KEY_DESC_PREFIX "dmbyok:"
-/* How long the device under a mapping may take to answer one read before we call it stalled. */
-#define PROBE_MS 2000U
 
 /* Explain a KMS failure in the operator's terms, with what to do; returns r. */
 static int log_kms_failure(struct kms_client *c, int r, const char *what)
@@ -102,7 +100,7 @@ static int verify_v1_and_upgrade(struct volume *v, const struct secret *dek)
 }
 
 /* Unwrap a loaded volume's DEK: binding checks, KMS Decrypt, key check value. */
-static int unwrap_dek(struct volume *v, const struct kms_options *kms, struct secret **ret)
+int dmbyok_unwrap_dek(struct volume *v, const struct kms_options *kms, struct secret **ret)
 {
 	_cleanup_kms_client_ struct kms_client *c = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
@@ -132,7 +130,7 @@ static int unwrap_dek(struct volume *v, const struct kms_options *kms, struct se
 	return 0;
 }
 
-static int key_description(const char *volume_uuid, char **ret)
+int dmbyok_key_description(const char *volume_uuid, char **ret)
 {
 	if (asprintf(ret, KEY_DESC_PREFIX "%s", volume_uuid) < 0)
 		return -ENOMEM;
@@ -247,25 +245,31 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	return 0;
 }
 
+struct dm_crypt_params dmbyok_crypt_params(const struct volume *v, const char *key_desc,
+                                           size_t key_size, uint32_t flags)
+{
+	return (struct dm_crypt_params){
+		.cipher = DMBYOK_DM_CIPHER,
+		.key_desc = key_desc,
+		.key_size = key_size,
+		.device = v->device,
+		.offset = v->data_offset,
+		.length = v->data_sectors,
+		.sector_size = v->sector_size,
+		.flags = flags,
+	};
+}
+
 int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
                     const struct secret *dek)
 {
 	_cleanup_free_ char *dm_uuid = NULL, *key_desc = NULL;
+	struct dm_crypt_params p;
 
 	GUARD(dmbyok_dm_luks2_uuid(v->uuid, name, &dm_uuid));
-	GUARD(key_description(v->uuid, &key_desc));
-	return dmbyok_dm_crypt_create(name, dm_uuid,
-	                              &(struct dm_crypt_params){
-	                                  .cipher = DMBYOK_DM_CIPHER,
-	                                  .key_desc = key_desc,
-	                                  .key_size = dek->size,
-	                                  .device = v->device,
-	                                  .offset = v->data_offset,
-	                                  .length = v->data_sectors,
-	                                  .sector_size = v->sector_size,
-	                                  .flags = flags,
-	                              },
-	                              dek);
+	GUARD(dmbyok_key_description(v->uuid, &key_desc));
+	p = dmbyok_crypt_params(v, key_desc, dek->size, flags);
+	return dmbyok_dm_crypt_create(name, dm_uuid, &p, dek);
 }
 
 int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
@@ -299,7 +303,7 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 	GUARD(dmbyok_volume_load(o->device, o->header, &v));
 	/* Two mappings of one disk would corrupt it: cryptsetup refuses this too. */
 	GUARD(dmbyok_volume_check_unused(o->device));
-	GUARD(unwrap_dek(v, kms, &dek));
+	GUARD(dmbyok_unwrap_dek(v, kms, &dek));
 	warn_if_not_accelerated();
 	GUARD(dmbyok_activate(v, o->name, o->override_flags ? o->flags : v->activation_flags, dek));
 
@@ -336,6 +340,8 @@ void dmbyok_mapping_status_done(struct mapping_status *s)
 
 const char *dmbyok_mapping_state_name(const struct mapping_status *s)
 {
+	if (s->torn_down)
+		return "torn-down";
 	if (s->locked)
 		return "locked";
 	/* An interrupted lock: I/O held but the key still in memory. lock/unlock repair it. */
@@ -366,7 +372,7 @@ static bool same_block_device(const char *a, const char *b)
  * The header, read quietly and only from a device that answers: for status, "no readable
  * dmbyok header" is an answer, and a stalled disk must not hang status or lock.
  */
-static struct volume *load_header_quietly(const char *device, const char *header)
+struct volume *dmbyok_load_header_quietly(const char *device, const char *header)
 {
 	struct volume *v = NULL;
 
@@ -388,7 +394,7 @@ static struct volume *load_header_quietly(const char *device, const char *header
  * `read_header` and the device answers. Without the header, a mapping is ours when the
  * record or the table's key reference says so.
  */
-static int read_mapping(const char *name, bool read_header, struct mapping_status *ret)
+int dmbyok_read_mapping(const char *name, bool read_header, struct mapping_status *ret)
 {
 	_cleanup_volume_ struct volume *v = NULL;
 	struct mapping_status s = { 0 };
@@ -422,7 +428,7 @@ static int read_mapping(const char *name, bool read_header, struct mapping_statu
 	ours = e.name || strstr(s.dm.key_ref, ":logon:" KEY_DESC_PREFIX);
 
 	if (read_header || !ours) {
-		v = load_header_quietly(e.device ? e.device : s.dm.device, e.header);
+		v = dmbyok_load_header_quietly(e.device ? e.device : s.dm.device, e.header);
 		if (v && strcmp(v->uuid, uuid) != 0)
 			dmbyok_volume_freep(&v);
 		if (!v && !ours) {
@@ -451,7 +457,7 @@ static int read_mapping(const char *name, bool read_header, struct mapping_statu
 
 int dmbyok_status(const char *name, struct mapping_status *ret)
 {
-	return read_mapping(name, true, ret);
+	return dmbyok_read_mapping(name, true, ret);
 }
 
 void dmbyok_mapping_status_list_free(struct mapping_status *l, size_t n)
@@ -462,6 +468,11 @@ void dmbyok_mapping_status_list_free(struct mapping_status *l, size_t n)
 }
 
 int dmbyok_list(struct mapping_status **ret, size_t *ret_n)
+{
+	return dmbyok_list_mappings(true, ret, ret_n);
+}
+
+int dmbyok_list_mappings(bool read_headers, struct mapping_status **ret, size_t *ret_n)
 {
 	char **names = NULL;
 	struct mapping_status *l;
@@ -477,7 +488,7 @@ int dmbyok_list(struct mapping_status **ret, size_t *ret_n)
 	}
 	/* Anything that is not a dmbyok crypt mapping (or vanished meanwhile) is skipped. */
 	for (size_t i = 0; i < all; i++)
-		if (dmbyok_status(names[i], &l[n]) == 0)
+		if (dmbyok_read_mapping(names[i], read_headers, &l[n]) == 0)
 			n++;
 	dmbyok_strv_free(names);
 	*ret = l;
@@ -488,7 +499,7 @@ int dmbyok_list(struct mapping_status **ret, size_t *ret_n)
 /* Status of `name` (kernel and record), failing clearly unless it is a dmbyok mapping. */
 static int require_mapping(const char *name, struct mapping_status *ret)
 {
-	int r = read_mapping(name, false, ret);
+	int r = dmbyok_read_mapping(name, false, ret);
 
 	if (r == -ENODEV)
 		return log_error_errno(ENOENT, "No dmbyok mapping named %s.", name);
@@ -501,7 +512,7 @@ static int require_mapping(const char *name, struct mapping_status *ret)
  * Takes the lock of the device under mapping `name`, then reads its status again: what
  * was true before the lock may have changed while we waited.
  */
-static int lock_mapping(const char *name, unsigned timeout_ms, struct dmbyok_device_lock *ret_lock,
+int dmbyok_lock_mapping(const char *name, unsigned timeout_ms, struct dmbyok_device_lock *ret_lock,
                         struct mapping_status *ret)
 {
 	struct mapping_status s = { 0 };
@@ -574,7 +585,15 @@ int dmbyok_close(const char *name)
 	int r;
 
 	GUARD(dmbyok_dm_check_kernel_support());
-	GUARD(lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s));
+	r = dmbyok_lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s);
+	if (r == -ENOENT) {
+		dmbyok_log_quiet_push();
+		r = dmbyok_close_torn_down(name);
+		dmbyok_log_quiet_pop();
+		return r == -ENODEV ? -ENOENT : r;
+	}
+	if (r < 0)
+		return r;
 	dmbyok_mapping_status_done(&s);
 	r = dmbyok_dm_crypt_remove(name);
 	if (r < 0)
@@ -602,7 +621,7 @@ int dmbyok_lock(const char *name, unsigned timeout_ms)
 	int r;
 
 	GUARD(dmbyok_dm_check_kernel_support());
-	GUARD(lock_mapping(name, remaining_ms(deadline), &lock, &s));
+	GUARD(dmbyok_lock_mapping(name, remaining_ms(deadline), &lock, &s));
 
 	if (s.locked) {
 		/* Idempotent, and completes a lock killed after its key wipe. */
@@ -670,6 +689,15 @@ out:
 	return r;
 }
 
+static bool torn_down(const char *name)
+{
+	struct registry_entry e = { 0 };
+	bool r = dmbyok_registry_load(name, &e) == 0 && e.torn_down;
+
+	dmbyok_registry_entry_done(&e);
+	return r;
+}
+
 int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms)
 {
 	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
@@ -680,8 +708,11 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 	int r;
 
 	GUARD(dmbyok_dm_check_kernel_support());
+	if (dmbyok_read_mapping(name, false, &s) == -ENODEV && torn_down(name))
+		return dmbyok_reprovision(name, kms);
+	dmbyok_mapping_status_done(&s);
 	/* Held across the KMS call: a lock that arrives meanwhile waits, then wins. */
-	GUARD(lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s));
+	GUARD(dmbyok_lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s));
 	if (!s.dm.suspended) {
 		log_info("%s is not locked.", name);
 		r = 0;
@@ -720,10 +751,10 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 		                    v->device, v->uuid, name);
 		goto out;
 	}
-	r = unwrap_dek(v, kms, &dek);
+	r = dmbyok_unwrap_dek(v, kms, &dek);
 	if (r < 0)
 		goto out;
-	r = key_description(v->uuid, &key_desc);
+	r = dmbyok_key_description(v->uuid, &key_desc);
 	if (r < 0)
 		goto out;
 	r = dmbyok_dm_crypt_unlock(name, key_desc, dek);
@@ -880,17 +911,41 @@ int dmbyok_read_token(const char *device, const char *header, struct dmbyok_toke
 	return 0;
 }
 
-int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms)
+static bool is_alias(const char *key_id)
+{
+	return key_id && (!strncmp(key_id, "alias/", 6) || strstr(key_id, ":alias/"));
+}
+
+int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, bool check_alias,
+                     unsigned *ret_found)
 {
 	_cleanup_kms_client_ struct kms_client *c = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
-	int r;
+	struct kms_key_info info = { 0 };
+	unsigned found = 0;
+	int r, q;
 
 	GUARD(kms_connect(kms, t->region, &c));
 	/* The one call that proves this host may still unwrap; the key is wiped at once. */
 	r = dmbyok_kms_decrypt(c, t->key_arn, t->ciphertext, t->context, &dek, NULL);
+	dmbyok_secret_freep(&dek);
 	if (r < 0)
-		return log_debug_errno(r, "Probe of %s: %s (%s)", t->key_arn, dmbyok_strerror(r),
-		                       dmbyok_kms_last_error(c));
-	return 0;
+		log_debug("Probe of %s: %s (%s)", t->key_arn, dmbyok_strerror(r),
+		          dmbyok_kms_last_error(c));
+	if (dmbyok_error_class(r) == DMBYOK_ERR_KEY_REVOKED) {
+		/* Revoked, or gone for good? Only a key that no longer exists is crypto-shredded. */
+		q = dmbyok_kms_describe_key(c, t->key_arn, &info);
+		if (q == -ENOENT)
+			found |= DMBYOK_PROBE_KEY_DELETED;
+		dmbyok_kms_key_info_done(&info);
+	} else if (r == 0 && check_alias && is_alias(t->key_id)) {
+		q = dmbyok_kms_describe_key(c, t->key_id, &info);
+		if (q == 0 && info.key_arn && strcmp(info.key_arn, t->key_arn) != 0) {
+			log_debug("%s now names %s, not %s.", t->key_id, info.key_arn, t->key_arn);
+			found |= DMBYOK_PROBE_ALIAS_MOVED;
+		}
+		dmbyok_kms_key_info_done(&info);
+	}
+	*ret_found = found;
+	return r;
 }

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -53,6 +54,10 @@ int dmbyok_registry_save(const struct registry_entry *e)
 	json_object_object_add(o, "key_arn", json_object_new_string(e->key_arn));
 	if (e->frozen)
 		json_object_object_add(o, "frozen", json_object_new_boolean(1));
+	if (e->torn_down) {
+		json_object_object_add(o, "torn_down", json_object_new_boolean(1));
+		json_object_object_add(o, "flags", json_object_new_int64(e->flags));
+	}
 	s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
 
 	/*
@@ -104,6 +109,9 @@ int dmbyok_registry_load(const char *name, struct registry_entry *ret)
 	e.key_id = dup_member(o, "key_id");
 	e.key_arn = dup_member(o, "key_arn");
 	e.frozen = json_object_object_get_ex(o, "frozen", &v) && json_object_get_boolean(v);
+	e.torn_down = json_object_object_get_ex(o, "torn_down", &v) && json_object_get_boolean(v);
+	if (json_object_object_get_ex(o, "flags", &v))
+		e.flags = (uint32_t)json_object_get_int64(v);
 	json_object_put(o);
 	if (!e.name || !e.device || !e.volume_uuid) {
 		dmbyok_registry_entry_done(&e);
@@ -120,5 +128,42 @@ int dmbyok_registry_remove(const char *name)
 	GUARD(entry_path(name, &path));
 	if (unlink(path) < 0 && errno != ENOENT)
 		return negative_errno();
+	return 0;
+}
+
+int dmbyok_registry_list(char ***ret_names)
+{
+	_cleanup_free_ char *dir = NULL;
+	char **l = NULL, **t;
+	size_t n = 0;
+	struct dirent *de;
+	DIR *d;
+
+	GUARD(dmbyok_runtime_subdir("mappings", &dir));
+	d = opendir(dir);
+	if (!d)
+		return negative_errno();
+	l = calloc(1, sizeof(char *));
+	while (l && (de = readdir(d))) {
+		size_t len = strlen(de->d_name);
+
+		/* Temporaries of a save in progress start with a dot. */
+		if (de->d_name[0] == '.' || len <= 5 || strcmp(de->d_name + len - 5, ".json") != 0)
+			continue;
+		t = realloc(l, (n + 2) * sizeof(char *));
+		if (!t || !(t[n] = strndup(de->d_name, len - 5))) {
+			l = t ? t : l;
+			l[n] = NULL;
+			dmbyok_strv_free(l);
+			l = NULL;
+			break;
+		}
+		l = t;
+		l[++n] = NULL;
+	}
+	closedir(d);
+	if (!l)
+		return -ENOMEM;
+	*ret_names = l;
 	return 0;
 }

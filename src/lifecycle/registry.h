@@ -8,6 +8,7 @@
  */
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "dmbyok/lifecycle.h"
 
@@ -19,6 +20,9 @@ struct registry_entry {
 	char *key_id;
 	char *key_arn;
 	bool frozen; /* `lock` froze the mapping's file systems: `unlock` thaws them */
+	/* dmbyokd tore the mapping down (key revoked): reprovision re-creates it from this */
+	bool torn_down;
+	uint32_t flags; /* DM_CRYPT_* of the torn-down mapping */
 };
 
 void dmbyok_registry_entry_done(struct registry_entry *e);
@@ -26,3 +30,5 @@ int dmbyok_registry_save(const struct registry_entry *e);
 /* -ENOENT when there is no record for `name`. */
 int dmbyok_registry_load(const char *name, struct registry_entry *ret);
 int dmbyok_registry_remove(const char *name);
+/* Names of all records (NULL-terminated, free with dmbyok_strv_free()). */
+int dmbyok_registry_list(char ***ret_names);

@@ -119,9 +119,38 @@ start_writer() {
 	WRITER=$!
 }
 acked() { cat "$WORK/acked"; }
-stop_writer() { kill "$WRITER" 2>/dev/null; wait "$WRITER" 2>/dev/null || true; ACKED=$(acked); }
+stop_writer() { kill "$WRITER" 2>/dev/null || true; wait "$WRITER" 2>/dev/null || true; ACKED=$(acked); }
 # check_acked_survived FILE WHAT: every record up to $ACKED is in FILE, in order.
 check_acked_survived() {
 	check "every acknowledged record ($((ACKED + 1))) survived $2, in order" \
 		bash -c "head -n $((ACKED + 1)) '$1' | awk '{ if (\$2 != sprintf(\"%08d\", NR - 1)) exit 1 }' && [ \$(wc -l <'$1') -ge $((ACKED + 1)) ]"
+}
+
+# The agent, as the agent scenarios run it. state NAME: the mapping's state per `status`.
+DMBYOKD=$DMBYOK_BUILD_DIR/src/agent/dmbyokd
+state() { $DMBYOK status "$1" --json 2>/dev/null | jq -r .state; }
+# wait_for SECONDS COMMAND...: poll until COMMAND succeeds; prints the time it took.
+wait_for() {
+	local t0 deadline
+	t0=$(date +%s.%N)
+	deadline=$(($(date +%s) + $1))
+	shift
+	while [ "$(date +%s)" -lt $deadline ]; do
+		if "$@" >/dev/null 2>&1; then
+			awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}'
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
+}
+wait_quietly() { wait_for "$@" >/dev/null; }
+# wait_state NAME STATE SECONDS: poll until NAME is in STATE; prints the time it took.
+wait_state() { wait_for "$3" eval "[ \"\$(state $1)\" = $2 ]"; }
+# start_agent [OPTIONS...]: dmbyokd in the background, its log in $WORK/agent.log.
+start_agent() {
+	"$DMBYOKD" "$@" >>"$WORK/agent.log" 2>&1 &
+	AGENT=$!
+	sleep 1
+	kill -0 $AGENT 2>/dev/null || { cat "$WORK/agent.log" >&2; fail "dmbyokd died"; }
 }

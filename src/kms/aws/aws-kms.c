@@ -612,13 +612,19 @@ static int aws_describe_key(struct kms_client *c, const char *key_id, struct kms
 {
 	_cleanup_json_ json_object *req = NULL;
 	_cleanup_secret_ struct secret *body = NULL;
+	_cleanup_free_ char *code = NULL;
 	char why[256] = "";
 	int r;
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
 	GUARD(add_string(req, "KeyId", key_id));
-	GUARD(kms_call(c, "DescribeKey", key_id, req, &body, NULL));
+	r = kms_call(c, "DescribeKey", key_id, req, &body, &code);
+	/* No such key (never created, or its deletion completed): not a revocation of access. */
+	if (r == -EKEYREVOKED && code && !strcmp(code, "NotFoundException"))
+		return log_debug_errno(ENOENT, "DescribeKey: no key %s.", key_id);
+	if (r < 0)
+		return r;
 	r = dmbyok_aws_parse_describe_key(body, ret, why, sizeof(why));
 	if (r < 0)
 		return response_failed(c, "DescribeKey", r, why);

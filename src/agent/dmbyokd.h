@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+
+/* dmbyokd's state, shared by the loop (dmbyokd.c) and what reports it (status.c). */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <json-c/json.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "control.h"
+#include "dmbyok/kms.h"
+#include "dmbyok/token.h"
+#include "keywatch.h"
+#include "metrics.h"
+
+struct agent;
+
+/* How often, in probes, an alias-named key's alias is checked for a re-target. */
+#define ALIAS_CHECK_EVERY 6
+/* A rescan in case a uevent was lost (the socket overflowed): at most this far apart. */
+#define RESCAN_BACKSTOP_MS 60000ULL
+/* Uevents come in bursts (one per suspend, resume, table load): one rescan per burst. */
+#define RESCAN_DEBOUNCE_MS 200ULL
+/* A hook that has not finished by then is killed: the next step must not wait for ever. */
+#define HOOK_TIMEOUT_MS 60000U
+/* Probe child exit codes beyond an errno: what dmbyok_probe_key() found. */
+#define EXIT_KEY_DELETED 200
+#define EXIT_ALIAS_MOVED 201
+
+/* A volume of a key: mapped now, or torn down (only its record remains). */
+struct vol {
+	char *name;
+	char *device;
+	char *header;
+	bool torn_down;
+};
+
+/* A customer key and the volumes that use it. */
+struct key {
+	struct agent *agent;
+	struct dmbyok_keywatch watch;
+	struct dmbyok_token *token; /* one of its volumes' tokens: what a probe decrypts */
+	struct vol *vols;           /* as of the last scan */
+	size_t n_vols;
+	bool seen; /* found by the current scan */
+	sd_event_source *timer;
+	pid_t probe_pid, action_pid, rewrap_pid;
+	unsigned action;          /* the volume action action_pid performs */
+	unsigned probes_to_alias; /* probes until the next alias check */
+	bool check_alias;         /* the running probe checks the alias */
+	bool rewrap_due;          /* the alias moved: re-wrap once no action runs */
+	uint64_t probe_started_ms, last_latency_ms, action_started_ms;
+	uint64_t locked_at_us, restored_at_us; /* CLOCK_REALTIME, for status; 0: never */
+};
+
+struct agent {
+	sd_event *event;
+	struct dmbyok_agent_config conf; /* file and command line */
+	struct kms_options kms;          /* from conf */
+	struct key **keys;
+	size_t n_keys;
+	sd_event_source *rescan, *uevents;
+	struct dmbyok_control_server *control;
+	struct dmbyok_metrics *metrics; /* NULL: no metrics-file */
+	uint64_t started_us;            /* CLOCK_REALTIME */
+	bool stopping; /* SIGTERM: start nothing new, exit once running children are done */
+};
+
+/* CLOCK_REALTIME in microseconds (status times); CLOCK_MONOTONIC ms is keywatch's clock. */
+uint64_t dmbyok_agent_realtime_us(void);
+/* The control socket's `status` answer (docs/agent-control.md). */
+int dmbyok_agent_status(json_object *request, json_object **ret, void *userdata);
+/* Rewrites the metrics file, if one is configured (after each probe and action). */
+void dmbyok_agent_write_metrics(struct agent *a);
