@@ -65,15 +65,13 @@ static void dm_log_cb(int level, const char *file, int line, int dm_errno_or_cla
 	log_debug("libdevmapper: %s", buf);
 }
 
-/* libdevmapper logs by itself; route it into our log once per process. */
+/*
+ * libdevmapper logs by itself; route it into our log. Before every call, not once:
+ * libcryptsetup installs its own logger whenever it initialises its dm backend.
+ */
 static void dm_setup(void)
 {
-	static bool done;
-
-	if (done)
-		return;
 	dm_log_with_errno_init(dm_log_cb);
-	done = true;
 }
 
 DEFINE_CLEANUP_FUNC(struct dm_task *, dm_task_destroy);

@@ -36,8 +36,12 @@ int dmbyok_teardown(const char *name, unsigned timeout_ms, bool error_if_in_use)
 	const char *key_id, *key_arn;
 	int r;
 
-	/* Never tear down a keyed mapping: the lock first (idempotent when already locked). */
-	GUARD(dmbyok_lock(name, timeout_ms));
+	/* Never tear down a keyed mapping: lock it first unless it is. */
+	GUARD(dmbyok_read_mapping(name, false, &s));
+	r = s.locked ? 0 : dmbyok_lock(name, timeout_ms);
+	dmbyok_mapping_status_done(&s);
+	if (r < 0)
+		return r;
 	GUARD(dmbyok_lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s));
 	if (!s.locked) {
 		r = log_error_errno(EAGAIN, "%s was unlocked meanwhile: not tearing it down.", name);

@@ -1,36 +1,16 @@
 #!/usr/bin/env bash
 # dmbyokd keeps the promise on real dm-crypt: two customer keys, three volumes, a writer
 # that fsyncs. Disabling a key (or denying this host in its policy) locks that key's
-# volumes and only those, within seconds; re-enabling it brings them back; no acknowledged
-# write is lost; a KMS outage locks nothing; a kill -9'd agent restarted over locked
-# volumes adopts them and keeps them locked until the key is back.
+# volumes and only those, within seconds (the one nobody holds is torn down at once);
+# status shows the agent's view; re-enabling it brings them back; no acknowledged
+# write is lost; a KMS outage locks nothing; a kill -9'd agent restarted over a torn-down
+# volume adopts it and keeps it so until the key is back.
 . "$(dirname "$0")/lib.sh"
-DMBYOKD=$DMBYOK_BUILD_DIR/src/agent/dmbyokd
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 export KMS_LISTEN=127.0.0.1:48123 # fixed: the KMS is stopped and restarted under the agent
 
-state() { $DMBYOK status "$1" --json 2>/dev/null | jq -r .state; }
-# wait_state NAME STATE SECONDS: poll until NAME is in STATE; prints the time it took.
-wait_state() {
-	local t0 t
-	t0=$(date +%s.%N)
-	for _ in $(seq $(($3 * 10))); do
-		if [ "$(state "$1")" = "$2" ]; then
-			awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}'
-			return 0
-		fi
-		sleep 0.1
-	done
-	return 1
-}
-start_agent() {
-	"$DMBYOKD" --check-interval 2 --restore-interval 1 --lock-timeout 10 \
-		>>"$WORK/agent.log" 2>&1 &
-	AGENT=$!
-	sleep 1
-	kill -0 $AGENT 2>/dev/null || { cat "$WORK/agent.log" >&2; fail "dmbyokd died"; }
-}
+AGENT_OPTS=(--check-interval 2 --restore-interval 1 --lock-timeout 10)
 cleanup() { kill -9 "${AGENT:-}" "${WRITER:-}" 2>/dev/null || true; }
 trap cleanup EXIT
 
@@ -48,7 +28,7 @@ mount /dev/mapper/a1 "$MNT"
 start_writer "$MNT/log"
 
 step "the agent adopts what exists and changes nothing"
-start_agent
+start_agent "${AGENT_OPTS[@]}"
 sleep 3
 for n in a1 a2 b1; do check "$n stays active" test "$(state $n)" = active; done
 check "the agent watches both keys" grep -q "Watching 2 key" "$WORK/agent.log"
@@ -57,9 +37,12 @@ step "the customer disables key A"
 kms_as customer DisableKey "{\"KeyId\":\"$KEY_A\"}" >/dev/null
 t=$(wait_state a1 locked 20) || { cat "$WORK/agent.log"; fail "a1 was not locked"; }
 echo "revocation -> a1 locked in $t s"
-check "a2 (key A) is locked too" bash -c "[ \$($DMBYOK status a2 --json | jq -r .state) = locked ]"
+check "a2 (key A, held by nobody) is locked and torn down at once" wait_quietly 10 eval '! dmsetup info a2'
+check "the agent's view: a1 locked because key A was revoked" bash -c "$DMBYOK status a1 --json | jq -e '.agent.state == \"locked\" and .agent.lock_reason == \"revoked\" and .agent.last_probe_class == \"key-revoked\"'"
+check "the agent's view: a2 torn down" bash -c "$DMBYOK status a2 --json | jq -e '.agent.state == \"torn-down\"'"
+check "the agent's view: b1 active, its key answering" bash -c "$DMBYOK status b1 --json | jq -e '.agent.state == \"active\" and .agent.last_probe_class == \"ok\"'"
 check "b1 (key B) is not touched" test "$(state b1)" = active
-check "no key of A's volumes is in kernel memory" bash -c "! dmsetup table a1 | grep -q ':logon:' && ! dmsetup table a2 | grep -q ':logon:'"
+check "no key of A's volumes is in kernel memory" bash -c "! dmsetup table a1 | grep -q ':logon:' && ! dmsetup table a2 2>/dev/null | grep -q ':logon:'"
 A1=$(acked); sleep 2; A2=$(acked)
 check "the writer is frozen ($A1 -> $A2)" test "$A1" = "$A2"
 
@@ -67,7 +50,8 @@ step "the customer enables key A again"
 kms_as customer EnableKey "{\"KeyId\":\"$KEY_A\"}" >/dev/null
 t=$(wait_state a1 active 20) || { cat "$WORK/agent.log"; fail "a1 was not restored"; }
 echo "restore -> a1 active in $t s"
-check "a2 is back too" bash -c "for _ in \$(seq 50); do [ \$($DMBYOK status a2 --json | jq -r .state) = active ] && exit 0; sleep 0.1; done; exit 1"
+check "a2 is mapped again too" wait_quietly 10 eval '[ "$(state a2)" = active ]'
+check "the agent's view: a1 active again, with the time it was restored" bash -c "$DMBYOK status a1 --json | jq -e '.agent.state == \"active\" and (.agent.restored_at | type) == \"string\"'"
 sleep 2
 check "the writer goes on ($A2 -> $(acked))" test "$(acked)" -gt "$A2"
 
@@ -83,21 +67,22 @@ step "key B's policy stops allowing this host: only b1 is locked"
 deny='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},{"Effect":"Deny","Principal":{"AWS":"arn:aws:iam::111122223333:role/dmbyok-host"},"Action":"kms:Decrypt","Resource":"*"}]}'
 allow='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}'
 kms_as customer PutKeyPolicy "{\"KeyId\":\"$KEY_B\",\"PolicyName\":\"default\",\"Policy\":$(jq -Rs . <<<"$deny")}" >/dev/null
-t=$(wait_state b1 locked 20) || { cat "$WORK/agent.log"; fail "b1 was not locked"; }
-echo "policy revocation -> b1 locked in $t s"
+t=$(wait_for 20 eval '! dmsetup info b1') || { cat "$WORK/agent.log"; fail "b1 was not torn down"; }
+echo "policy revocation -> b1 (held by nobody) locked and torn down in $t s"
 check "a1 is not touched" test "$(state a1)" = active
 
-step "kill -9 of the agent while b1 is locked; a new agent adopts it, locked"
+step "kill -9 of the agent while b1 is torn down; a new agent adopts it as it is"
 kill -9 $AGENT
 wait $AGENT 2>/dev/null || true
-check "b1 stays locked without the agent" test "$(state b1)" = locked
-start_agent
+check "without the agent, status says so" bash -c "$DMBYOK status a1 --json | jq -e '.agent.running == false'"
+check "b1 stays torn down without the agent (its record)" jq -e .torn_down "$DMBYOK_RUNTIME_DIR/mappings/b1.json"
+start_agent "${AGENT_OPTS[@]}"
 sleep 3
-check "the new agent keeps b1 locked (the key is still denied)" test "$(state b1)" = locked
-check "and says why" grep -q "b1 is locked: keeping it so" "$WORK/agent.log"
+check "the new agent keeps b1 torn down (the key is still denied)" bash -c "! dmsetup info b1 >/dev/null 2>&1"
+check "and says why" grep -q "b1 is torn down: keeping it so" "$WORK/agent.log"
 kms_as customer PutKeyPolicy "{\"KeyId\":\"$KEY_B\",\"PolicyName\":\"default\",\"Policy\":$(jq -Rs . <<<"$allow")}" >/dev/null
 t=$(wait_state b1 active 20) || { cat "$WORK/agent.log"; fail "b1 was not restored"; }
-echo "policy restored -> b1 active in $t s (new agent)"
+echo "policy restored -> b1 mapped again and active in $t s (new agent)"
 
 step "no acknowledged write was lost"
 stop_writer
