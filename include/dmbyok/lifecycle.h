@@ -138,6 +138,12 @@ int dmbyok_read_token(const char *device, const char *header, struct dmbyok_toke
  */
 int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, bool check_alias,
                      unsigned *ret_found);
+/* The same over a client the caller keeps: dmbyokd's probers reuse one per key. */
+int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bool check_alias,
+                          unsigned *ret_found);
+/* A KMS client for `region` (the options' region wins), failures explained. */
+int dmbyok_kms_client_for(const struct kms_options *kms, const char *region,
+                          struct kms_client **ret);
 
 /* -ENOTSUP with a clear message unless the kernel has device-mapper and dm-crypt. */
 int dmbyok_check_kernel(void);

@@ -6,9 +6,10 @@
  * back; an outage never locks. The decisions are keywatch.c's; this file runs them.
  *
  * One sd-event loop, single-threaded. Everything that can wait on the network or a disk
- * (a KMS probe, a lock, a teardown, an unlock, a re-wrap) runs in a child process the loop
- * watches, so a KMS call hanging for one key never delays another key's lock, and the
- * watchdog keeps being fed. Mappings are found by a rescan on every device-mapper uevent
+ * runs in a child process the loop watches: each key's probes in its own long-lived
+ * prober (prober.c: one KMS client per key, reused), each lock, teardown, unlock or re-wrap
+ * in a child of its own. So a KMS call hanging for one key never delays another key's
+ * probe or lock, and the watchdog keeps being fed. Mappings are found by a rescan on every device-mapper uevent
  * (and once a minute, in case an event was lost); torn-down volumes by their records.
  */
 #include <getopt.h>
@@ -35,7 +36,7 @@
 static void exit_when_idle(struct agent *a)
 {
 	for (size_t i = 0; i < a->n_keys; i++)
-		if (a->keys[i]->probe_pid || a->keys[i]->action_pid || a->keys[i]->rewrap_pid)
+		if (a->keys[i]->action_pid || a->keys[i]->rewrap_pid)
 			return;
 	(void)sd_event_exit(a->event, 0);
 }
@@ -72,6 +73,7 @@ static void key_free(struct key *k)
 	if (!k)
 		return;
 	sd_event_source_disable_unref(k->timer);
+	dmbyok_prober_free(k->prober);
 	dmbyok_keywatch_done(&k->watch);
 	dmbyok_token_free(k->token);
 	vols_free(k->vols, k->n_vols);
@@ -132,26 +134,23 @@ static void report_actions(struct key *k, unsigned actions, int r)
 }
 
 
-static int on_probe_exit(sd_event_source *s, const siginfo_t *si, void *userdata)
+/* A probe's answer, from the key's prober (or a probe that could not be started). */
+static void on_probe_answer(int r, unsigned found, void *userdata)
 {
 	struct key *k = userdata;
-	int r = child_result(si);
 	uint64_t t = now_ms();
 	bool deleted = false;
 
-	sd_event_source_unref(s);
-	k->probe_pid = 0;
-	if (k->agent->stopping) {
-		exit_when_idle(k->agent);
-		return 0;
-	}
-	if (r == -EXIT_KEY_DELETED) {
-		r = -EKEYREVOKED;
+	if (k->agent->stopping)
+		return;
+	if (found & DMBYOK_PROBE_KEY_DELETED) {
 		deleted = true;
-	} else if (r == -EXIT_ALIAS_MOVED) {
-		r = 0;
-		k->rewrap_due = true;
+		log_error("The customer key %s no longer exists: its %zu volume(s) are torn down "
+		          "for good. Their data is unrecoverable (crypto-shredded).",
+		          k->watch.key_arn, k->n_vols);
 	}
+	if (r == 0 && (found & DMBYOK_PROBE_ALIAS_MOVED))
+		k->rewrap_due = true;
 	k->last_latency_ms = t - k->probe_started_ms;
 	if (k->agent->metrics)
 		(void)dmbyok_metrics_probe_done(k->agent->metrics, k->watch.key_arn, r,
@@ -159,15 +158,10 @@ static int on_probe_exit(sd_event_source *s, const siginfo_t *si, void *userdata
 	log_debug("Probe of %s: %s in %llu ms.", k->watch.key_arn,
 	          dmbyok_error_class_name(dmbyok_error_class(r)),
 	          (unsigned long long)k->last_latency_ms);
-	if (deleted)
-		log_error("The customer key %s no longer exists: its %zu volume(s) are torn down "
-		          "for good. Their data is unrecoverable (crypto-shredded).",
-		          k->watch.key_arn, k->n_vols);
 	perform(k, dmbyok_keywatch_on_probe(&k->watch, r, deleted, t));
 	dmbyok_agent_write_metrics(k->agent);
 	start_rewrap(k);
 	schedule(k);
-	return 0;
 }
 
 static const char *action_done_verb(unsigned actions)
@@ -351,20 +345,9 @@ static int rewrap_volumes(struct key *k)
 
 #define DMBYOKD_REWRAP (1u << 16) /* not a keywatch action: the daemon's own */
 
-/* In the child: one probe, a re-wrap, or a batch of volume actions (LOCK|TEARDOWN, ...). */
+/* In the child: a re-wrap, or a batch of volume actions (LOCK|TEARDOWN, ...). */
 static int run_child(struct key *k, unsigned what)
 {
-	unsigned found = 0;
-	int r;
-
-	if (what == DMBYOK_KEYWATCH_PROBE) {
-		r = dmbyok_probe_key(k->token, &k->agent->kms, k->check_alias, &found);
-		if (found & DMBYOK_PROBE_KEY_DELETED)
-			return -EXIT_KEY_DELETED;
-		if (r == 0 && (found & DMBYOK_PROBE_ALIAS_MOVED))
-			return -EXIT_ALIAS_MOVED;
-		return r;
-	}
 	if (what == DMBYOKD_REWRAP)
 		return rewrap_volumes(k);
 	if (what & DMBYOK_KEYWATCH_LOCK)
@@ -439,6 +422,7 @@ static void start_rewrap(struct key *k)
 static void perform(struct key *k, unsigned acts)
 {
 	const char *arn = k->watch.key_arn;
+	int r;
 
 	if (acts & DMBYOK_KEYWATCH_ALERT_CREDENTIALS)
 		log_error("This host's KMS credentials fail (%s) for %s: nothing is locked for "
@@ -466,9 +450,14 @@ static void perform(struct key *k, unsigned acts)
 		k->probe_started_ms = now_ms();
 		k->check_alias = k->probes_to_alias == 0;
 		k->probes_to_alias = k->check_alias ? ALIAS_CHECK_EVERY - 1 : k->probes_to_alias - 1;
-		k->probe_pid = spawn(k, DMBYOK_KEYWATCH_PROBE, on_probe_exit);
-		if (k->probe_pid < 0) {
-			k->probe_pid = 0;
+		r = k->prober ? 0
+		              : dmbyok_prober_new(k->agent->event, k->token, &k->agent->kms,
+		                                  on_probe_answer, k, &k->prober);
+		if (r >= 0)
+			r = dmbyok_prober_probe(k->prober, k->check_alias);
+		if (r < 0) {
+			log_warning("Cannot probe %s: %s", k->watch.key_arn, dmbyok_strerror(r));
+			/* Reported as a transient answer, as keywatch requires. */
 			perform(k, dmbyok_keywatch_on_probe(&k->watch, -EAGAIN, false, now_ms()));
 		}
 	}
@@ -599,7 +588,7 @@ static int rescan(struct agent *a)
 	for (size_t i = 0; i < a->n_keys;) {
 		struct key *k = a->keys[i];
 
-		if (k->seen || k->probe_pid || k->action_pid || k->rewrap_pid || !k->token) {
+		if (k->seen || k->action_pid || k->rewrap_pid || !k->token) {
 			if (k->seen && k->token)
 				schedule(k);
 			i++;

@@ -16,6 +16,7 @@
 #include "dmbyok/token.h"
 #include "keywatch.h"
 #include "metrics.h"
+#include "prober.h"
 
 struct agent;
 
@@ -27,9 +28,6 @@ struct agent;
 #define RESCAN_DEBOUNCE_MS 200ULL
 /* A hook that has not finished by then is killed: the next step must not wait for ever. */
 #define HOOK_TIMEOUT_MS 60000U
-/* Probe child exit codes beyond an errno: what dmbyok_probe_key() found. */
-#define EXIT_KEY_DELETED 200
-#define EXIT_ALIAS_MOVED 201
 
 /* A volume of a key: mapped now, or torn down (only its record remains). */
 struct vol {
@@ -48,7 +46,8 @@ struct key {
 	size_t n_vols;
 	bool seen; /* found by the current scan */
 	sd_event_source *timer;
-	pid_t probe_pid, action_pid, rewrap_pid;
+	struct dmbyok_prober *prober; /* created at the first probe */
+	pid_t action_pid, rewrap_pid;
 	unsigned action;          /* the volume action action_pid performs */
 	unsigned probes_to_alias; /* probes until the next alias check */
 	bool check_alias;         /* the running probe checks the alias */

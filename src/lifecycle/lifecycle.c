@@ -916,16 +916,20 @@ static bool is_alias(const char *key_id)
 	return key_id && (!strncmp(key_id, "alias/", 6) || strstr(key_id, ":alias/"));
 }
 
-int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, bool check_alias,
-                     unsigned *ret_found)
+int dmbyok_kms_client_for(const struct kms_options *kms, const char *region,
+                          struct kms_client **ret)
 {
-	_cleanup_kms_client_ struct kms_client *c = NULL;
+	return kms_connect(kms, region, ret);
+}
+
+int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bool check_alias,
+                          unsigned *ret_found)
+{
 	_cleanup_secret_ struct secret *dek = NULL;
 	struct kms_key_info info = { 0 };
 	unsigned found = 0;
 	int r, q;
 
-	GUARD(kms_connect(kms, t->region, &c));
 	/* The one call that proves this host may still unwrap; the key is wiped at once. */
 	r = dmbyok_kms_decrypt(c, t->key_arn, t->ciphertext, t->context, &dek, NULL);
 	dmbyok_secret_freep(&dek);
@@ -948,4 +952,13 @@ int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms
 	}
 	*ret_found = found;
 	return r;
+}
+
+int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, bool check_alias,
+                     unsigned *ret_found)
+{
+	_cleanup_kms_client_ struct kms_client *c = NULL;
+
+	GUARD(kms_connect(kms, t->region, &c));
+	return dmbyok_probe_key_with(c, t, check_alias, ret_found);
 }
