@@ -66,6 +66,57 @@ static void test_save_load_remove(void **state)
 	assert_int_equal(dmbyok_registry_remove("data"), 0); /* removing twice is fine */
 }
 
+/* A torn-down volume's record carries what reprovisioning needs; list finds every record. */
+static void test_torn_down_record_and_list(void **state)
+{
+	struct registry_entry e = {
+		.name = (char *)"torn",
+		.device = (char *)"/dev/vdb",
+		.volume_uuid = (char *)"3f1c2b9e-5d6a-4e7f-8a9b-0c1d2e3f4a5c",
+		.key_id = (char *)"alias/orders",
+		.key_arn = (char *)"arn:aws:kms:eu-west-1:111122223333:key/k1",
+		.torn_down = true,
+		.flags = DM_CRYPT_ALLOW_DISCARDS | DM_CRYPT_NO_READ_WORKQUEUE,
+	};
+	struct registry_entry got = { 0 };
+	char **names = NULL, path[512];
+	size_t n = 0;
+	bool found = false;
+	FILE *f;
+
+	(void)state;
+	assert_int_equal(dmbyok_registry_save(&e), 0);
+	assert_int_equal(dmbyok_registry_load("torn", &got), 0);
+	assert_true(got.torn_down);
+	assert_int_equal(got.flags, e.flags);
+	dmbyok_registry_entry_done(&got);
+
+	/* A save in progress (a dot-file) and foreign files are not records. */
+	snprintf(path, sizeof(path), "%s/mappings/.torn.json.tmp", dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fclose(f);
+	snprintf(path, sizeof(path), "%s/mappings/README", dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fclose(f);
+	assert_int_equal(dmbyok_registry_list(&names), 0);
+	for (; names[n]; n++) {
+		assert_true(names[n][0] != '.' && strcmp(names[n], "README") != 0);
+		found = found || !strcmp(names[n], "torn");
+	}
+	assert_true(found);
+	dmbyok_strv_free(names);
+
+	/* Not torn down: the flag is absent, not false-and-stale. */
+	e.torn_down = false;
+	assert_int_equal(dmbyok_registry_save(&e), 0);
+	assert_int_equal(dmbyok_registry_load("torn", &got), 0);
+	assert_false(got.torn_down);
+	dmbyok_registry_entry_done(&got);
+	assert_int_equal(dmbyok_registry_remove("torn"), 0);
+}
+
 static void test_names_cannot_escape_the_directory(void **state)
 {
 	struct registry_entry got = { 0 };
@@ -211,6 +262,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_save_load_remove),
+		cmocka_unit_test(test_torn_down_record_and_list),
 		cmocka_unit_test(test_names_cannot_escape_the_directory),
 		cmocka_unit_test(test_dm_uuid_has_cryptsetup_form),
 		cmocka_unit_test(test_concurrent_saves_never_tear_a_record),
