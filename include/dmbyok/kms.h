@@ -69,6 +69,7 @@ int dmbyok_kms_decrypt(struct kms_client *c, const char *key_id, const char *cip
 int dmbyok_kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
                          const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
 
+/* -ENOENT when no such key exists (never did, or its deletion completed). */
 int dmbyok_kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
 void dmbyok_kms_key_info_done(struct kms_key_info *info);
 

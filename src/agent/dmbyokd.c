@@ -28,6 +28,7 @@
 #include "dmbyok/encoding.h"
 #include "dmbyok/lifecycle.h"
 #include "dmbyok/log.h"
+#include "dmbyok/message-ids.h"
 #include "dmbyok/process.h"
 #include "dmbyok/secret.h"
 #include "dmbyokd.h"
@@ -123,6 +124,38 @@ uint64_t dmbyok_agent_realtime_us(void)
 }
 
 static void start_rewrap(struct key *k);
+
+/*
+ * One journal entry about a key and its volumes, with a stable MESSAGE_ID (message-ids.h)
+ * and the fields operators query: KEY_ARN, VOLUME (once per volume), CLASS of the last
+ * probe answer and its LATENCY_MS, and one more field if `name` is given.
+ */
+static void key_event(const struct key *k, enum log_level level, const char *message_id,
+                      const char *name, const char *value, const char *fmt, ...)
+    _printf_(6, 7);
+static void key_event(const struct key *k, enum log_level level, const char *message_id,
+                      const char *name, const char *value, const char *fmt, ...)
+{
+	struct log_fields f = {};
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	(void)dmbyok_log_field(&f, "KEY_ARN", "%s", k->watch.key_arn);
+	if (k->watch.probes) {
+		(void)dmbyok_log_field(&f, "CLASS", "%s",
+		                       dmbyok_error_class_name(k->watch.last_class));
+		(void)dmbyok_log_field(&f, "LATENCY_MS", "%llu",
+		                       (unsigned long long)k->last_latency_ms);
+	}
+	if (name)
+		(void)dmbyok_log_field(&f, name, "%s", value);
+	for (size_t i = 0; i < k->n_vols; i++)
+		(void)dmbyok_log_field(&f, "VOLUME", "%s", k->vols[i].name);
+	log_struct(level, message_id, f.field, "%s", msg);
+}
 static void rescan_soon(struct agent *a);
 
 /* Each action bit of a batch is reported with the batch's result. */
@@ -143,11 +176,24 @@ static void on_probe_answer(int r, unsigned found, void *userdata)
 
 	if (k->agent->stopping)
 		return;
-	if (found & DMBYOK_PROBE_KEY_DELETED) {
+	if (found & DMBYOK_PROBE_KEY_DELETED && k->watch.state != DMBYOK_KEYWATCH_KEY_DELETED) {
 		deleted = true;
-		log_error("The customer key %s no longer exists: its %zu volume(s) are torn down "
+		key_event(k, LOG_LEVEL_ERROR, DMBYOK_MESSAGE_KEY_DELETED, NULL, NULL,
+		          "The customer key %s no longer exists: its %zu volume(s) are torn down "
 		          "for good. Their data is unrecoverable (crypto-shredded).",
 		          k->watch.key_arn, k->n_vols);
+	}
+	/* An outage is logged once as it starts (and never locks). */
+	if (dmbyok_error_class(r) == DMBYOK_ERR_KMS_TRANSIENT && !k->unreachable) {
+		k->unreachable = true;
+		key_event(k, LOG_LEVEL_WARNING, DMBYOK_MESSAGE_KMS_UNREACHABLE, "DETAIL",
+		          dmbyok_strerror(r),
+		          "The KMS does not answer for %s (%s): nothing is locked for that; "
+		          "probing on.",
+		          k->watch.key_arn, dmbyok_strerror(r));
+	} else if (dmbyok_error_class(r) != DMBYOK_ERR_KMS_TRANSIENT && k->unreachable) {
+		k->unreachable = false;
+		log_notice("The KMS answers for %s again.", k->watch.key_arn);
 	}
 	if (r == 0 && (found & DMBYOK_PROBE_ALIAS_MOVED))
 		k->rewrap_due = true;
@@ -195,8 +241,12 @@ static int on_action_exit(sd_event_source *s, const siginfo_t *si, void *userdat
 		log_error("Could not %s the volumes of %s: %s. Retrying.",
 		          action_name(action), k->watch.key_arn, dmbyok_strerror(r));
 	else {
-		log_notice("%s the %zu volume(s) of %s.", action_done_verb(action), k->n_vols,
-		           k->watch.key_arn);
+		key_event(k, LOG_LEVEL_NOTICE,
+		          action & DMBYOK_KEYWATCH_TEARDOWN ? DMBYOK_MESSAGE_TORN_DOWN
+		          : action & DMBYOK_KEYWATCH_LOCK   ? DMBYOK_MESSAGE_VOLUMES_LOCKED
+		                                            : DMBYOK_MESSAGE_RESTORED,
+		          "ACTION", action_name(action), "%s the %zu volume(s) of %s.",
+		          action_done_verb(action), k->n_vols, k->watch.key_arn);
 		if (action & DMBYOK_KEYWATCH_LOCK)
 			k->locked_at_us = dmbyok_agent_realtime_us();
 		else if (action & (DMBYOK_KEYWATCH_UNLOCK | DMBYOK_KEYWATCH_REPROVISION))
@@ -395,9 +445,10 @@ static int on_rewrap_exit(sd_event_source *s, const siginfo_t *si, void *userdat
 		          k->watch.key_arn, k->token->key_id, dmbyok_strerror(r));
 	else {
 		k->rewrap_due = false;
-		log_notice("Re-wrapped the %zu volume(s) of %s: %s was re-targeted; they now "
-		           "follow its new key.",
-		           k->n_vols, k->watch.key_arn, k->token->key_id);
+		key_event(k, LOG_LEVEL_NOTICE, DMBYOK_MESSAGE_REWRAPPED, "KEY_ID", k->token->key_id,
+		          "Re-wrapped the %zu volume(s) of %s: %s was re-targeted; they now "
+		          "follow its new key.",
+		          k->n_vols, k->watch.key_arn, k->token->key_id);
 	}
 	if (k->agent->stopping)
 		exit_when_idle(k->agent);
@@ -425,9 +476,18 @@ static void perform(struct key *k, unsigned acts)
 	int r;
 
 	if (acts & DMBYOK_KEYWATCH_ALERT_CREDENTIALS)
-		log_error("This host's KMS credentials fail (%s) for %s: nothing is locked for "
+		key_event(k, LOG_LEVEL_ERROR, DMBYOK_MESSAGE_CREDENTIALS_BROKEN, "DETAIL",
+		          dmbyok_strerror(k->watch.last_result),
+		          "This host's KMS credentials fail (%s) for %s: nothing is locked for "
 		          "that; fix the credentials.",
 		          dmbyok_strerror(k->watch.last_result), arn);
+	if ((acts & DMBYOK_KEYWATCH_LOCK) && k->watch.state != DMBYOK_KEYWATCH_KEY_DELETED)
+		key_event(k, LOG_LEVEL_WARNING, DMBYOK_MESSAGE_KEY_REVOKED, "REASON",
+		          dmbyok_keywatch_lock_reason_name(k->watch.lock_reason),
+		          "Locking the %zu volume(s) of %s: %s.", k->n_vols, arn,
+		          k->watch.lock_reason == DMBYOK_KEYWATCH_REASON_FAIL_CLOSED
+		              ? "no good answer for fail-closed-after"
+		              : "the customer revoked the key");
 	if (acts & DMBYOK_KEYWATCH_ALERT_OTHER)
 		log_error("Probing %s fails unexpectedly: %s; nothing is locked for that.", arn,
 		          dmbyok_strerror(k->watch.last_result));
@@ -835,6 +895,13 @@ int main(int argc, char **argv)
 	         a.n_keys, (unsigned long long)(a.conf.watch.check_interval_ms / 1000),
 	         a.conf.watch.revoke_confirmations);
 	dmbyok_agent_write_metrics(&a);
+	{
+		struct log_fields f = {};
+
+		(void)dmbyok_log_field(&f, "KEYS", "%zu", a.n_keys);
+		log_struct(LOG_LEVEL_INFO, DMBYOK_MESSAGE_AGENT_STARTED, f.field,
+		           "Started: watching %zu key(s).", a.n_keys);
+	}
 	(void)sd_notifyf(false, "READY=1\nSTATUS=Watching %zu key(s)", a.n_keys);
 
 	r = sd_event_loop(a.event);

@@ -52,6 +52,7 @@ struct key {
 	unsigned probes_to_alias; /* probes until the next alias check */
 	bool check_alias;         /* the running probe checks the alias */
 	bool rewrap_due;          /* the alias moved: re-wrap once no action runs */
+	bool unreachable;         /* the last answer was transient (logged once per outage) */
 	uint64_t probe_started_ms, last_latency_ms, action_started_ms;
 	uint64_t locked_at_us, restored_at_us; /* CLOCK_REALTIME, for status; 0: never */
 };

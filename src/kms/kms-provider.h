@@ -8,6 +8,7 @@
  */
 
 #include "dmbyok/kms.h"
+#include "dmbyok/log.h"
 
 struct kms_client;
 
@@ -36,5 +37,40 @@ struct kms_client {
 
 /* Record the provider's own words about the last failure (never secret material). */
 void dmbyok_kms_set_last_error(struct kms_client *c, const char *fmt, ...) _printf_(2, 3);
+
+/*
+ * A provider reports each attempt of the call in flight (several with retries): the region
+ * it went to and the KMS's request id, NULL when there was no answer. kms.c puts the last
+ * one in the call's audit entry. Per thread, since a client is used by one thread at a time.
+ */
+void dmbyok_kms_note_attempt(const char *region, const char *request_id);
+
+/*
+ * One KMS call as the audit entry (DMBYOK_MESSAGE_KMS_CALL) records it. Only what may be
+ * logged is here, by construction: no plaintext, no wrapped key, no credential.
+ */
+struct kms_audit {
+	const char *operation; /* "Decrypt", "GenerateDataKey", "ReEncrypt", "DescribeKey" */
+	const char *provider;
+	const char *region;     /* NULL: unknown */
+	const char *key_id;     /* as asked; NULL when the blob names its key */
+	const char *key_arn;    /* as answered; NULL on failure */
+	json_object *context;   /* encryption context, or NULL */
+	const char *request_id; /* the KMS's, of the last attempt, or NULL */
+	int result;             /* 0 or a negative errno */
+	const char *detail;     /* on failure, the provider's words (dmbyok_kms_last_error) */
+	unsigned long long latency_ms;
+};
+
+/*
+ * The entry's fields: OPERATION, PROVIDER, REGION, KEY_ID, KEY_ARN, ENCRYPTION_CONTEXT,
+ * RESULT, LATENCY_MS, REQUEST_ID, DETAIL; the unknown ones are left out (ERRNO is added by
+ * the log call). -E2BIG when a field did not fit (the others are there).
+ */
+int dmbyok_kms_audit_fields(const struct kms_audit *a, struct log_fields *f);
+/* Logs the entry: info in the journal, debug on stderr (see message-ids.h). */
+void dmbyok_kms_audit_log(const struct kms_audit *a);
+/* The context as canonical JSON (keys sorted by byte, compact, '/' unescaped). */
+int dmbyok_kms_context_canonical(json_object *context, char **ret);
 
 extern const struct kms_provider_ops dmbyok_aws_kms_provider_ops;

@@ -2,9 +2,12 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
+#include "dmbyok/error.h"
 #include "dmbyok/kms.h"
 #include "dmbyok/log.h"
+#include "dmbyok/message-ids.h"
 #include "aws/aws.h"
 #include "kms-provider.h"
 
@@ -78,44 +81,234 @@ static int context_check(json_object *context)
 	return 0;
 }
 
+/* ---- the audit: one entry per KMS call, the host-side counterpart of CloudTrail ---- */
+
+/* What the provider said about the call in flight (dmbyok_kms_note_attempt). */
+static _Thread_local struct {
+	char region[64];
+	char request_id[128];
+} attempt;
+
+/* Only a plain token: these come from the network. */
+static void note_copy(char *dst, size_t size, const char *s)
+{
+	size_t n = 0;
+
+	dst[0] = '\0';
+	if (!s)
+		return;
+	for (; s[n]; n++)
+		if (n + 1 >= size || (unsigned char)s[n] <= ' ' || (unsigned char)s[n] >= 0x7f ||
+		    s[n] == '"' || s[n] == '\\')
+			return;
+	memcpy(dst, s, n + 1);
+}
+
+void dmbyok_kms_note_attempt(const char *region, const char *request_id)
+{
+	note_copy(attempt.region, sizeof(attempt.region), region);
+	note_copy(attempt.request_id, sizeof(attempt.request_id), request_id);
+}
+
+static int key_compare(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int dmbyok_kms_context_canonical(json_object *context, char **ret)
+{
+	_cleanup_free_ const char **keys = NULL;
+	json_object *sorted = NULL;
+	const char *text;
+	size_t n = 0;
+	int r = 0;
+
+	ENSURE(context && json_object_is_type(context, json_type_object) && ret, EINVAL);
+	keys = calloc((size_t)json_object_object_length(context) + 1, sizeof(*keys));
+	ENSURE_ALLOC(keys);
+	json_object_object_foreach (context, k, v) {
+		(void)v;
+		keys[n++] = k;
+	}
+	qsort(keys, n, sizeof(*keys), key_compare);
+
+	/* json-c keeps insertion order: a copy built in key order prints in key order. */
+	sorted = json_object_new_object();
+	ENSURE_ALLOC(sorted);
+	for (size_t i = 0; i < n && r == 0; i++)
+		if (json_object_object_add(
+		        sorted, keys[i],
+		        json_object_get(json_object_object_get(context, keys[i]))) < 0)
+			r = -ENOMEM;
+	if (r == 0) {
+		text = json_object_to_json_string_ext(sorted, JSON_C_TO_STRING_PLAIN |
+		                                                  JSON_C_TO_STRING_NOSLASHESCAPE);
+		*ret = text ? strdup(text) : NULL;
+		if (!*ret)
+			r = -ENOMEM;
+	}
+	json_object_put(sorted);
+	return r;
+}
+
+int dmbyok_kms_audit_fields(const struct kms_audit *a, struct log_fields *f)
+{
+	_cleanup_free_ char *context = NULL;
+	int r = 0, q;
+
+#define FIELD(name, ...)                                                                           \
+	do {                                                                                       \
+		q = dmbyok_log_field(f, name, __VA_ARGS__);                                        \
+		if (q < 0 && r == 0)                                                               \
+			r = q;                                                                     \
+	} while (0)
+
+	ENSURE(a && a->operation && f, EINVAL);
+	FIELD("OPERATION", "%s", a->operation);
+	if (a->provider)
+		FIELD("PROVIDER", "%s", a->provider);
+	if (a->region && *a->region)
+		FIELD("REGION", "%s", a->region);
+	if (a->key_id)
+		FIELD("KEY_ID", "%s", a->key_id);
+	if (a->key_arn)
+		FIELD("KEY_ARN", "%s", a->key_arn);
+	if (a->context) {
+		q = dmbyok_kms_context_canonical(a->context, &context);
+		if (q < 0 && r == 0)
+			r = q;
+		if (context)
+			FIELD("ENCRYPTION_CONTEXT", "%s", context);
+	}
+	FIELD("RESULT", "%s", dmbyok_error_class_name(dmbyok_error_class(a->result)));
+	FIELD("LATENCY_MS", "%llu", a->latency_ms);
+	if (a->request_id && *a->request_id)
+		FIELD("REQUEST_ID", "%s", a->request_id);
+	if (a->result < 0 && a->detail && *a->detail)
+		FIELD("DETAIL", "%s", a->detail);
+#undef FIELD
+	return r;
+}
+
+void dmbyok_kms_audit_log(const struct kms_audit *a)
+{
+	struct log_fields f = {};
+	const char *key = a->key_arn ? a->key_arn : a->key_id;
+
+	/*
+	 * An audit trail belongs in the journal whatever the outcome: info there. On a terminal
+	 * it would double every command's output (failures are reported by the caller): debug.
+	 */
+	(void)dmbyok_kms_audit_fields(a, &f);
+	(void)log_struct_errno(
+	    dmbyok_log_to_journal() ? LOG_LEVEL_INFO : LOG_LEVEL_DEBUG, a->result,
+	    DMBYOK_MESSAGE_KMS_CALL, f.field, "KMS %s %s: %s in %llu ms.", a->operation,
+	    key ? key : "(key named by the blob)",
+	    dmbyok_error_class_name(dmbyok_error_class(a->result)), a->latency_ms);
+}
+
+static unsigned long long now_ms(void)
+{
+	struct timespec ts;
+
+	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (unsigned long long)ts.tv_sec * 1000ULL +
+	       (unsigned long long)ts.tv_nsec / 1000000ULL;
+}
+
+/* Before the provider is called: the client is clean, the clock runs. */
+static unsigned long long call_begin(struct kms_client *c)
+{
+	c->last_error[0] = '\0';
+	attempt.region[0] = attempt.request_id[0] = '\0';
+	return now_ms();
+}
+
+static void call_end(struct kms_client *c, const char *operation, const char *key_id,
+                     const char *key_arn, json_object *context, int r, unsigned long long t0)
+{
+	const char *region = attempt.region[0] ? attempt.region : c->ops->region(c);
+
+	dmbyok_kms_audit_log(&(struct kms_audit){
+	    .operation = operation,
+	    .provider = c->ops->name,
+	    .region = region,
+	    .key_id = key_id,
+	    .key_arn = r >= 0 ? key_arn : NULL,
+	    .context = context,
+	    .request_id = attempt.request_id,
+	    .result = r,
+	    .detail = c->last_error,
+	    .latency_ms = now_ms() - t0,
+	});
+}
+
 int dmbyok_kms_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
                                  size_t n_bytes, struct secret **ret_plaintext,
                                  char **ret_ciphertext_b64, char **ret_key_arn)
 {
+	_cleanup_free_ char *arn = NULL;
+	unsigned long long t0;
+	int r;
+
 	ENSURE(c && key_id && *key_id && ret_plaintext && ret_ciphertext_b64, EINVAL);
 	ENSURE(n_bytes >= 1 && n_bytes <= 1024, EINVAL);
 	GUARD(context_check(context));
-	c->last_error[0] = '\0';
-	return c->ops->generate_data_key(c, key_id, context, n_bytes, ret_plaintext,
-	                                 ret_ciphertext_b64, ret_key_arn);
+	t0 = call_begin(c);
+	r = c->ops->generate_data_key(c, key_id, context, n_bytes, ret_plaintext,
+	                              ret_ciphertext_b64, &arn);
+	call_end(c, "GenerateDataKey", key_id, arn, context, r, t0);
+	if (r >= 0 && ret_key_arn)
+		*ret_key_arn = TAKE_PTR(arn);
+	return r;
 }
 
 int dmbyok_kms_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
                        json_object *context, struct secret **ret_plaintext, char **ret_key_arn)
 {
+	_cleanup_free_ char *arn = NULL;
+	unsigned long long t0;
+	int r;
+
 	ENSURE(c && ciphertext_b64 && *ciphertext_b64 && ret_plaintext, EINVAL);
 	ENSURE(!key_id || *key_id, EINVAL);
 	GUARD(context_check(context));
-	c->last_error[0] = '\0';
-	return c->ops->decrypt(c, key_id, ciphertext_b64, context, ret_plaintext, ret_key_arn);
+	t0 = call_begin(c);
+	r = c->ops->decrypt(c, key_id, ciphertext_b64, context, ret_plaintext, &arn);
+	call_end(c, "Decrypt", key_id, arn, context, r, t0);
+	if (r >= 0 && ret_key_arn)
+		*ret_key_arn = TAKE_PTR(arn);
+	return r;
 }
 
 int dmbyok_kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
                          const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
 {
+	_cleanup_free_ char *arn = NULL;
+	unsigned long long t0;
+	int r;
+
 	ENSURE(c && ciphertext_b64 && *ciphertext_b64 && dest_key_id && *dest_key_id, EINVAL);
 	ENSURE(ret_ciphertext_b64, EINVAL);
 	GUARD(context_check(context));
-	c->last_error[0] = '\0';
-	return c->ops->reencrypt(c, ciphertext_b64, context, dest_key_id, ret_ciphertext_b64,
-	                         ret_key_arn);
+	t0 = call_begin(c);
+	r = c->ops->reencrypt(c, ciphertext_b64, context, dest_key_id, ret_ciphertext_b64, &arn);
+	call_end(c, "ReEncrypt", dest_key_id, arn, context, r, t0);
+	if (r >= 0 && ret_key_arn)
+		*ret_key_arn = TAKE_PTR(arn);
+	return r;
 }
 
 int dmbyok_kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret)
 {
+	unsigned long long t0;
+	int r;
+
 	ENSURE(c && key_id && *key_id && ret, EINVAL);
-	c->last_error[0] = '\0';
-	return c->ops->describe_key(c, key_id, ret);
+	t0 = call_begin(c);
+	r = c->ops->describe_key(c, key_id, ret);
+	call_end(c, "DescribeKey", key_id, r >= 0 ? ret->key_arn : NULL, NULL, r, t0);
+	return r;
 }
 
 void dmbyok_kms_key_info_done(struct kms_key_info *info)

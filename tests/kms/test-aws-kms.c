@@ -929,8 +929,11 @@ static void test_generate_unknown_key_is_input_error(void **state)
 	assert_int_equal(dmbyok_kms_generate_data_key(c, gone, ctx, 64, &pt, &blob, NULL), -EINVAL);
 	assert_non_null(strstr(dmbyok_kms_last_error(c), gone));
 
-	/* but a stored key ARN that is gone means the key was deleted: revoked */
-	assert_int_equal(dmbyok_kms_describe_key(c, gone, &info), -EKEYREVOKED);
+	/*
+	 * DescribeKey of a key that is gone says so distinctly (-ENOENT): the agent's proof that
+	 * a revoked key was deleted, not merely disabled or denied.
+	 */
+	assert_int_equal(dmbyok_kms_describe_key(c, gone, &info), -ENOENT);
 	assert_non_null(strstr(dmbyok_kms_last_error(c), "NotFoundException"));
 	json_object_put(ctx);
 }

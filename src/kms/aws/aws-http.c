@@ -11,6 +11,7 @@
 
 #include "aws.h"
 #include "dmbyok/log.h"
+#include "../kms-provider.h"
 
 struct aws_http {
 	/*
@@ -244,6 +245,31 @@ static int curl_to_errno(CURL *curl, CURLcode cc, const struct recv_ctx *ctx)
 	}
 }
 
+/*
+ * A KMS request (signed "aws:amz:REGION:kms") reports its region and AWS's request id to the
+ * KMS audit entry (kms.c); STS and metadata requests made for the credentials do not.
+ */
+static void note_kms_attempt(CURL *curl, const struct aws_http_request *req, bool answered)
+{
+	const char *scope = req->sigv4, *end;
+	struct curl_header *hdr = NULL;
+	char region[64];
+
+	if (!scope || strncmp(scope, "aws:amz:", 8) != 0)
+		return;
+	scope += 8;
+	end = strchr(scope, ':');
+	if (!end || strcmp(end, ":kms") != 0 || (size_t)(end - scope) >= sizeof(region))
+		return;
+	memcpy(region, scope, (size_t)(end - scope));
+	region[end - scope] = '\0';
+	if (answered &&
+	    curl_easy_header(curl, "x-amzn-RequestId", 0, CURLH_HEADER, -1, &hdr) != CURLHE_OK &&
+	    curl_easy_header(curl, "x-amz-request-id", 0, CURLH_HEADER, -1, &hdr) != CURLHE_OK)
+		hdr = NULL;
+	dmbyok_kms_note_attempt(region, hdr ? hdr->value : NULL);
+}
+
 int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *req,
                             struct aws_http_response *ret, const char **ret_detail)
 {
@@ -335,6 +361,7 @@ int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *r
 	cc = curl_easy_perform(curl);
 
 	r = curl_to_errno(curl, cc, &ctx);
+	note_kms_attempt(curl, req, r >= 0);
 	if (r < 0) {
 		if (ret_detail)
 			*ret_detail = ctx.error == -E2BIG ? "response too large"
