@@ -31,7 +31,7 @@
 #include "dmbyok/message-ids.h"
 #include "dmbyok/process.h"
 #include "dmbyok/secret.h"
-#include "dmbyokd.h"
+#include "agent-state.h"
 
 /* A lock killed half-way would leave its volume suspended with its key: let children finish. */
 static void exit_when_idle(struct agent *a)
@@ -115,13 +115,6 @@ static int child_result(const siginfo_t *si)
 	return si->si_code == CLD_EXITED ? -si->si_status : -EINTR;
 }
 
-uint64_t dmbyok_agent_realtime_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000ULL;
-}
 
 static void start_rewrap(struct key *k);
 
@@ -215,8 +208,8 @@ static const char *action_done_verb(unsigned actions)
 	if (actions & DMBYOK_KEYWATCH_TEARDOWN)
 		return actions & DMBYOK_KEYWATCH_LOCK ? "Locked and tore down" : "Tore down";
 	if (actions & DMBYOK_KEYWATCH_LOCK)
-		return "Locked (and removed the unused of)";
-	return actions & DMBYOK_KEYWATCH_REPROVISION ? "Reprovisioned" : "Unlocked";
+		return "Locked"; /* those nobody held are torn down too: logged one by one */
+	return "Restored";       /* unlocked, or mapped again if torn down: logged one by one */
 }
 
 static const char *action_name(unsigned actions)

@@ -11,7 +11,15 @@
 #include "dmbyok/lifecycle.h"
 #include "dmbyok/log.h"
 #include "dmbyok/process.h"
-#include "dmbyokd.h"
+#include "agent-state.h"
+
+uint64_t dmbyok_agent_realtime_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000ULL;
+}
 
 /* keywatch counts CLOCK_MONOTONIC ms; status shows wall-clock times. */
 static uint64_t wall_us_of(uint64_t mono_ms)

@@ -25,5 +25,6 @@ int dmbyok_lock_mapping(const char *name, unsigned timeout_ms, struct dmbyok_dev
                         struct mapping_status *ret);
 /* The header, read quietly and only from a device that answers; NULL otherwise. */
 struct volume *dmbyok_load_header_quietly(const char *device, const char *header);
-/* `close` of a torn-down volume: -ENODEV when `name` was not torn down. */
-int dmbyok_close_torn_down(const char *name);
+/* close and unlock of a mapping; dmbyok_close/unlock (teardown.c) also know torn-down ones. */
+int dmbyok_close_mapping(const char *name);
+int dmbyok_unlock_mapping(const char *name, const char *header, const struct kms_options *kms);

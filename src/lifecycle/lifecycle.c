@@ -578,22 +578,14 @@ static int thaw_after_resume(const struct mapping_status *s)
 	return 0;
 }
 
-int dmbyok_close(const char *name)
+int dmbyok_close_mapping(const char *name)
 {
 	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
 	struct mapping_status s = { 0 };
 	int r;
 
 	GUARD(dmbyok_dm_check_kernel_support());
-	r = dmbyok_lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s);
-	if (r == -ENOENT) {
-		dmbyok_log_quiet_push();
-		r = dmbyok_close_torn_down(name);
-		dmbyok_log_quiet_pop();
-		return r == -ENODEV ? -ENOENT : r;
-	}
-	if (r < 0)
-		return r;
+	GUARD(dmbyok_lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s));
 	dmbyok_mapping_status_done(&s);
 	r = dmbyok_dm_crypt_remove(name);
 	if (r < 0)
@@ -689,16 +681,7 @@ out:
 	return r;
 }
 
-static bool torn_down(const char *name)
-{
-	struct registry_entry e = { 0 };
-	bool r = dmbyok_registry_load(name, &e) == 0 && e.torn_down;
-
-	dmbyok_registry_entry_done(&e);
-	return r;
-}
-
-int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms)
+int dmbyok_unlock_mapping(const char *name, const char *header, const struct kms_options *kms)
 {
 	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
 	struct mapping_status s = { 0 };
@@ -708,9 +691,6 @@ int dmbyok_unlock(const char *name, const char *header, const struct kms_options
 	int r;
 
 	GUARD(dmbyok_dm_check_kernel_support());
-	if (dmbyok_read_mapping(name, false, &s) == -ENODEV && torn_down(name))
-		return dmbyok_reprovision(name, kms);
-	dmbyok_mapping_status_done(&s);
 	/* Held across the KMS call: a lock that arrives meanwhile waits, then wins. */
 	GUARD(dmbyok_lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s));
 	if (!s.dm.suspended) {

@@ -233,19 +233,31 @@ int dmbyok_list_torn_down(struct mapping_status **ret, size_t *ret_n)
 	return 0;
 }
 
+/* No crypt mapping by that name, and a record that says dmbyokd tore it down. */
+static bool is_torn_down(const char *name)
+{
+	struct mapping_status s = { 0 };
+	struct registry_entry e = { 0 };
+	bool r;
+
+	if (dmbyok_read_mapping(name, false, &s) != -ENODEV) {
+		dmbyok_mapping_status_done(&s);
+		return false;
+	}
+	r = dmbyok_registry_load(name, &e) == 0 && e.torn_down;
+	dmbyok_registry_entry_done(&e);
+	return r;
+}
+
 /* `close` of a torn-down volume: forget it (and its error mapping, once unused). */
-int dmbyok_close_torn_down(const char *name)
+static int close_torn_down(const char *name)
 {
 	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
 	_cleanup_free_ char *type = NULL, *dm_uuid = NULL;
 	struct registry_entry e = { 0 };
 	int open_count, r;
 
-	r = dmbyok_registry_load(name, &e);
-	if (r < 0 || !e.torn_down) {
-		dmbyok_registry_entry_done(&e);
-		return -ENODEV;
-	}
+	GUARD(dmbyok_registry_load(name, &e));
 	r = dmbyok_device_lock_path(e.device, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock);
 	if (r < 0)
 		goto out;
@@ -262,4 +274,17 @@ int dmbyok_close_torn_down(const char *name)
 out:
 	dmbyok_registry_entry_done(&e);
 	return r;
+}
+
+int dmbyok_close(const char *name)
+{
+	GUARD(dmbyok_dm_check_kernel_support());
+	return is_torn_down(name) ? close_torn_down(name) : dmbyok_close_mapping(name);
+}
+
+int dmbyok_unlock(const char *name, const char *header, const struct kms_options *kms)
+{
+	GUARD(dmbyok_dm_check_kernel_support());
+	return is_torn_down(name) ? dmbyok_reprovision(name, kms)
+	                          : dmbyok_unlock_mapping(name, header, kms);
 }

@@ -9,6 +9,9 @@ import datetime
 import http.client
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -236,6 +239,27 @@ class FaultTest(unittest.TestCase):
         with self.assertRaises(KMSError):
             faults.parse({"fault": "explode"})
 
+    def test_key_id(self):
+        arn = f"arn:aws:kms:us-east-1:111122223333:key/{KEY_ID}"
+        txn = Transaction({"faults": [faults.parse({"operation": "Decrypt", "fault": "reset",
+                                                    "count": -1, "key_id": arn})]})
+        other = "0000abcd-12ab-34cd-56ef-1234567890ab"
+        # The emulator's ciphertext header: "KMSE", version 1, the key's id.
+        blob = base64.b64encode(b"KMSE\x01" + KEY_ID.encode() + bytes(60)).decode()
+        for body, hit in ((json.dumps({"KeyId": KEY_ID}), True),
+                          (json.dumps({"KeyId": arn}), True),
+                          (json.dumps({"KeyId": other}), False),
+                          (json.dumps({"KeyId": "alias/x"}), False),
+                          (json.dumps({"CiphertextBlob": blob}), True),
+                          (json.dumps({"CiphertextBlob": "!!"}), False),
+                          ("not json", False), ("", False)):
+            got = faults.take(txn, "Decrypt", body.encode())
+            self.assertEqual(got is not None, hit, body)
+        self.assertEqual(faults.take(txn, "Decrypt", b"{}"), None)
+        for bad in ("alias/x", "", 5, "arn:aws:kms:us-east-1:111122223333:alias/x"):
+            with self.assertRaises(KMSError):
+                faults.parse({"fault": "reset", "key_id": bad})
+
 
 class ServerTest(unittest.TestCase):
     """A live server in this process: two stores on one file, keep-alive."""
@@ -288,6 +312,58 @@ class ServerTest(unittest.TestCase):
         status, out = self.call(conn, "Encrypt", {"KeyId": key, "Plaintext": "eA=="})
         self.assertEqual((status, out["__type"]), (409, "DisabledException"))
         conn.close()
+
+    def test_fault_list_added_at_once(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+
+        def post(body):
+            conn.request("POST", "/_emulator/faults", body=json.dumps(body))
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        conn.request("DELETE", "/_emulator/faults")
+        conn.getresponse().read()
+        status, out = post([{"operation": "Decrypt", "fault": "throttle", "count": 3},
+                            {"operation": "Decrypt", "fault": "explode"}])
+        self.assertEqual((status, out["__type"]), (400, "ValidationException"))
+        status, out = post([{"operation": "Decrypt", "fault": "throttle", "count": 3},
+                            {"operation": "Decrypt", "fault": "internal", "key_id": KEY_ID}])
+        self.assertEqual(status, 200)
+        self.assertEqual([f["fault"] for f in out["faults"]], ["throttle", "internal"])
+        self.assertEqual(out["faults"][1]["key_id"], KEY_ID)
+        conn.request("DELETE", "/_emulator/faults")
+        conn.getresponse().read()
+        conn.close()
+
+
+class StandbyTest(unittest.TestCase):
+    """--standby: loads, says so, and serves only after SIGUSR1."""
+
+    def test_standby_binds_on_sigusr1(self):
+        with tempfile.TemporaryDirectory() as tmp, socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            probe.close()
+            proc = subprocess.Popen(
+                [sys.executable, os.path.join(os.path.dirname(os.path.realpath(__file__)),
+                                              "kms-emulator"),
+                 "--standby", "--listen", f"127.0.0.1:{port}",
+                 "--state", os.path.join(tmp, "state.json")],
+                stdout=subprocess.PIPE, text=True)
+            try:
+                self.assertEqual(proc.stdout.readline(), "kms-emulator: standing by\n")
+                with self.assertRaises(ConnectionRefusedError):
+                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                proc.send_signal(signal.SIGUSR1)
+                self.assertEqual(proc.stdout.readline(),
+                                 f"kms-emulator: listening on http://127.0.0.1:{port}\n")
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/_emulator/health")
+                self.assertEqual(conn.getresponse().status, 200)
+                conn.close()
+            finally:
+                proc.terminate()
+                self.assertEqual(proc.wait(timeout=10), 0)
+                proc.stdout.close()
 
 
 if __name__ == "__main__":

@@ -119,7 +119,13 @@ start_writer() {
 	WRITER=$!
 }
 acked() { cat "$WORK/acked"; }
-stop_writer() { kill "$WRITER" 2>/dev/null || true; wait "$WRITER" 2>/dev/null || true; ACKED=$(acked); }
+# The dd in flight first: killed, it ends the loop too, and holds the file no longer.
+stop_writer() {
+	pkill -P "$WRITER" 2>/dev/null || true
+	kill "$WRITER" 2>/dev/null || true
+	wait "$WRITER" 2>/dev/null || true
+	ACKED=$(acked)
+}
 # check_acked_survived FILE WHAT: every record up to $ACKED is in FILE, in order.
 check_acked_survived() {
 	check "every acknowledged record ($((ACKED + 1))) survived $2, in order" \

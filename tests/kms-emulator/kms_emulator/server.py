@@ -222,7 +222,7 @@ class Handler(BaseHTTPRequestHandler):
             fault = None
             if operation:
                 with app.store.transaction() as txn:
-                    fault = faults.take(txn, operation)
+                    fault = faults.take(txn, operation, body)
             if fault is not None:
                 record["fault"] = fault["fault"]
                 if self._apply_fault(fault, request_id, record, started):
@@ -435,9 +435,11 @@ class Handler(BaseHTTPRequestHandler):
             return sts.configure(txn, spec)
 
     def _add_fault(self, spec):
-        fault = faults.parse(spec)
+        # A list is appended at once: no request sees only part of it.
+        specs = spec if isinstance(spec, list) else [spec]
+        added = [faults.parse(one) for one in specs]
         with self.app.store.transaction() as txn:
-            txn.data["faults"].append(fault)
+            txn.data["faults"].extend(added)
             txn.dirty = True
             return {"faults": txn.data["faults"]}
 
@@ -484,6 +486,10 @@ def parse_args(argv):
     parser.add_argument("--region", default=DEFAULT_REGION)
     parser.add_argument("--verbose", action="store_true",
                         help="log each HTTP request to stderr")
+    parser.add_argument("--standby", action="store_true",
+                        help="load, print 'kms-emulator: standing by', and bind --listen "
+                        "only on SIGUSR1 (a warm stand-by to take over a stopped "
+                        "emulator's address at once)")
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
@@ -496,7 +502,21 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.standby:
+        # Held pending until sigwait(): an early SIGUSR1 must not kill us.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     app = Emulator(args)
+    if args.standby:
+        # Starting costs seconds under emulation; a test that stops the KMS and wants it
+        # back at a known moment starts a stand-by early and wakes it then.
+        sys.stdout.write("kms-emulator: standing by\n")
+        sys.stdout.flush()
+        signal.sigwait({signal.SIGUSR1})
     server = Server((args.host, args.port), Handler)
     server.app = app
     server.verbose = args.verbose
@@ -507,11 +527,6 @@ def main(argv=None):
         context.load_cert_chain(args.tls_cert, args.tls_key)
         server.tls_context = context
         scheme = "https"
-
-    def stop(signum, frame):
-        raise SystemExit(0)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
 
     host, port = server.server_address[:2]
     if ":" in host:
