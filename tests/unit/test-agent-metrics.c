@@ -534,7 +534,7 @@ static void test_write(void **state)
 	_cleanup_metrics_ struct dmbyok_metrics *m = NULL;
 	struct dmbyok_metrics_gauges g = { .volumes = { 1 } };
 	_cleanup_free_ char *dir = path_in_tmp("w"), *path = NULL, *expect = NULL, *got = NULL,
-	                    *names = NULL, *old = NULL, *l = NULL;
+	                    *names = NULL, *l = NULL;
 	struct stat st, st2;
 	mode_t umask_was;
 	int old_fd;
@@ -714,8 +714,9 @@ static void test_oracle_refuses(void **state)
 		"# HELP a x\n# TYPE a gauge\na{l=\"v} 1\n",     /* unclosed */
 		"# HELP a x\n# TYPE a gauge\na 1",              /* no newline */
 		"# HELP a x\n# TYPE a gauge\na{l=\"\\q\"} 1\n", /* bad escape */
-		"# HELP h x\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\n"
-		"h_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n", /* not cumulative */
+		/* not cumulative */
+		("# HELP h x\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\n"
+		 "h_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n"),
 		"# HELP h x\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 1\n",
 		"# HELP a x\n# TYPE a gauge\na 1\na 2\n",                 /* duplicate */
 		"# HELP a x\n# TYPE a gauge\nb 1\n",                      /* outside */
