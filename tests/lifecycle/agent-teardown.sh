@@ -30,10 +30,24 @@ start_writer "$MNT/log"
 printf '#!/bin/sh\necho "$1 $2 $DMBYOK_MAPPER" >>%s\n' "$WORK/hooks.log" >"$WORK/hook"
 chmod 755 "$WORK/hook"
 : >"$WORK/hooks.log"
-start_agent --check-interval 1 --restore-interval 1 --teardown-after 4 --lock-timeout 10 \
-	--on-revoke "$WORK/hook" --on-restore "$WORK/hook"
+# Settings from a config file (as /etc/dmbyok/dmbyokd.conf), one overridden by an option.
+cat >"$WORK/dmbyokd.conf" <<EOC
+# dmbyokd settings for this scenario
+check-interval = 5
+restore-interval = 1s
+teardown-after = 4
+lock-timeout = 10
+on-revoke = $WORK/hook
+on-restore = $WORK/hook
+metrics-file = $WORK/dmbyok.prom
+EOC
+chmod 600 "$WORK/dmbyokd.conf"
+start_agent --config "$WORK/dmbyokd.conf" --check-interval 1
 sleep 2
 check "both stay active under the agent" test "$(state t1)/$(state t2)" = active/active
+check "the option overrides the file's check-interval" grep -q "probe every 1 s" "$WORK/agent.log"
+metric() { awk -v m="$1" '$1 == m { print $2 }' "$WORK/dmbyok.prom"; }
+check "the metrics file counts 2 active volumes" wait_quietly 10 eval '[ "$(metric "dmbyok_volumes{state=\"active\"}")" = 2 ]'
 
 step "the customer disables the key"
 kms_as customer DisableKey "{\"KeyId\":\"$KEY\"}" >/dev/null
@@ -44,6 +58,8 @@ check "the on-revoke hook ran for t1 only" bash -c "hook_saw() { grep -qx \"\$1\
 check "t2's record says torn down" jq -e .torn_down "$DMBYOK_RUNTIME_DIR/mappings/t2.json"
 t=$(wait_for 20 eval '[ "$(target t1)" = error ]') || { cat "$WORK/agent.log"; fail "t1 never got the error target"; }
 echo "teardown-after 4 s -> t1 error target after $t more s"
+check "the metrics file counts them torn down, and the lock's duration" wait_quietly 10 eval \
+	'[ "$(metric "dmbyok_volumes{state=\"torn-down\"}")" = 2 ] && [ "$(metric "dmbyok_lock_duration_seconds_count{result=\"ok\"}")" -ge 1 ]'
 check "nothing of t1's key or table is left in the kernel" bash -c "! dmsetup table t1 | grep -q crypt"
 check "the writer got EIO and stopped" wait_quietly 10 eval '! kill -0 $WRITER'
 stop_writer
@@ -58,6 +74,9 @@ check "t2's data is intact" cmp <(head -c 1M /dev/mapper/t2) "$WORK/pattern"
 check "t2 was re-created with the same dm UUID form" bash -c "dmsetup info -c --noheadings -o uuid t2 | grep -q '^CRYPT-LUKS2-.*-t2\$'"
 check "the on-restore hook ran for both" wait_quietly 10 eval "grep -qx 'restore t1 /dev/mapper/t1' '$WORK/hooks.log' && grep -qx 'restore t2 /dev/mapper/t2' '$WORK/hooks.log'"
 check "both active per status" test "$(state t1)/$(state t2)" = active/active
+check "the metrics file: restored, probes counted by class" wait_quietly 10 eval \
+	'[ "$(metric "dmbyok_volumes{state=\"active\"}")" = 2 ] && [ "$(metric "dmbyok_restore_duration_seconds_count{result=\"ok\"}")" -ge 1 ] && grep -q "^dmbyok_probes_total{.*class=\"key-revoked\"}" "$WORK/dmbyok.prom"'
+
 umount "$MNT"
 check "close t1" $DMBYOK close t1 --quiet
 check "reopen t1" $DMBYOK open /dev/vda t1 --quiet
