@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Proves --systemd: systemd is PID 1, the script runs in a unit, udev runs, the root is a
-# writable overlay. Run: tests/vm/run systemd-boot.sh --systemd --disk 16M
+# writable overlay; and --prepare: what systemd-prepare.sh set up before the boot (an fstab
+# mount, an enabled unit) took effect during it.
+# Run: tests/vm/run systemd-boot.sh --systemd --disk 16M --prepare systemd-prepare.sh
 set -euo pipefail
 
 die() { echo "FAIL: $*" >&2; exit 1; }
@@ -19,5 +21,8 @@ udevadm settle --timeout=30
 links=(/dev/disk/by-path/*virtio*)
 [ -L "${links[0]}" ] || die "udev made no /dev/disk/by-path link for the virtio disk"
 touch /etc/dmbyok-overlay-write-test || die "the root overlay is not writable"
+mountpoint -q /srv/prepared || die "the fstab line written by --prepare was not mounted at boot"
+systemctl is-active --quiet prepared.service || die "the unit enabled by --prepare did not start at boot"
+[ "$(cat /srv/prepared/proof)" = booted ] || die "prepared.service did not run after its mount"
 echo "failed units: $(systemctl list-units --failed --plain --no-legend | awk '{ print $1 }' | tr '\n' ' ')"
 echo "systemd boot: ok"
