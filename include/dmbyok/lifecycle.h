@@ -132,14 +132,15 @@ int dmbyok_read_token(const char *device, const char *header, struct dmbyok_toke
 #define DMBYOK_PROBE_KEY_DELETED 1u /* the key no longer exists (DescribeKey: no such key) */
 #define DMBYOK_PROBE_ALIAS_MOVED 2u /* the token's alias names another key now: re-wrap */
 /*
- * *ret_found tells more than the result: on a revoked answer, a DescribeKey tells whether
- * the key is gone for good; with check_alias and an alias-named token, a DescribeKey of the
- * alias tells whether it was re-targeted. KMS calls: 1, or 2 when either is asked.
+ * *ret_found tells more than the result when `describe` allows a DescribeKey: on a revoked
+ * answer it tells whether the key is gone for good; on a good answer for an alias-named
+ * token, whether the alias was re-targeted. KMS calls: 1, or 2 with `describe`. (The agent
+ * allows it on every 6th probe, and on each revoked answer before it has locked.)
  */
-int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, bool check_alias,
+int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, bool describe,
                      unsigned *ret_found);
 /* The same over a client the caller keeps: dmbyokd's probers reuse one per key. */
-int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bool check_alias,
+int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bool describe,
                           unsigned *ret_found);
 /* A KMS client for `region` (the options' region wins), failures explained. */
 int dmbyok_kms_client_for(const struct kms_options *kms, const char *region,

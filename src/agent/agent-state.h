@@ -20,8 +20,12 @@
 
 struct agent;
 
-/* How often, in probes, an alias-named key's alias is checked for a re-target. */
-#define ALIAS_CHECK_EVERY 6
+/*
+ * How often, in probes, a probe adds a DescribeKey: of the alias (re-targeted?) while the
+ * key answers, of the key (deleted?) once it is locked. Before the lock, every revoked
+ * answer gets one, so a deleted key is known as such when its volumes lock.
+ */
+#define DESCRIBE_EVERY 6
 /* A rescan in case a uevent was lost (the socket overflowed): at most this far apart. */
 #define RESCAN_BACKSTOP_MS 60000ULL
 /* Uevents come in bursts (one per suspend, resume, table load): one rescan per burst. */
@@ -49,8 +53,8 @@ struct key {
 	struct dmbyok_prober *prober; /* created at the first probe */
 	pid_t action_pid, rewrap_pid;
 	unsigned action;          /* the volume action action_pid performs */
-	unsigned probes_to_alias; /* probes until the next alias check */
-	bool check_alias;         /* the running probe checks the alias */
+	unsigned probes_to_describe; /* probes until the next DescribeKey */
+	bool describe;            /* the running probe may add a DescribeKey */
 	bool rewrap_due;          /* the alias moved: re-wrap once no action runs */
 	bool unreachable;         /* the last answer was transient (logged once per outage) */
 	uint64_t probe_started_ms, last_latency_ms, action_started_ms;

@@ -13,6 +13,7 @@
  * (and once a minute, in case an event was lost); torn-down volumes by their records.
  */
 #include <getopt.h>
+#include <inttypes.h>
 #include <linux/netlink.h>
 #include <signal.h>
 #include <stdio.h>
@@ -474,13 +475,21 @@ static void perform(struct key *k, unsigned acts)
 		          "This host's KMS credentials fail (%s) for %s: nothing is locked for "
 		          "that; fix the credentials.",
 		          dmbyok_strerror(k->watch.last_result), arn);
-	if ((acts & DMBYOK_KEYWATCH_LOCK) && k->watch.state != DMBYOK_KEYWATCH_KEY_DELETED)
-		key_event(k, LOG_LEVEL_WARNING, DMBYOK_MESSAGE_KEY_REVOKED, "REASON",
-		          dmbyok_keywatch_lock_reason_name(k->watch.lock_reason),
-		          "Locking the %zu volume(s) of %s: %s.", k->n_vols, arn,
-		          k->watch.lock_reason == DMBYOK_KEYWATCH_REASON_FAIL_CLOSED
-		              ? "no good answer for fail-closed-after"
-		              : "the customer revoked the key");
+	if ((acts & DMBYOK_KEYWATCH_LOCK) && k->watch.state != DMBYOK_KEYWATCH_KEY_DELETED) {
+		const char *reason = dmbyok_keywatch_lock_reason_name(k->watch.lock_reason);
+
+		if (k->watch.lock_reason == DMBYOK_KEYWATCH_REASON_FAIL_CLOSED)
+			key_event(k, LOG_LEVEL_WARNING, DMBYOK_MESSAGE_KEY_REVOKED, "REASON", reason,
+			          "Locking the %zu volume(s) of %s (fail-closed): no good answer "
+			          "for %" PRIu64 " s.",
+			          k->n_vols, arn, (now_ms() - k->watch.last_ok_ms) / 1000);
+		else
+			key_event(k, LOG_LEVEL_WARNING, DMBYOK_MESSAGE_KEY_REVOKED, "REASON", reason,
+			          "Locking the %zu volume(s) of %s: the customer revoked the key "
+			          "(%s, %u answers in a row).",
+			          k->n_vols, arn, dmbyok_strerror(k->watch.last_result),
+			          k->watch.revoked_streak);
+	}
 	if (acts & DMBYOK_KEYWATCH_ALERT_OTHER)
 		log_error("Probing %s fails unexpectedly: %s; nothing is locked for that.", arn,
 		          dmbyok_strerror(k->watch.last_result));
@@ -501,13 +510,15 @@ static void perform(struct key *k, unsigned acts)
 
 	if (acts & DMBYOK_KEYWATCH_PROBE) {
 		k->probe_started_ms = now_ms();
-		k->check_alias = k->probes_to_alias == 0;
-		k->probes_to_alias = k->check_alias ? ALIAS_CHECK_EVERY - 1 : k->probes_to_alias - 1;
+		k->describe = k->probes_to_describe == 0 ||
+		              k->watch.state == DMBYOK_KEYWATCH_SUSPECT;
+		k->probes_to_describe = k->probes_to_describe == 0 ? DESCRIBE_EVERY - 1
+		                                                   : k->probes_to_describe - 1;
 		r = k->prober ? 0
 		              : dmbyok_prober_new(k->agent->event, k->token, &k->agent->kms,
 		                                  on_probe_answer, k, &k->prober);
 		if (r >= 0)
-			r = dmbyok_prober_probe(k->prober, k->check_alias);
+			r = dmbyok_prober_probe(k->prober, k->describe);
 		if (r < 0) {
 			log_warning("Cannot probe %s: %s", k->watch.key_arn, dmbyok_strerror(r));
 			/* Reported as a transient answer, as keywatch requires. */

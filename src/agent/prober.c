@@ -164,9 +164,9 @@ int dmbyok_prober_new(sd_event *event, const struct dmbyok_token *token,
 	return 0;
 }
 
-int dmbyok_prober_probe(struct dmbyok_prober *p, bool check_alias)
+int dmbyok_prober_probe(struct dmbyok_prober *p, bool describe)
 {
-	char ask = check_alias ? 1 : 0;
+	char ask = describe ? 1 : 0;
 
 	if (p->outstanding)
 		return -EBUSY;

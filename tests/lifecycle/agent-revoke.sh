@@ -285,7 +285,7 @@ wait_done "$from" Locked "$KEY_D" 30 "fail-closed" >/dev/null
 check "g1 is locked" test "$(state g1)" = locked
 check "d1 is torn down" test "$(state d1)" = torn-down
 check "the agent says fail-closed, for both keys" \
-	test "$(count_since "$from" "locking (fail-closed)")" -eq 2
+	test "$(count_since "$from" "(fail-closed): no good answer")" -eq 2
 check "no key of either volume is in kernel memory" no_key_in_kernel g1 d1
 A1=$(acked); sleep 1; A2=$(acked)
 check "the writer is frozen ($A1 -> $A2)" test "$A1" = "$A2"

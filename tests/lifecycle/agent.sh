@@ -61,7 +61,7 @@ sleep 10
 for n in a1 a2 b1; do check "$n still active during the outage" test "$(state $n)" = active; done
 start_kms
 check "the agent decided no lock during the outage (still only key A's)" \
-	test "$(grep -c 'locking its volumes' "$WORK/agent.log")" -eq 1
+	test "$(grep -c 'Locking the .* the customer revoked the key' "$WORK/agent.log")" -eq 1
 
 step "key B's policy stops allowing this host: only b1 is locked"
 deny='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},{"Effect":"Deny","Principal":{"AWS":"arn:aws:iam::111122223333:role/dmbyok-host"},"Action":"kms:Decrypt","Resource":"*"}]}'
