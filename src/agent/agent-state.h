@@ -70,9 +70,24 @@ struct agent {
 	sd_event_source *rescan, *uevents;
 	struct dmbyok_control_server *control;
 	struct dmbyok_metrics *metrics; /* NULL: no metrics-file */
+	struct attacher *attach;        /* attach.c: the volumes table's volumes */
 	uint64_t started_us;            /* CLOCK_REALTIME */
 	bool stopping; /* SIGTERM: start nothing new, exit once running children are done */
 };
+
+/* dmbyokd.c: exit once no child runs (after SIGTERM); rescan the mappings shortly. */
+void dmbyok_agent_exit_when_idle(struct agent *a);
+void dmbyok_agent_rescan_soon(struct agent *a);
+
+/*
+ * attach.c: attaches the volumes of the table at start, then sends READY=1 (see there);
+ * udev's hand-over (`{"command": "attach", "name": DEVICE}`); the entries for status.
+ */
+int dmbyok_agent_attach_start(struct agent *a);
+bool dmbyok_agent_attach_busy(const struct agent *a);
+int dmbyok_agent_attach_command(struct agent *a, json_object *request, json_object **ret);
+json_object *dmbyok_agent_attach_json(const struct agent *a);
+void dmbyok_agent_attach_free(struct agent *a);
 
 /* CLOCK_REALTIME in microseconds (status times); CLOCK_MONOTONIC ms is keywatch's clock. */
 uint64_t dmbyok_agent_realtime_us(void);

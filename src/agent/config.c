@@ -69,6 +69,10 @@ static const struct setting settings[] = {
 	{ "metrics-file", KIND_METRICS, FIELD(metrics_file), 0, 0, NULL },
 	{ "control-socket", KIND_SOCKET, FIELD(control_socket), 0, 0, NULL },
 	{ "debug", KIND_BOOL, FIELD(debug), 0, 0, NULL },
+	{ "volumes", KIND_STRING, FIELD(volumes), 0, 0, NULL },
+	{ "attach-timeout", KIND_SECONDS32, FIELD(attach_timeout_ms), 0, 3600, "at once" },
+	{ "attach-concurrency", KIND_COUNT, FIELD(attach_concurrency), 1, 256, "unwraps" },
+	{ "auto-attach", KIND_BOOL, FIELD(auto_attach), 0, 0, NULL },
 };
 
 static char **string_field(struct dmbyok_agent_config *c, const struct setting *s)
@@ -78,7 +82,9 @@ static char **string_field(struct dmbyok_agent_config *c, const struct setting *
 
 void dmbyok_agent_config_init(struct dmbyok_agent_config *c)
 {
-	*c = (struct dmbyok_agent_config){ .lock_timeout_ms = DMBYOK_LOCK_TIMEOUT_MS };
+	*c = (struct dmbyok_agent_config){ .lock_timeout_ms = DMBYOK_LOCK_TIMEOUT_MS,
+		                            .attach_timeout_ms = 30000,
+		                            .attach_concurrency = 32 };
 	dmbyok_keywatch_config_default(&c->watch);
 }
 

@@ -43,6 +43,12 @@ struct dmbyok_agent_config {
 	char *metrics_file;           /* Prometheus textfile output path (absolute, ends in .prom),
 	                                 NULL = off */
 	char *control_socket;         /* NULL = default <runtime dir>/dmbyokd.sock */
+	char *volumes;                /* the volumes table; NULL = /etc/dmbyok/volumes */
+	unsigned attach_timeout_ms;   /* attach-timeout: READY at the latest this long after the
+	                                 start (0: at once); default 30 s */
+	unsigned attach_concurrency;  /* KMS unwraps at once while attaching; default 32 */
+	bool auto_attach;             /* attach dmbyok disks udev hands over that are not in the
+	                                 table, as dmbyok-<LUKS2 UUID> */
 	bool debug;
 };
 

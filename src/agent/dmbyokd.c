@@ -40,7 +40,14 @@ static void exit_when_idle(struct agent *a)
 	for (size_t i = 0; i < a->n_keys; i++)
 		if (a->keys[i]->action_pid || a->keys[i]->rewrap_pid)
 			return;
+	if (dmbyok_agent_attach_busy(a))
+		return;
 	(void)sd_event_exit(a->event, 0);
+}
+
+void dmbyok_agent_exit_when_idle(struct agent *a)
+{
+	exit_when_idle(a);
 }
 
 static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
@@ -158,6 +165,11 @@ static void report_actions(struct key *k, unsigned actions, int r)
 	for (unsigned bit = DMBYOK_KEYWATCH_LOCK; bit <= DMBYOK_KEYWATCH_REPROVISION; bit <<= 1)
 		if (actions & bit)
 			(void)dmbyok_keywatch_action_done(&k->watch, bit, r, now_ms());
+}
+
+void dmbyok_agent_rescan_soon(struct agent *a)
+{
+	rescan_soon(a);
 }
 
 
@@ -755,7 +767,8 @@ static void usage(FILE *f)
 	        "               [--teardown-after S] [--on-revoke PROGRAM] [--on-restore PROGRAM]\n"
 	        "               [--lock-timeout S] [--metrics-file PATH] [--control-socket PATH]\n"
 	        "               [--region R] [--endpoint URL] [--profile P] [--ca-bundle FILE]\n"
-	        "               [--debug] [--version]\n"
+	        "               [--volumes FILE] [--attach-timeout S] [--attach-concurrency N]\n"
+	        "               [--auto-attach yes|no] [--debug] [--version]\n"
 	        "Settings are read from %s (or --config FILE) first; options override them.\n",
 	        DMBYOK_AGENT_CONFIG_FILE);
 }
@@ -779,6 +792,10 @@ static int parse_args(struct agent *a, int argc, char **argv)
 		{ "endpoint", required_argument, NULL, 's' },
 		{ "profile", required_argument, NULL, 's' },
 		{ "ca-bundle", required_argument, NULL, 's' },
+		{ "volumes", required_argument, NULL, 's' },
+		{ "attach-timeout", required_argument, NULL, 's' },
+		{ "attach-concurrency", required_argument, NULL, 's' },
+		{ "auto-attach", required_argument, NULL, 's' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -839,6 +856,17 @@ static int parse_args(struct agent *a, int argc, char **argv)
 	return 0;
 }
 
+/* The control socket's commands (docs/agent-control.md). */
+static int on_control_request(json_object *request, json_object **ret, void *userdata)
+{
+	json_object *cmd;
+
+	if (json_object_object_get_ex(request, "command", &cmd) &&
+	    !strcmp(json_object_get_string(cmd), "attach"))
+		return dmbyok_agent_attach_command(userdata, request, ret);
+	return dmbyok_agent_status(request, ret, userdata);
+}
+
 int main(int argc, char **argv)
 {
 	struct agent a = { 0 };
@@ -878,7 +906,7 @@ int main(int argc, char **argv)
 	if (r >= 0)
 		r = uevents_open(&a);
 	if (r >= 0)
-		r = dmbyok_control_server_new(a.event, a.conf.control_socket, dmbyok_agent_status,
+		r = dmbyok_control_server_new(a.event, a.conf.control_socket, on_control_request,
 		                              &a, &a.control);
 	if (r >= 0 && a.conf.metrics_file)
 		r = dmbyok_metrics_new(a.started_us / 1000000ULL, &a.metrics);
@@ -906,7 +934,12 @@ int main(int argc, char **argv)
 		log_struct(LOG_LEVEL_INFO, DMBYOK_MESSAGE_AGENT_STARTED, f.field,
 		           "Started: watching %zu key(s).", a.n_keys);
 	}
-	(void)sd_notifyf(false, "READY=1\nSTATUS=Watching %zu key(s)", a.n_keys);
+	/* READY=1 comes from there, once the table's volumes are attached (or need not be). */
+	r = dmbyok_agent_attach_start(&a);
+	if (r < 0) {
+		log_error("Cannot start attaching: %s", dmbyok_strerror(r));
+		return dmbyok_exit_code(r);
+	}
 
 	r = sd_event_loop(a.event);
 	for (size_t i = 0; i < a.n_keys; i++)
@@ -915,6 +948,7 @@ int main(int argc, char **argv)
 	sd_event_source_disable_unref(a.rescan);
 	sd_event_source_disable_unref(a.uevents);
 	dmbyok_control_server_free(a.control);
+	dmbyok_agent_attach_free(&a);
 	dmbyok_metrics_free(a.metrics);
 	sd_event_unref(a.event);
 	dmbyok_agent_config_done(&a.conf);

@@ -171,6 +171,7 @@ int dmbyok_agent_status(json_object *request, json_object **ret, void *userdata)
 	ADD(o, "keys", keys);
 	keys = NULL;
 	ADD(o, "volumes", vols);
+	ADD(o, "attach", dmbyok_agent_attach_json(a));
 	*ret = o;
 	return 0;
 oom:

@@ -34,6 +34,9 @@ int verb_status(struct cli *c);
 int verb_list(struct cli *c);
 int verb_dump(struct cli *c);
 int verb_doctor(struct cli *c);
+int verb_volumes(struct cli *c);
+int verb_attach(struct cli *c);
+int verb_detach(struct cli *c);
 
 /* -EINVAL with a usage message unless exactly `min`..`max` positional arguments were given. */
 int cli_require_args(const struct cli *c, size_t min, size_t max, const char *usage);

@@ -29,6 +29,9 @@ static const struct {
 	{ "list", verb_list, "[--json]" },
 	{ "dump", verb_dump, "DEVICE [--header FILE] [--json]" },
 	{ "doctor", verb_doctor, "[--key KEY_ID]" },
+	{ "volumes", verb_volumes, "[list|check|add NAME DEVICE [OPTIONS]|remove NAME] [--json]" },
+	{ "attach", verb_attach, "DEVICE  (a disk of /etc/dmbyok/volumes appeared)" },
+	{ "detach", verb_detach, "[KERNEL_NAME]  (a disk went away)" },
 };
 
 static void usage(FILE *f)

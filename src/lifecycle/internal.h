@@ -13,6 +13,24 @@
 
 /* Unwrap a loaded volume's DEK: binding checks, KMS Decrypt, key check value. */
 int dmbyok_unwrap_dek(struct volume *v, const struct kms_options *kms, struct secret **ret);
+/* Its two halves: the checks made before any KMS call, and the call over a given client. */
+int dmbyok_unwrap_check(const struct volume *v, const struct kms_options *kms);
+int dmbyok_unwrap_dek_with(struct kms_client *c, struct volume *v, struct secret **ret);
+
+/*
+ * An open in three steps, so that dmbyok_attach_many can unwrap many volumes at once
+ * between the serial ones: prepare (device lock, name free, header, device unused, checks),
+ * the unwrap (into j->dek), finish (table load, record). done releases all, NULL-safe.
+ */
+struct open_job {
+	const struct open_options *o;
+	struct dmbyok_device_lock lock;
+	struct volume *v;
+	struct secret *dek;
+};
+int dmbyok_open_prepare(struct open_job *j, const struct kms_options *kms);
+int dmbyok_open_finish(struct open_job *j);
+void dmbyok_open_job_done(struct open_job *j);
 /* The logon key description that carries a volume's key into dm-crypt. */
 int dmbyok_key_description(const char *volume_uuid, char **ret);
 /* The dm-crypt table of volume `v` with the given key reference and flags. */

@@ -99,13 +99,8 @@ static int verify_v1_and_upgrade(struct volume *v, const struct secret *dek)
 	return 0;
 }
 
-/* Unwrap a loaded volume's DEK: binding checks, KMS Decrypt, key check value. */
-int dmbyok_unwrap_dek(struct volume *v, const struct kms_options *kms, struct secret **ret)
+int dmbyok_unwrap_check(const struct volume *v, const struct kms_options *kms)
 {
-	_cleanup_kms_client_ struct kms_client *c = NULL;
-	_cleanup_secret_ struct secret *dek = NULL;
-	int r;
-
 	/* A token copied from another volume names that volume: refuse before any KMS call. */
 	GUARD(dmbyok_token_check_volume(v->token, v->uuid));
 	/* So is a header whose volume key changed under the token (cryptsetup reencrypt). */
@@ -116,7 +111,13 @@ int dmbyok_unwrap_dek(struct volume *v, const struct kms_options *kms, struct se
 		                       "--region %s contradicts the volume's key %s, which is in "
 		                       "%s: drop --region (the token names the region).",
 		                       kms->region, v->token->key_arn, v->token->region);
-	GUARD(kms_connect(kms, v->token->region, &c));
+	return 0;
+}
+
+int dmbyok_unwrap_dek_with(struct kms_client *c, struct volume *v, struct secret **ret)
+{
+	_cleanup_secret_ struct secret *dek = NULL;
+	int r;
 
 	log_debug("Unwrapping the data key of %s under %s.", v->device, v->token->key_arn);
 	r = dmbyok_kms_decrypt(c, v->token->key_arn, v->token->ciphertext, v->token->context, &dek,
@@ -128,6 +129,15 @@ int dmbyok_unwrap_dek(struct volume *v, const struct kms_options *kms, struct se
 		GUARD(verify_v1_and_upgrade(v, dek));
 	*ret = TAKE_PTR(dek);
 	return 0;
+}
+
+int dmbyok_unwrap_dek(struct volume *v, const struct kms_options *kms, struct secret **ret)
+{
+	_cleanup_kms_client_ struct kms_client *c = NULL;
+
+	GUARD(dmbyok_unwrap_check(v, kms));
+	GUARD(kms_connect(kms, v->token->region, &c));
+	return dmbyok_unwrap_dek_with(c, v, ret);
 }
 
 int dmbyok_key_description(const char *volume_uuid, char **ret)
@@ -272,14 +282,17 @@ int dmbyok_activate(const struct volume *v, const char *name, uint32_t flags,
 	return dmbyok_dm_crypt_create(name, dm_uuid, &p, dek);
 }
 
-int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
+void dmbyok_open_job_done(struct open_job *j)
 {
-	_cleanup_device_lock_ struct dmbyok_device_lock lock = DMBYOK_DEVICE_LOCK_INIT;
-	_cleanup_volume_ struct volume *v = NULL;
-	_cleanup_secret_ struct secret *dek = NULL;
-	_cleanup_free_ char *device_path = NULL, *header_path = NULL;
+	dmbyok_secret_freep(&j->dek);
+	dmbyok_volume_freep(&j->v);
+	dmbyok_device_unlock(&j->lock);
+}
+
+int dmbyok_open_prepare(struct open_job *j, const struct kms_options *kms)
+{
+	const struct open_options *o = j->o;
 	struct dm_crypt_info existing = { 0 };
-	struct registry_entry entry;
 	int r;
 
 	assert(o->device && o->name);
@@ -290,7 +303,7 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 	 * Held from the in-use check to the table load: every entry point (CLI, agent, udev
 	 * attach, token plugin) takes it, so two of them never map one device twice.
 	 */
-	GUARD(dmbyok_device_lock_path(o->device, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock));
+	GUARD(dmbyok_device_lock_path(o->device, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &j->lock));
 	r = dmbyok_dm_crypt_get_info(o->name, &existing);
 	if (r == 0 || r == -EINVAL) {
 		dmbyok_dm_crypt_info_done(&existing);
@@ -300,12 +313,23 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 		return log_error_errno(r, "Cannot look up mapping %s: %s", o->name,
 		                       dmbyok_strerror(r));
 
-	GUARD(dmbyok_volume_load(o->device, o->header, &v));
+	GUARD(dmbyok_volume_load(o->device, o->header, &j->v));
 	/* Two mappings of one disk would corrupt it: cryptsetup refuses this too. */
 	GUARD(dmbyok_volume_check_unused(o->device));
-	GUARD(dmbyok_unwrap_dek(v, kms, &dek));
+	return dmbyok_unwrap_check(j->v, kms);
+}
+
+int dmbyok_open_finish(struct open_job *j)
+{
+	const struct open_options *o = j->o;
+	_cleanup_free_ char *device_path = NULL, *header_path = NULL;
+	struct registry_entry entry;
+	int r;
+
 	warn_if_not_accelerated();
-	GUARD(dmbyok_activate(v, o->name, o->override_flags ? o->flags : v->activation_flags, dek));
+	GUARD(dmbyok_activate(j->v, o->name, o->override_flags ? o->flags : j->v->activation_flags,
+	                      j->dek));
+	dmbyok_secret_freep(&j->dek);
 
 	/* Absolute paths: unlock and the agent run from other directories. */
 	device_path = realpath(o->device, NULL);
@@ -314,9 +338,9 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 		.name = (char *)o->name,
 		.device = device_path ? device_path : (char *)o->device,
 		.header = header_path ? header_path : (char *)o->header,
-		.volume_uuid = (char *)v->uuid,
-		.key_id = v->token->key_id,
-		.key_arn = v->token->key_arn,
+		.volume_uuid = (char *)j->v->uuid,
+		.key_id = j->v->token->key_id,
+		.key_arn = j->v->token->key_arn,
 	};
 	r = dmbyok_registry_save(&entry);
 	if (r < 0)
@@ -325,6 +349,16 @@ int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
 		            o->name, dmbyok_runtime_dir(), dmbyok_strerror(r));
 	log_info("Opened %s as /dev/mapper/%s.", o->device, o->name);
 	return 0;
+}
+
+int dmbyok_open(const struct open_options *o, const struct kms_options *kms)
+{
+	_cleanup_(dmbyok_open_job_done) struct open_job j = { .o = o,
+		                                              .lock = DMBYOK_DEVICE_LOCK_INIT };
+
+	GUARD(dmbyok_open_prepare(&j, kms));
+	GUARD(dmbyok_unwrap_dek(j.v, kms, &j.dek));
+	return dmbyok_open_finish(&j);
 }
 
 void dmbyok_mapping_status_done(struct mapping_status *s)

@@ -160,3 +160,35 @@ start_agent() {
 	sleep 1
 	kill -0 $AGENT 2>/dev/null || { cat "$WORK/agent.log" >&2; fail "dmbyokd died"; }
 }
+
+# --- under systemd (tests/vm/run --systemd): dmbyok's units and udev rule as shipped ----
+# install_units ENVFILE_LINES...: the units of systemd/ and the rule of udev/ into /etc,
+# only the binaries' paths changed to this build's; /etc/dmbyok/dmbyokd.env gets the KMS
+# settings of start_kms plus the lines given. The runtime state stays under $WORK.
+install_units() {
+	local u
+	mkdir -p /etc/dmbyok /etc/udev/rules.d
+	for u in "$DMBYOK_SOURCE_DIR"/systemd/*.service; do
+		sed -e "s|/usr/sbin/dmbyokd|$DMBYOKD|g" -e "s|/usr/sbin/dmbyok\b|$DMBYOK|g" "$u" \
+			>"/etc/systemd/system/$(basename "$u")"
+	done
+	mkdir -p /etc/systemd/system/dmbyokd.service.d
+	printf '[Service]\nReadWritePaths=%s\n' "$WORK" >/etc/systemd/system/dmbyokd.service.d/test.conf
+	cp "$DMBYOK_SOURCE_DIR"/udev/*.rules /etc/udev/rules.d/
+	{
+		echo "AWS_ENDPOINT_URL_KMS=$KMS_URL"
+		echo "AWS_REGION=us-east-1"
+		echo "AWS_EC2_METADATA_DISABLED=true"
+		echo "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID"
+		echo "AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY"
+		echo "DMBYOK_RUNTIME_DIR=$DMBYOK_RUNTIME_DIR"
+		echo "DMBYOK_VOLUMES=/etc/dmbyok/volumes"
+		printf '%s\n' "$@"
+	} >/etc/dmbyok/dmbyokd.env
+	if [ -d /run/systemd/system ]; then
+		systemctl daemon-reload
+		udevadm control --reload
+	fi
+}
+# mappings_of DEVICE: how many device-mapper devices are stacked on DEVICE.
+mappings_of() { ls "/sys/class/block/$(basename "$(readlink -f "$1")")/holders" | wc -l; }
