@@ -195,7 +195,7 @@ static bool owner_trusted(uid_t uid)
 }
 
 /* A hook runs as root: whoever can change the program can run anything as root. */
-static int check_hook(const char *path, const char *who)
+int dmbyok_agent_check_hook(const char *path, const char *who)
 {
 	struct stat st;
 
@@ -265,7 +265,7 @@ static int set_string(struct dmbyok_agent_config *c, const struct setting *s, co
 	if (value[0]) {
 		switch (s->kind) {
 		case KIND_HOOK:
-			GUARD(check_hook(value, who));
+			GUARD(dmbyok_agent_check_hook(value, who));
 			break;
 		case KIND_METRICS:
 			GUARD(check_metrics_path(value, who));
@@ -434,6 +434,17 @@ static int check_file(int fd, const char *path)
 	return 0;
 }
 
+int dmbyok_agent_check_trusted_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK), r;
+
+	if (fd < 0)
+		return log_error_errno(errno, "Cannot open %s: %m", path);
+	r = check_file(fd, path);
+	close(fd);
+	return r;
+}
+
 static void fclosep(FILE **f)
 {
 	if (*f)
@@ -514,8 +525,8 @@ int dmbyok_agent_config_validate(const struct dmbyok_agent_config *c)
 		GUARD(check_socket_path(c->control_socket, "control-socket"));
 	/* Again: the fields may have been set directly, and a hook may have changed since. */
 	if (c->on_revoke)
-		GUARD(check_hook(c->on_revoke, "on-revoke"));
+		GUARD(dmbyok_agent_check_hook(c->on_revoke, "on-revoke"));
 	if (c->on_restore)
-		GUARD(check_hook(c->on_restore, "on-restore"));
+		GUARD(dmbyok_agent_check_hook(c->on_restore, "on-restore"));
 	return 0;
 }

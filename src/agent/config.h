@@ -83,3 +83,12 @@ int dmbyok_agent_config_load(struct dmbyok_agent_config *c, const char *path, bo
  * different paths. 0 or -EINVAL.
  */
 int dmbyok_agent_config_validate(const struct dmbyok_agent_config *c);
+
+/*
+ * What a file that names root's programs must be (the config file, the volumes table when
+ * it names hooks): a regular file owned by root (or the caller) that group and others
+ * cannot write; and such a program: absolute, executable, just as trusted. -EPERM/-EINVAL
+ * with the reason logged; `who` names the setting in the message.
+ */
+int dmbyok_agent_check_trusted_file(const char *path);
+int dmbyok_agent_check_hook(const char *path, const char *who);

@@ -32,6 +32,7 @@
 #include "dmbyok/message-ids.h"
 #include "dmbyok/process.h"
 #include "dmbyok/secret.h"
+#include "dmbyok/volumes.h"
 #include "agent-state.h"
 
 /* A lock killed half-way would leave its volume suspended with its key: let children finish. */
@@ -299,8 +300,40 @@ static int exec_hook(void *userdata)
 	return -errno;
 }
 
-static void run_hook(struct key *k, const char *program, const char *event, const struct vol *v)
+/*
+ * The volume's own hook (on-revoke=/on-restore= in the volumes table) if it has one, else
+ * the agent's. The table then names a program that runs as root: it must be as trusted as
+ * the config file, and the program as any hook; if not, no hook runs (and the log says why).
+ */
+static char *hook_for(struct key *k, const struct vol *v, bool revoke)
 {
+	_cleanup_volumes_ struct dmbyok_volumes *t = NULL;
+	const char *path = k->agent->conf.volumes ? k->agent->conf.volumes : dmbyok_volumes_path();
+	const char *global = revoke ? k->agent->conf.on_revoke : k->agent->conf.on_restore;
+	const struct dmbyok_volume_entry *e;
+	const char *own;
+
+	dmbyok_log_quiet_push();
+	if (dmbyok_volumes_load(path, &t) < 0)
+		t = NULL;
+	dmbyok_log_quiet_pop();
+	e = t ? dmbyok_volumes_find(t, v->name) : NULL;
+	own = e ? (revoke ? e->on_revoke : e->on_restore) : NULL;
+	if (!own)
+		return global ? strdup(global) : NULL;
+	if (dmbyok_agent_check_trusted_file(path) < 0 ||
+	    dmbyok_agent_check_hook(own, revoke ? "on-revoke" : "on-restore") < 0) {
+		log_error("Not running %s's own %s hook from %s (see above).", v->name,
+		          revoke ? "on-revoke" : "on-restore", path);
+		return NULL;
+	}
+	return strdup(own);
+}
+
+static void run_hook(struct key *k, bool revoke, const struct vol *v)
+{
+	_cleanup_free_ char *program = hook_for(k, v, revoke);
+	const char *event = revoke ? "revoke" : "restore";
 	int r;
 
 	if (!program)
@@ -346,7 +379,7 @@ static int lock_volumes(struct key *k)
 			continue;
 		if (dmbyok_teardown(v->name, k->agent->conf.lock_timeout_ms, false) != 1)
 			continue; /* torn down, or failed: it stays locked, which is safe */
-		run_hook(k, k->agent->conf.on_revoke, "revoke", v);
+		run_hook(k, true, v);
 		(void)dmbyok_teardown(v->name, k->agent->conf.lock_timeout_ms, false);
 	}
 	return 0;
@@ -377,7 +410,7 @@ static int restore_volumes(struct key *k)
 		if (v->torn_down) {
 			q = dmbyok_reprovision(v->name, &k->agent->kms);
 			if (q == 0)
-				run_hook(k, k->agent->conf.on_restore, "restore", v);
+				run_hook(k, false, v);
 		} else
 			q = dmbyok_unlock(v->name, v->header, &k->agent->kms);
 		if (q < 0 && r == 0)

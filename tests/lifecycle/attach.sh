@@ -27,15 +27,19 @@ attached_in() { wait_for "$1" eval "[ -b /dev/mapper/$2 ] && [ \"\$(state $2)\" 
 
 step "set-up: KMS, units and udev rule as shipped, a volume on a disk, in the table"
 start_kms
-create_key alias/hot >/dev/null
+KEY=$(create_key alias/hot)
 install_units
+printf 'check-interval = 2\n' >/etc/dmbyok/dmbyokd.conf
+# The volume's own on-revoke hook, named in the table (it only records its call).
+printf '#!/bin/sh\necho "$1 $2" >>%s/hook.log\n' "$WORK" >"$WORK/hook"
+chmod 0755 "$WORK/hook"
 dev=$(plug hp0 hot)
 check "format $dev" $DMBYOK format "$dev" --key alias/hot --quiet
 check "udev sees the LUKS2 subsystem label (ID_FS_SUBSYSTEM=dmbyok)" \
 	bash -c "udevadm info --query=property '$dev' | grep -qx ID_FS_SUBSYSTEM=dmbyok"
 echo "udev's blkid builtin alone: $(udevadm test-builtin blkid "/sys/class/block/${dev#/dev/}" 2>/dev/null | grep -c '^ID_FS_SUBSYSTEM=dmbyok' || true) ID_FS_SUBSYSTEM=dmbyok line(s) (0: the rule's blkid -p import supplies it)"
 uuid=$(blkid -s UUID -o value "$dev")
-check "the volumes table takes it" $DMBYOK volumes add hot "UUID=$uuid" --quiet
+check "the volumes table takes it" $DMBYOK volumes add hot "UUID=$uuid" "on-revoke=$WORK/hook" --quiet
 check "and refuses a bad line, naming why, leaving the table as it was" \
 	bash -c "! $DMBYOK volumes add 'bad name' /dev/null 2>/dev/null && [ \$(grep -c . /etc/dmbyok/volumes) -eq 1 ]"
 mkdir -p /srv/hot
@@ -69,7 +73,18 @@ echo "attach -> mounted in $t s"
 check "the data is there" test "$(cat /srv/hot/data)" = kept
 check "the agent watches it" bash -c "[ \"\$($DMBYOK status hot --json | jq -r .agent.state)\" = active ]"
 check "dmbyok volumes shows it attached" bash -c "$DMBYOK volumes --json | jq -e '.[0].state == \"attached\" and .[0].agent == \"attached\"'"
+
+step "its key revoked while it is mounted: the volume's own on-revoke hook runs"
+kms_as customer DisableKey "{\"KeyId\":\"$KEY\"}" >/dev/null
+t=$(wait_for 60 grep -q "revoke hot" "$WORK/hook.log") || { journalctl -u dmbyokd --no-pager | tail -20; fail "no hook"; }
+echo "revocation -> the table's on-revoke hook for hot ran in $t s"
+check "hot is locked (still mounted, so not torn down yet)" test "$(state hot)" = locked
+kms_as customer EnableKey "{\"KeyId\":\"$KEY\"}" >/dev/null
+check "the key back: hot is active again" wait_state hot active 60
 umount /srv/hot
+# From here on, attaching must not mount it (the races below close it again and again).
+sed -i '\|/srv/hot|d' /etc/fstab
+systemctl daemon-reload
 
 step "racing: udev's attach, the agent and an operator's open on one disk end with one mapping"
 for round in 1 2 3 4 5; do

@@ -11,8 +11,9 @@ mode=${1:?normal|kms-down}
 KMS_URL=http://127.0.0.1:4599
 mono() { systemctl show -P "$2" "$1"; } # a unit's monotonic timestamp, in microseconds
 
-# The boot is done when no job is left but this test's own.
-boot_done() { [ "$(systemctl list-jobs --no-legend | grep -vc dmbyok-test.service)" -eq 0 ]; }
+# The boot is done when no job is left but this test's own (and its target's, which waits
+# for it).
+boot_done() { [ "$(systemctl list-jobs --no-legend | grep -v -c -e dmbyok-test.service -e 'dmbyok\.target')" -eq 0 ]; }
 t=$(wait_for 300 boot_done) || { systemctl list-jobs --no-pager; fail "the boot did not finish"; }
 echo "boot jobs done $t s after the test started; dmbyokd: $(systemctl show -P StatusText dmbyokd)"
 check "dmbyokd is active (READY)" systemctl is-active --quiet dmbyokd.service
