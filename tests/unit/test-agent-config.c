@@ -44,6 +44,10 @@ static const char *const all_keys[] = {
 	"metrics-file",
 	"control-socket",
 	"debug",
+	"volumes",
+	"attach-timeout",
+	"attach-concurrency",
+	"auto-attach",
 };
 
 static char tmpdir[] = "/tmp/dmbyok-test-config.XXXXXX";
