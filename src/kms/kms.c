@@ -9,10 +9,12 @@
 #include "dmbyok/log.h"
 #include "dmbyok/message-ids.h"
 #include "aws/aws.h"
+#include "gcp/gcp.h"
 #include "kms-provider.h"
 
 static const struct kms_provider_ops *const providers[] = {
 	&dmbyok_aws_kms_provider_ops,
+	&dmbyok_gcp_kms_provider_ops,
 };
 
 static const struct kms_provider_ops *provider_find(const char *name)
@@ -327,5 +329,25 @@ const char *dmbyok_kms_client_region(struct kms_client *c)
 
 int dmbyok_kms_key_region(const char *key_id, char **ret)
 {
+	if (key_id && !strcmp(dmbyok_kms_provider_for_key(key_id), "gcp"))
+		return dmbyok_gcp_key_location(key_id, ret);
 	return dmbyok_aws_arn_region(key_id, ret);
+}
+
+const char *dmbyok_kms_provider_for_key(const char *key_id)
+{
+	/* Each provider's key names have their own shape; AWS takes ids, aliases and ARNs. */
+	if (key_id && !strncmp(key_id, "projects/", strlen("projects/")))
+		return "gcp";
+	return "aws";
+}
+
+bool dmbyok_kms_provider_known(const char *name)
+{
+	return name && provider_find(name) != NULL;
+}
+
+const char *dmbyok_kms_client_provider(struct kms_client *c)
+{
+	return c ? c->ops->name : NULL;
 }

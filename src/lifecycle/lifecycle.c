@@ -229,7 +229,7 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 		return log_kms_failure(c, r, "generate the data key");
 
 	t->version = DMBYOK_TOKEN_VERSION;
-	t->kms = strdup("aws");
+	t->kms = strdup(dmbyok_kms_client_provider(c)); /* the provider that wrapped it */
 	t->key_id = strdup(o->key_id);
 	/* The wrapping key's ARN names its region; unwrapping must go there. */
 	t->region = region_of_arn(t->key_arn);

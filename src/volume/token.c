@@ -8,6 +8,7 @@
 #include <openssl/core_names.h>
 
 #include "dmbyok/encoding.h"
+#include "dmbyok/kms.h"
 #include "dmbyok/log.h"
 #include "dmbyok/token.h"
 
@@ -121,9 +122,9 @@ int dmbyok_token_from_json(const char *json, struct dmbyok_token **ret)
 	    (r = get_string(o, "rewrapped", 0, &t->rewrapped)) < 0)
 		goto out;
 
-	if (strcmp(t->kms, "aws") != 0) {
+	if (!dmbyok_kms_provider_known(t->kms)) {
 		r = log_error_errno(
-		    EUCLEAN, "dmbyok token names KMS \"%s\"; this build knows \"aws\".", t->kms);
+		    EUCLEAN, "dmbyok token names KMS \"%s\", which this build lacks.", t->kms);
 		goto out;
 	}
 
