@@ -145,6 +145,9 @@ int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bo
 /* A KMS client for `region` (the options' region wins), failures explained. */
 int dmbyok_kms_client_for(const struct kms_options *kms, const char *region,
                           struct kms_client **ret);
+/* The client a token's volume needs: its provider ("kms") and region (the options win). */
+int dmbyok_kms_client_for_token(const struct kms_options *kms, const struct dmbyok_token *t,
+                                struct kms_client **ret);
 
 /* -ENOTSUP with a clear message unless the kernel has device-mapper and dm-crypt. */
 int dmbyok_check_kernel(void);

@@ -73,7 +73,8 @@ static bool key_arn_valid(const char *arn)
 {
 	size_t n;
 
-	if (!arn || strncmp(arn, "arn:", 4))
+	/* An AWS key ARN, or a Cloud KMS key (version) name. */
+	if (!arn || (strncmp(arn, "arn:", 4) && strncmp(arn, "projects/", 9)))
 		return false;
 	n = strnlen(arn, KEY_ARN_MAX + 1);
 	if (n > KEY_ARN_MAX)

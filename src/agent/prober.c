@@ -45,7 +45,7 @@ static _Noreturn void serve(int fd, const struct dmbyok_token *t, const struct k
 	while ((n = recv(fd, &ask, 1, 0)) == 1) {
 		unsigned found = 0;
 
-		if (!c && dmbyok_kms_client_for(kms, t->region, &c) < 0) {
+		if (!c && dmbyok_kms_client_for_token(kms, t, &c) < 0) {
 			a = (struct answer){ .result = -EAGAIN };
 		} else {
 			a.result = dmbyok_probe_key_with(c, t, ask == 1, &found);

@@ -95,7 +95,7 @@ struct unwrap_pool {
 };
 
 struct region_client {
-	char *region;
+	char *region; /* "provider/region" */
 	struct kms_client *client;
 };
 
@@ -108,22 +108,28 @@ static void *unwrap_worker(void *userdata)
 
 	for (size_t i; (i = atomic_fetch_add(&p->next, 1)) < p->n;) {
 		struct open_job *j = &p->jobs[i];
-		const char *region = j->v->token->region ? j->v->token->region : "";
+		const struct dmbyok_token *t;
+		_cleanup_free_ char *where = NULL;
 		struct kms_client *c = NULL;
+		bool once = false;
 		int r = 0;
 
 		if (p->results[i] < 0)
+			continue; /* failed before the KMS: no header loaded */
+		t = j->v->token;
+		/* One client per provider and region this thread meets. */
+		if (asprintf(&where, "%s/%s", t->kms, t->region ? t->region : "") < 0) {
+			p->results[i] = -ENOMEM;
 			continue;
-		bool once = false;
-
+		}
 		for (size_t k = 0; k < n_clients; k++)
-			if (!strcmp(clients[k].region, region))
+			if (!strcmp(clients[k].region, where))
 				c = clients[k].client;
 		if (!c) {
-			r = dmbyok_kms_client_for(p->kms, *region ? region : NULL, &c);
+			r = dmbyok_kms_client_for_token(p->kms, t, &c);
 			once = r == 0;
-			if (r == 0 && n_clients < ELEMENTSOF(clients) &&
-			    (clients[n_clients].region = strdup(region))) {
+			if (r == 0 && n_clients < ELEMENTSOF(clients)) {
+				clients[n_clients].region = TAKE_PTR(where);
 				clients[n_clients++].client = c;
 				once = false;
 			}

@@ -60,11 +60,15 @@ static char *region_of_arn(const char *key_id)
 	return dmbyok_kms_key_region(key_id, &region) >= 0 ? region : NULL;
 }
 
-static int kms_connect(const struct kms_options *base, const char *region, struct kms_client **ret)
+/* A client of `provider` (a token's "kms", or what the key's name says) for `region`. */
+static int kms_connect(const struct kms_options *base, const char *provider, const char *region,
+                       struct kms_client **ret)
 {
 	struct kms_options o = *base;
 	int r;
 
+	if (!o.provider)
+		o.provider = provider;
 	if (!o.region)
 		o.region = region;
 	r = dmbyok_kms_client_new(&o, ret);
@@ -136,7 +140,7 @@ int dmbyok_unwrap_dek(struct volume *v, const struct kms_options *kms, struct se
 	_cleanup_kms_client_ struct kms_client *c = NULL;
 
 	GUARD(dmbyok_unwrap_check(v, kms));
-	GUARD(kms_connect(kms, v->token->region, &c));
+	GUARD(kms_connect(kms, v->token->kms, v->token->region, &c));
 	return dmbyok_unwrap_dek_with(c, v, ret);
 }
 
@@ -221,7 +225,7 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	GUARD(dmbyok_context_new(uuid, o->context, o->n_context, &t->context));
 
 	region = region_of_arn(o->key_id);
-	GUARD(kms_connect(kms, region, &c));
+	GUARD(kms_connect(kms, dmbyok_kms_provider_for_key(o->key_id), region, &c));
 	log_info("Generating a 512-bit data key under %s...", o->key_id);
 	r = dmbyok_kms_generate_data_key(c, o->key_id, t->context, DMBYOK_DEK_BYTES, &dek,
 	                                 &t->ciphertext, &t->key_arn);
@@ -824,6 +828,12 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	GUARD(dmbyok_token_check_volume(v->token, v->uuid));
 	GUARD(dmbyok_volume_check_binding(v));
 	dest = new_key_id ? new_key_id : v->token->key_id;
+	/* A re-wrap runs inside one KMS: a key of another provider needs a new volume. */
+	if (strcmp(dmbyok_kms_provider_for_key(dest), v->token->kms) != 0)
+		return log_error_errno(EINVAL,
+		                       "%s is a %s key but the volume's key is in %s: re-wrap within "
+		                       "one provider (or format a new volume and copy the data).",
+		                       dest, dmbyok_kms_provider_for_key(dest), v->token->kms);
 	dest_region = region_of_arn(dest);
 	/* ReEncrypt runs in one region: a blob cannot move to a key of another one this way. */
 	if (dest_region && v->token->region && strcmp(dest_region, v->token->region) != 0)
@@ -836,7 +846,7 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 		                       "--region %s contradicts the volume's key %s, which is in "
 		                       "%s: drop --region.",
 		                       kms->region, v->token->key_arn, v->token->region);
-	GUARD(kms_connect(kms, dest_region ? dest_region : v->token->region, &c));
+	GUARD(kms_connect(kms, v->token->kms, dest_region ? dest_region : v->token->region, &c));
 
 	log_info("Re-wrapping the data key of %s from %s under %s...", device, v->token->key_arn,
 	         dest);
@@ -933,7 +943,13 @@ static bool is_alias(const char *key_id)
 int dmbyok_kms_client_for(const struct kms_options *kms, const char *region,
                           struct kms_client **ret)
 {
-	return kms_connect(kms, region, ret);
+	return kms_connect(kms, NULL, region, ret);
+}
+
+int dmbyok_kms_client_for_token(const struct kms_options *kms, const struct dmbyok_token *t,
+                                struct kms_client **ret)
+{
+	return kms_connect(kms, t->kms, t->region, ret);
 }
 
 int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bool describe,
@@ -973,6 +989,6 @@ int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms
 {
 	_cleanup_kms_client_ struct kms_client *c = NULL;
 
-	GUARD(kms_connect(kms, t->region, &c));
+	GUARD(kms_connect(kms, t->kms, t->region, &c));
 	return dmbyok_probe_key_with(c, t, describe, ret_found);
 }
