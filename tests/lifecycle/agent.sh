@@ -35,9 +35,9 @@ check "the agent watches both keys" grep -q "Watching 2 key" "$WORK/agent.log"
 
 step "the customer disables key A"
 kms_as customer DisableKey "{\"KeyId\":\"$KEY_A\"}" >/dev/null
-t=$(wait_state a1 locked 20) || { cat "$WORK/agent.log"; fail "a1 was not locked"; }
+t=$(wait_state a1 locked 60) || { cat "$WORK/agent.log"; fail "a1 was not locked"; }
 echo "revocation -> a1 locked in $t s"
-check "a2 (key A, held by nobody) is locked and torn down at once" wait_quietly 10 eval '! dmsetup info a2'
+check "a2 (key A, held by nobody) is locked and torn down at once" wait_quietly 30 eval '! dmsetup info a2'
 check "the agent's view: a1 locked because key A was revoked" bash -c "$DMBYOK status a1 --json | jq -e '.agent.state == \"locked\" and .agent.lock_reason == \"revoked\" and .agent.last_probe_class == \"key-revoked\"'"
 check "the agent's view: a2 torn down" bash -c "$DMBYOK status a2 --json | jq -e '.agent.state == \"torn-down\"'"
 check "the agent's view: b1 active, its key answering" bash -c "$DMBYOK status b1 --json | jq -e '.agent.state == \"active\" and .agent.last_probe_class == \"ok\"'"
@@ -48,9 +48,9 @@ check "the writer is frozen ($A1 -> $A2)" test "$A1" = "$A2"
 
 step "the customer enables key A again"
 kms_as customer EnableKey "{\"KeyId\":\"$KEY_A\"}" >/dev/null
-t=$(wait_state a1 active 20) || { cat "$WORK/agent.log"; fail "a1 was not restored"; }
+t=$(wait_state a1 active 60) || { cat "$WORK/agent.log"; fail "a1 was not restored"; }
 echo "restore -> a1 active in $t s"
-check "a2 is mapped again too" wait_quietly 10 eval '[ "$(state a2)" = active ]'
+check "a2 is mapped again too" wait_quietly 30 eval '[ "$(state a2)" = active ]'
 check "the agent's view: a1 active again, with the time it was restored" bash -c "$DMBYOK status a1 --json | jq -e '.agent.state == \"active\" and (.agent.restored_at | type) == \"string\"'"
 sleep 2
 check "the writer goes on ($A2 -> $(acked))" test "$(acked)" -gt "$A2"
@@ -67,7 +67,7 @@ step "key B's policy stops allowing this host: only b1 is locked"
 deny='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},{"Effect":"Deny","Principal":{"AWS":"arn:aws:iam::111122223333:role/dmbyok-host"},"Action":"kms:Decrypt","Resource":"*"}]}'
 allow='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}'
 kms_as customer PutKeyPolicy "{\"KeyId\":\"$KEY_B\",\"PolicyName\":\"default\",\"Policy\":$(jq -Rs . <<<"$deny")}" >/dev/null
-t=$(wait_for 20 eval '! dmsetup info b1') || { cat "$WORK/agent.log"; fail "b1 was not torn down"; }
+t=$(wait_for 60 eval '! dmsetup info b1') || { cat "$WORK/agent.log"; fail "b1 was not torn down"; }
 echo "policy revocation -> b1 (held by nobody) locked and torn down in $t s"
 check "a1 is not touched" test "$(state a1)" = active
 
@@ -81,7 +81,7 @@ sleep 3
 check "the new agent keeps b1 torn down (the key is still denied)" bash -c "! dmsetup info b1 >/dev/null 2>&1"
 check "and says why" grep -q "b1 is torn down: keeping it so" "$WORK/agent.log"
 kms_as customer PutKeyPolicy "{\"KeyId\":\"$KEY_B\",\"PolicyName\":\"default\",\"Policy\":$(jq -Rs . <<<"$allow")}" >/dev/null
-t=$(wait_state b1 active 20) || { cat "$WORK/agent.log"; fail "b1 was not restored"; }
+t=$(wait_state b1 active 60) || { cat "$WORK/agent.log"; fail "b1 was not restored"; }
 echo "policy restored -> b1 mapped again and active in $t s (new agent)"
 
 step "no acknowledged write was lost"
