@@ -8,7 +8,11 @@
 . "$(dirname "$0")/lib.sh"
 MNT=$WORK/mnt
 mkdir -p "$MNT"
-cleanup() { kill -9 "${AGENT:-}" "${WRITER:-}" 2>/dev/null || true; }
+cleanup() {
+	local rc=$?
+	kill -9 "${AGENT:-}" "${WRITER:-}" 2>/dev/null || true
+	[ "$rc" -eq 0 ] || release_suspended
+}
 trap cleanup EXIT
 mapped() { dmsetup info "$1" >/dev/null 2>&1; }
 target() { dmsetup table "$1" 2>/dev/null | awk '{print $3}'; }

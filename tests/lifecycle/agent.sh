@@ -11,7 +11,11 @@ mkdir -p "$MNT"
 export KMS_LISTEN=127.0.0.1:48123 # fixed: the KMS is stopped and restarted under the agent
 
 AGENT_OPTS=(--check-interval 2 --restore-interval 1 --lock-timeout 10)
-cleanup() { kill -9 "${AGENT:-}" "${WRITER:-}" 2>/dev/null || true; }
+cleanup() {
+	local rc=$?
+	kill -9 "${AGENT:-}" "${WRITER:-}" 2>/dev/null || true
+	[ "$rc" -eq 0 ] || release_suspended
+}
 trap cleanup EXIT
 
 step "two keys, three volumes, a writer on one of key A's"

@@ -161,6 +161,19 @@ start_agent() {
 	kill -0 $AGENT 2>/dev/null || { cat "$WORK/agent.log" >&2; fail "dmbyokd died"; }
 }
 
+# release_suspended: after a failure, a volume left locked (suspended, its file system's
+# dirty pages held) would make the harness's final sync wait until the VM's timeout; the
+# error target lets it end. For EXIT traps: `[ $rc -eq 0 ] || release_suspended`.
+release_suspended() {
+	local n len
+	for n in $(dmsetup info -c --noheadings -o name,suspended 2>/dev/null |
+		awk -F: '$2 == "Suspended" { print $1 }'); do
+		len=$(dmsetup table "$n" | awk '{ s += $2 } END { print s }')
+		echo "releasing $n (suspended) after the failure" >&2
+		dmsetup load "$n" --table "0 $len error" && dmsetup resume "$n" || true
+	done
+}
+
 # --- under systemd (tests/vm/run --systemd): dmbyok's units and udev rule as shipped ----
 # install_units ENVFILE_LINES...: the units of systemd/ and the rule of udev/ into /etc,
 # only the binaries' paths changed to this build's; /etc/dmbyok/dmbyokd.env gets the KMS
