@@ -4,6 +4,7 @@ WHAT=${1:-all}
 # The agent's figures have their own script (and KMS, keys and disk: /dev/vdd).
 [ "$WHAT" = agent ] && exec bash "$DMBYOK_SOURCE_DIR/bench/agent.sh" /dev/vdd
 [ "$WHAT" = attach ] && exec bash "$DMBYOK_SOURCE_DIR/bench/attach.sh" /dev/vdd
+[ "$WHAT" = plugin ] && exec bash "$DMBYOK_SOURCE_DIR/bench/plugin.sh" /dev/vdb
 . "$DMBYOK_SOURCE_DIR/tests/lifecycle/lib.sh"
 RAW=/dev/vda DMB=/dev/vdb STOCK=/dev/vdc
 N=${BENCH_UNLOCK_ROUNDS:-20}
