@@ -71,13 +71,14 @@ struct agent {
 	struct dmbyok_control_server *control;
 	struct dmbyok_metrics *metrics; /* NULL: no metrics-file */
 	struct attacher *attach;        /* attach.c: the volumes table's volumes */
+	/* What attach.c needs of the loop (dmbyokd.c sets them; no call back up): exit once no
+	 * child runs (after SIGTERM), and rescan the mappings shortly. */
+	void (*exit_when_idle)(struct agent *a);
+	void (*rescan_soon)(struct agent *a);
 	uint64_t started_us;            /* CLOCK_REALTIME */
 	bool stopping; /* SIGTERM: start nothing new, exit once running children are done */
 };
 
-/* dmbyokd.c: exit once no child runs (after SIGTERM); rescan the mappings shortly. */
-void dmbyok_agent_exit_when_idle(struct agent *a);
-void dmbyok_agent_rescan_soon(struct agent *a);
 
 /*
  * attach.c: attaches the volumes of the table at start, then sends READY=1 (see there);

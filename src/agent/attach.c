@@ -248,10 +248,10 @@ static int on_pass_exit(sd_event_source *s, const siginfo_t *si, void *userdata)
 	at->n_batch = 0;
 	maybe_ready(at, false);
 	if (at->agent->stopping) {
-		dmbyok_agent_exit_when_idle(at->agent);
+		at->agent->exit_when_idle(at->agent);
 		return 0;
 	}
-	dmbyok_agent_rescan_soon(at->agent); /* adopt what was attached */
+	at->agent->rescan_soon(at->agent); /* adopt what was attached */
 	if (at->pass_wanted)
 		pass(at);
 	else

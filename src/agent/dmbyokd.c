@@ -46,10 +46,6 @@ static void exit_when_idle(struct agent *a)
 	(void)sd_event_exit(a->event, 0);
 }
 
-void dmbyok_agent_exit_when_idle(struct agent *a)
-{
-	exit_when_idle(a);
-}
 
 static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
 {
@@ -166,11 +162,6 @@ static void report_actions(struct key *k, unsigned actions, int r)
 	for (unsigned bit = DMBYOK_KEYWATCH_LOCK; bit <= DMBYOK_KEYWATCH_REPROVISION; bit <<= 1)
 		if (actions & bit)
 			(void)dmbyok_keywatch_action_done(&k->watch, bit, r, now_ms());
-}
-
-void dmbyok_agent_rescan_soon(struct agent *a)
-{
-	rescan_soon(a);
 }
 
 
@@ -902,7 +893,7 @@ static int on_control_request(json_object *request, json_object **ret, void *use
 
 int main(int argc, char **argv)
 {
-	struct agent a = { 0 };
+	struct agent a = { .exit_when_idle = exit_when_idle, .rescan_soon = rescan_soon };
 	sigset_t mask;
 	int r;
 
