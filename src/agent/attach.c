@@ -306,7 +306,6 @@ static void pass(struct attacher *at)
 	}
 	for (size_t i = 0; i < at->n && n < 256; i++) {
 		struct attach_entry *x = &at->v[i];
-		_cleanup_free_ char *holder = NULL;
 
 		if (settled(x) && x->state != ATTACH_REVOKED && x->state != ATTACH_CREDENTIALS)
 			continue;

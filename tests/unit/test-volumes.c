@@ -101,7 +101,7 @@ static void test_parse_good(void **state)
 
 static void test_parse_bad(void **state)
 {
-	static const char *const bad[] = {
+	static const char *bad[] = {
 		"onlyname",
 		"bad/name /dev/vda",
 		".hidden /dev/vda",
@@ -120,12 +120,15 @@ static void test_parse_bad(void **state)
 		"x /dev/vda perf=nonsense",
 		"x /dev/vda on-revoke=stop",
 		"x UUID=2f6c0b1e header=/etc/h",
-		"0123456789012345678901234567890123456789012345678901234567890123456789012345678901"
-		"23456789012345678901234567890123456789012345678 /dev/vda",
+		NULL, /* a name of 128 characters, filled in below */
 	};
 	struct dmbyok_volume_entry e;
+	char too_long[160];
 
 	(void)state;
+	memset(too_long, 'n', 128);
+	strcpy(too_long + 128, " /dev/vda");
+	bad[sizeof(bad) / sizeof(bad[0]) - 1] = too_long;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		const char *why = NULL;
 
