@@ -132,15 +132,19 @@ int dmbyok_read_token(const char *device, const char *header, struct dmbyok_toke
 #define DMBYOK_PROBE_KEY_DELETED 1u /* the key no longer exists (DescribeKey: no such key) */
 #define DMBYOK_PROBE_ALIAS_MOVED 2u /* the token's alias names another key now: re-wrap */
 /*
- * *ret_found tells more than the result when `describe` allows a DescribeKey: on a revoked
- * answer it tells whether the key is gone for good; on a good answer for an alias-named
- * token, whether the alias was re-targeted. KMS calls: 1, or 2 with `describe`. (The agent
- * allows it on every 6th probe, and on each revoked answer before it has locked.)
+ * *ret_found tells more than the result when `describe` allows a DescribeKey:
+ * DMBYOK_PROBE_DESCRIBE_DELETED on a revoked answer tells whether the key is gone for good;
+ * DMBYOK_PROBE_DESCRIBE_ALIAS on a good answer for an alias-named token, whether the alias
+ * was re-targeted. KMS calls: 1, or 2 when the answer calls for an allowed DescribeKey.
+ * (The agent allows the deletion check on every revoked answer until the key is locked,
+ * then on every 6th probe; the alias check on every 6th probe.)
  */
-int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, bool describe,
+#define DMBYOK_PROBE_DESCRIBE_ALIAS   1u
+#define DMBYOK_PROBE_DESCRIBE_DELETED 2u
+int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, unsigned describe,
                      unsigned *ret_found);
 /* The same over a client the caller keeps: dmbyokd's probers reuse one per key. */
-int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bool describe,
+int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, unsigned describe,
                           unsigned *ret_found);
 /* A KMS client for `region` (the options' region wins), failures explained. */
 int dmbyok_kms_client_for(const struct kms_options *kms, const char *region,

@@ -21,9 +21,9 @@
 struct agent;
 
 /*
- * How often, in probes, a probe adds a DescribeKey: of the alias (re-targeted?) while the
- * key answers, of the key (deleted?) once it is locked. Before the lock, every revoked
- * answer gets one, so a deleted key is known as such when its volumes lock.
+ * How often, in probes, a probe may add a DescribeKey: of the alias (re-targeted?) while the
+ * key answers, of the key (deleted?) once it is locked. Until it is locked, every revoked
+ * answer gets the deletion check, so a deleted key is known as such when it locks.
  */
 #define DESCRIBE_EVERY 6
 /* A rescan in case a uevent was lost (the socket overflowed): at most this far apart. */
@@ -54,7 +54,7 @@ struct key {
 	pid_t action_pid, rewrap_pid;
 	unsigned action;          /* the volume action action_pid performs */
 	unsigned probes_to_describe; /* probes until the next DescribeKey */
-	bool describe;            /* the running probe may add a DescribeKey */
+	unsigned describe;        /* DMBYOK_PROBE_DESCRIBE_* the running probe may add */
 	bool rewrap_due;          /* the alias moved: re-wrap once no action runs */
 	bool unreachable;         /* the last answer was transient (logged once per outage) */
 	uint64_t probe_started_ms, last_latency_ms, action_started_ms;

@@ -546,8 +546,11 @@ static void perform(struct key *k, unsigned acts)
 
 	if (acts & DMBYOK_KEYWATCH_PROBE) {
 		k->probe_started_ms = now_ms();
-		k->describe = k->probes_to_describe == 0 ||
-		              k->watch.state == DMBYOK_KEYWATCH_SUSPECT;
+		k->describe = k->probes_to_describe == 0 ? DMBYOK_PROBE_DESCRIBE_ALIAS |
+		                                               DMBYOK_PROBE_DESCRIBE_DELETED
+		                                         : 0;
+		if (k->watch.state == DMBYOK_KEYWATCH_ACTIVE || k->watch.state == DMBYOK_KEYWATCH_SUSPECT)
+			k->describe |= DMBYOK_PROBE_DESCRIBE_DELETED;
 		k->probes_to_describe = k->probes_to_describe == 0 ? DESCRIBE_EVERY - 1
 		                                                   : k->probes_to_describe - 1;
 		r = k->prober ? 0

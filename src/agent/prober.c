@@ -48,7 +48,7 @@ static _Noreturn void serve(int fd, const struct dmbyok_token *t, const struct k
 		if (!c && dmbyok_kms_client_for_token(kms, t, &c) < 0) {
 			a = (struct answer){ .result = -EAGAIN };
 		} else {
-			a.result = dmbyok_probe_key_with(c, t, ask == 1, &found);
+			a.result = dmbyok_probe_key_with(c, t, (unsigned char)ask, &found);
 			a.found = found;
 		}
 		if (send(fd, &a, sizeof(a), MSG_NOSIGNAL) != sizeof(a))
@@ -164,9 +164,9 @@ int dmbyok_prober_new(sd_event *event, const struct dmbyok_token *token,
 	return 0;
 }
 
-int dmbyok_prober_probe(struct dmbyok_prober *p, bool describe)
+int dmbyok_prober_probe(struct dmbyok_prober *p, unsigned describe)
 {
-	char ask = describe ? 1 : 0;
+	char ask = (char)describe; /* DMBYOK_PROBE_DESCRIBE_* */
 
 	if (p->outstanding)
 		return -EBUSY;

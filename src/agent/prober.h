@@ -29,6 +29,6 @@ int dmbyok_prober_new(sd_event *event, const struct dmbyok_token *token,
                       const struct kms_options *kms, dmbyok_prober_done_fn done, void *userdata,
                       struct dmbyok_prober **ret);
 /* Starts one probe; `done` is called from the loop. -EBUSY while one is outstanding. */
-int dmbyok_prober_probe(struct dmbyok_prober *p, bool describe);
+int dmbyok_prober_probe(struct dmbyok_prober *p, unsigned describe); /* DMBYOK_PROBE_DESCRIBE_* */
 /* Kills the child. NULL-safe. */
 struct dmbyok_prober *dmbyok_prober_free(struct dmbyok_prober *p);

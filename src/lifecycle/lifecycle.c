@@ -952,7 +952,7 @@ int dmbyok_kms_client_for_token(const struct kms_options *kms, const struct dmby
 	return kms_connect(kms, t->kms, t->region, ret);
 }
 
-int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bool describe,
+int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, unsigned describe,
                           unsigned *ret_found)
 {
 	_cleanup_secret_ struct secret *dek = NULL;
@@ -966,13 +966,13 @@ int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bo
 	if (r < 0)
 		log_debug("Probe of %s: %s (%s)", t->key_arn, dmbyok_strerror(r),
 		          dmbyok_kms_last_error(c));
-	if (describe && dmbyok_error_class(r) == DMBYOK_ERR_KEY_REVOKED) {
+	if ((describe & DMBYOK_PROBE_DESCRIBE_DELETED) && dmbyok_error_class(r) == DMBYOK_ERR_KEY_REVOKED) {
 		/* Revoked, or gone for good? Only a key that no longer exists is crypto-shredded. */
 		q = dmbyok_kms_describe_key(c, t->key_arn, &info);
 		if (q == -ENOENT)
 			found |= DMBYOK_PROBE_KEY_DELETED;
 		dmbyok_kms_key_info_done(&info);
-	} else if (r == 0 && describe && is_alias(t->key_id)) {
+	} else if (r == 0 && (describe & DMBYOK_PROBE_DESCRIBE_ALIAS) && is_alias(t->key_id)) {
 		q = dmbyok_kms_describe_key(c, t->key_id, &info);
 		if (q == 0 && info.key_arn && strcmp(info.key_arn, t->key_arn) != 0) {
 			log_debug("%s now names %s, not %s.", t->key_id, info.key_arn, t->key_arn);
@@ -984,7 +984,7 @@ int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, bo
 	return r;
 }
 
-int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, bool describe,
+int dmbyok_probe_key(const struct dmbyok_token *t, const struct kms_options *kms, unsigned describe,
                      unsigned *ret_found)
 {
 	_cleanup_kms_client_ struct kms_client *c = NULL;
