@@ -6,6 +6,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -195,13 +196,16 @@ static void audit_expect(const char *op, unsigned before, unsigned want)
 	audit_expect_range(op, before, want, want);
 }
 
-/* The last audit record of `op`, parsed. */
-static json_object *audit_last(const char *op)
+/* The last audit record of `op`, parsed, once there are more than `before` of them (the
+ * emulator writes its record after answering). */
+static json_object *audit_last(const char *op, unsigned before)
 {
-	FILE *f = fopen(audit_path, "re");
+	FILE *f;
 	char line[16384];
 	json_object *last = NULL;
 
+	audit_expect_range(op, before, 1, UINT_MAX);
+	f = fopen(audit_path, "re");
 	assert_non_null(f);
 	while (fgets(line, sizeof(line), f)) {
 		json_object *j = json_tokener_parse(line), *o;
@@ -305,14 +309,14 @@ static void test_round_trip_with_service_account(void **state)
 	json_object *ctx = context("11111111-2222-4333-8444-555566667777"), *rec;
 	struct secret *dek = NULL, *again = NULL;
 	char *ct, *version = NULL, *key = NULL;
-	unsigned tokens = audit_count("Token");
+	unsigned tokens = audit_count("Token"), encrypts = audit_count("Encrypt");
 
 	(void)state;
 	ct = wrap(c, KEY_A, ctx, &dek, &version);
 	assert_int_equal(dek->size, 64);
 	assert_string_equal(version, KEY_A "/cryptoKeyVersions/1");
 	/* The context travels as AAD, canonically; the emulator saw exactly that. */
-	rec = audit_last("Encrypt");
+	rec = audit_last("Encrypt", encrypts);
 	assert_string_equal(jstr(rec, "additional_authenticated_data"),
 	                    "{\"dmbyok:volume\":\"11111111-2222-4333-8444-555566667777\","
 	                    "\"service\":\"orders\"}");
@@ -705,7 +709,7 @@ static void test_metadata_server(void **state)
 	json_object *ctx = context("gce"), *rec;
 	struct secret *pt = NULL;
 	char *ct;
-	unsigned before = audit_count("Metadata");
+	unsigned before = audit_count("Metadata"), decrypts = audit_count("Decrypt");
 
 	(void)state;
 	env_reset();
@@ -716,7 +720,7 @@ static void test_metadata_server(void **state)
 	assert_int_equal(dmbyok_kms_decrypt(c, KEY_A, ct, ctx, &pt, NULL), 0);
 	dmbyok_secret_freep(&pt);
 	audit_expect("Metadata", before, 1);
-	rec = audit_last("Decrypt");
+	rec = audit_last("Decrypt", decrypts);
 	assert_string_equal(jstr(rec, "principal"), "serviceAccount:" HOST_SA);
 	json_object_put(rec);
 	dmbyok_kms_client_free(c);
