@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The --prepare half of boot.sh, chrooted into the guest's overlay before systemd starts
 # (tests/vm/run --prepare): eight dmbyok volumes with ext4 on them, the volumes table, fstab
-# mounts in the documented form, dmbyokd enabled as a package would enable it, an
+# mounts in the documented form, dmbyok's Debian package installed with dpkg -i (its postinst
+# enables dmbyokd), an
 # application ordered after the mounts, and the KMS emulator as a unit that starts with the
 # boot ("normal") or not ("kms-down", where key R is also revoked before the boot).
 . "$(dirname "$0")/lib.sh"
@@ -35,9 +36,9 @@ done
 [ "$mode" = kms-down ] && kms_as customer DisableKey "{\"KeyId\":\"$KEY_R\"}" >/dev/null
 stop_kms
 
-install_units
+install_package
 printf 'check-interval = 2\nattach-timeout = 15\n' >/etc/dmbyok/dmbyokd.conf
-systemctl enable dmbyokd.service >/dev/null 2>&1 || fail "systemctl enable dmbyokd"
+[ "$(systemctl is-enabled dmbyokd.service)" = enabled ] || fail "the package did not enable dmbyokd"
 # The customer's KMS, on this guest's loopback.
 cat >/etc/systemd/system/kms-emulator.service <<UNIT
 [Unit]

@@ -59,6 +59,8 @@ else
 	t=$(wait_for 180 eval '[ "$(for i in 1 2 3 4 5 6 7; do state v$i; done | grep -c active)" -eq 7 ]') ||
 		{ $DMBYOK volumes; journalctl -u dmbyokd --no-pager | tail -30; fail "not attached"; }
 	echo "KMS answering -> 7 volumes attached in $t s"
+	echo "--- dmbyokd and the KMS emulator since the KMS's start (monotonic time)"
+	journalctl -u dmbyokd -u kms-emulator -o short-monotonic --no-pager | tail -n 20
 	t=$(wait_for 20 eval 'for i in 1 2 3 4 5 6 7; do mountpoint -q /srv/v$i || exit 1; done') ||
 		fail "the mounts did not follow the late attach"
 	echo "-> all 7 mounted $t s later"

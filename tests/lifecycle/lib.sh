@@ -180,14 +180,32 @@ release_suspended() {
 # settings of start_kms plus the lines given. The runtime state stays under $WORK.
 install_units() {
 	local u
-	mkdir -p /etc/dmbyok /etc/udev/rules.d
+	mkdir -p /etc/udev/rules.d
 	for u in "$DMBYOK_SOURCE_DIR"/systemd/*.service; do
 		sed -e "s|/usr/sbin/dmbyokd|$DMBYOKD|g" -e "s|/usr/sbin/dmbyok\b|$DMBYOK|g" "$u" \
 			>"/etc/systemd/system/$(basename "$u")"
 	done
-	mkdir -p /etc/systemd/system/dmbyokd.service.d
-	printf '[Service]\nReadWritePaths=%s\n' "$WORK" >/etc/systemd/system/dmbyokd.service.d/test.conf
 	cp "$DMBYOK_SOURCE_DIR"/udev/*.rules /etc/udev/rules.d/
+	agent_environment "$@"
+}
+# install_package ENVFILE_LINES...: dmbyok's Debian package (the one in DMBYOK_DEB_DIR, made
+# by the package-deb test) installed with dpkg -i, as an administrator or an image build
+# would, then /etc/dmbyok/dmbyokd.env as install_units writes it. Works in the --prepare
+# chroot (nothing is started there; the postinst only enables the agent).
+install_package() {
+	local debs=("${DMBYOK_DEB_DIR:?DMBYOK_DEB_DIR not set: the test needs the package-deb fixture}"/dmbyok_*.deb)
+	[ ${#debs[@]} -eq 1 ] && [ -f "${debs[0]}" ] || fail "want one dmbyok_*.deb in $DMBYOK_DEB_DIR: ${debs[*]}"
+	# man-db's trigger would re-index every manual page over 9p: not the package's business.
+	rm -f /var/lib/man-db/auto-update
+	dpkg -i "${debs[0]}" >"$WORK/dpkg.out" 2>&1 || { cat "$WORK/dpkg.out" >&2; fail "dpkg -i ${debs[0]}"; }
+	echo "installed $(dpkg-query -W -f='${Package} ${Version}' dmbyok)"
+	agent_environment "$@"
+}
+# agent_environment ENVFILE_LINES...: the installed dmbyokd.service pointed at this test's
+# KMS (start_kms) and runtime directory under $WORK, plus the lines given.
+agent_environment() {
+	mkdir -p /etc/dmbyok /etc/systemd/system/dmbyokd.service.d
+	printf '[Service]\nReadWritePaths=%s\n' "$WORK" >/etc/systemd/system/dmbyokd.service.d/test.conf
 	{
 		echo "AWS_ENDPOINT_URL_KMS=$KMS_URL"
 		echo "AWS_REGION=us-east-1"
