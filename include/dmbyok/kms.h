@@ -29,7 +29,7 @@
 struct kms_client;
 
 struct kms_options {
-	const char *provider;  /* "aws" (the default when NULL), "gcp" */
+	const char *provider;  /* "aws" (the default when NULL), "gcp", "azure" */
 	const char *region;    /* NULL: from the key ARN, AWS_REGION/AWS_DEFAULT_REGION, config */
 	const char *endpoint;  /* NULL: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, or AWS's own */
 	const char *ca_bundle; /* NULL: AWS_CA_BUNDLE, or the system trust store */
@@ -73,19 +73,26 @@ int dmbyok_kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_
 int dmbyok_kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
 void dmbyok_kms_key_info_done(struct kms_key_info *info);
 
-/* The region named by a key ARN (a Cloud KMS name: its location), else -EINVAL. */
+/*
+ * The region named by a key ARN (a Cloud KMS name: its location; a Key Vault identifier: the
+ * vault's host), else -EINVAL.
+ */
 int dmbyok_kms_key_region(const char *key_id, char **ret);
 
 /*
  * The provider whose key names look like key_id: "gcp" for Cloud KMS resource names
- * (projects/P/locations/L/keyRings/R/cryptoKeys/K[/cryptoKeyVersions/N]), else "aws".
+ * (projects/P/locations/L/keyRings/R/cryptoKeys/K[/cryptoKeyVersions/N]), "azure" for any
+ * https:// name (Key Vault identifiers https://VAULT.vault.azure.net/keys/NAME[/VERSION],
+ * Managed HSM's, a test vault's), else "aws".
  */
 const char *dmbyok_kms_provider_for_key(const char *key_id);
 /* Whether this build has a provider of that name (a token's "kms" member). */
 bool dmbyok_kms_provider_known(const char *name);
 
-/* The provider a client speaks ("aws", "gcp"): what a token records as "kms". */
+/* The provider a client speaks ("aws", "gcp", "azure"): what a token records as "kms". */
 const char *dmbyok_kms_client_provider(struct kms_client *c);
+/* The same for people ("AWS", "Google Cloud", "Azure"); "KMS" when c is NULL. */
+const char *dmbyok_kms_client_provider_title(struct kms_client *c);
 
 /* The region a client talks to (resolved at creation). */
 const char *dmbyok_kms_client_region(struct kms_client *c);

@@ -90,3 +90,14 @@
  * VOLUMES (mappings adopted), VERSION.
  */
 #define DMBYOK_MESSAGE_AGENT_STARTED "1aae6721edbd463b8b1c5a328fcf117f"
+
+/*
+ * A volume was shredded (dmbyok shred): both LUKS2 header copies and the keyslot area were
+ * overwritten with zeros on the disk, so its data key is unrecoverable, whatever becomes of
+ * the customer key. Fields: DEVICE, HEADER (a detached header file), VOLUME_UUID (the
+ * LUKS2 UUID), KEY_ARN (the key that wrapped the data key), WIPED... (one per byte range:
+ * "PATH OFFSET+LENGTH WHAT", in bytes), DAMAGED=1 (the header no longer loaded: --force),
+ * VOLUME... (torn-down mappings of the device that were forgotten).
+ * Documented in catalog/dmbyok.catalog.
+ */
+#define DMBYOK_MESSAGE_SHREDDED "e9a4d71a148a45a2ac2b86df793bc14a"

@@ -73,8 +73,9 @@ static bool key_arn_valid(const char *arn)
 {
 	size_t n;
 
-	/* An AWS key ARN, or a Cloud KMS key (version) name. */
-	if (!arn || (strncmp(arn, "arn:", 4) && strncmp(arn, "projects/", 9)))
+	/* An AWS key ARN, a Cloud KMS key (version) name, or a Key Vault key identifier. */
+	if (!arn || (strncmp(arn, "arn:", 4) && strncmp(arn, "projects/", 9) &&
+	             strncmp(arn, "https://", 8)))
 		return false;
 	n = strnlen(arn, KEY_ARN_MAX + 1);
 	if (n > KEY_ARN_MAX)

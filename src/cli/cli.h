@@ -21,6 +21,13 @@ struct cli {
 	bool perf_set;
 	uint32_t perf_flags;
 	unsigned timeout_s; /* lock's bound; 0: the default */
+	bool yes;           /* shred: do not ask */
+	bool policy;        /* doctor --policy */
+	char **data_paths;  /* doctor --policy --data-path PATH... */
+	size_t n_data_paths;
+	uint32_t sector_size; /* ephemeral --sector-size; 0: the default */
+	const char *since;    /* audit --since */
+	const char *volume;   /* audit --volume */
 	struct kms_options kms;
 };
 
@@ -37,6 +44,19 @@ int verb_doctor(struct cli *c);
 int verb_volumes(struct cli *c);
 int verb_attach(struct cli *c);
 int verb_detach(struct cli *c);
+/* verb-hygiene.c: shred, ephemeral, and doctor --policy (which verb_doctor hands over). */
+int verb_shred(struct cli *c);
+int verb_ephemeral(struct cli *c);
+int verb_doctor_policy(struct cli *c);
+/* verb-audit.c */
+int verb_audit(struct cli *c);
+
+/*
+ * A verb's result that is a finding, not an error: `doctor --policy` found the policy broken.
+ * main() exits with CLI_EXIT_POLICY_VIOLATED (10), beyond the error classes' 0-9.
+ */
+#define CLI_POLICY_VIOLATED      1000
+#define CLI_EXIT_POLICY_VIOLATED 10
 
 /* -EINVAL with a usage message unless exactly `min`..`max` positional arguments were given. */
 int cli_require_args(const struct cli *c, size_t min, size_t max, const char *usage);

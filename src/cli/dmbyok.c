@@ -21,29 +21,33 @@ static const struct {
 	{ "format", verb_format,
 	  "DEVICE --key KEY_ID [--context k=v]... [--header FILE] [--force]" },
 	{ "open", verb_open, "DEVICE NAME [--header FILE] [--perf FLAGS]" },
-	{ "close", verb_close, "NAME" },
+	{ "close", verb_close, "NAME  (a dmbyok volume or an ephemeral mapping)" },
 	{ "lock", verb_lock, "NAME [--timeout SECONDS]" },
 	{ "unlock", verb_unlock, "NAME [--header FILE]" },
 	{ "rewrap", verb_rewrap, "DEVICE [--key NEW_KEY_ID] [--header FILE]" },
 	{ "status", verb_status, "[NAME] [--json]" },
 	{ "list", verb_list, "[--json]" },
 	{ "dump", verb_dump, "DEVICE [--header FILE] [--json]" },
-	{ "doctor", verb_doctor, "[--key KEY_ID]" },
+	{ "doctor", verb_doctor, "[--key KEY_ID] | --policy [--data-path PATH]... [--json]" },
 	{ "volumes", verb_volumes, "[list|check|add NAME DEVICE [OPTIONS]|remove NAME] [--json]" },
 	{ "attach", verb_attach, "DEVICE  (a disk of /etc/dmbyok/volumes appeared)" },
 	{ "detach", verb_detach, "[KERNEL_NAME]  (a disk went away)" },
+	{ "shred", verb_shred, "DEVICE [--yes] [--header FILE] [--force] [--json]" },
+	{ "ephemeral", verb_ephemeral, "DEVICE NAME [--sector-size BYTES] [--force]" },
+	{ "audit", verb_audit, "[--since WHEN] [--volume NAME|UUID] [--json]" },
 };
 
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: dmbyok VERB [OPTIONS]\n\nVerbs:\n");
 	for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
-		fprintf(f, "  %-7s %s\n", verbs[i].name, verbs[i].help);
+		fprintf(f, "  %-9s %s\n", verbs[i].name, verbs[i].help);
 	fprintf(f, "\nCommon options:\n"
 	           "  --region R  --endpoint URL  --profile P  --ca-bundle FILE   KMS access\n"
 	           "  --quiet  --debug  --json  --help  --version\n"
 	           "Exit codes: 0 ok, 1 internal, 2 bad input, 3 key revoked, 4 KMS unreachable,\n"
-	           "5 credentials, 6 wrong token, 7 bad header, 8 busy, 9 no kernel support.\n"
+	           "5 credentials, 6 wrong token, 7 bad header, 8 busy, 9 no kernel support;\n"
+	           "doctor --policy: 10 when the policy does not hold.\n"
 	           "See dmbyok(8).\n");
 }
 
@@ -68,6 +72,12 @@ int main(int argc, char **argv)
 		ARG_VERSION,
 		ARG_JSON,
 		ARG_TIMEOUT,
+		ARG_YES,
+		ARG_POLICY,
+		ARG_DATA_PATH,
+		ARG_SECTOR_SIZE,
+		ARG_SINCE,
+		ARG_VOLUME,
 	};
 	static const struct option options[] = {
 		{ "key", required_argument, NULL, 'k' },
@@ -81,6 +91,12 @@ int main(int argc, char **argv)
 		{ "ca-bundle", required_argument, NULL, ARG_CA_BUNDLE },
 		{ "perf", required_argument, NULL, ARG_PERF },
 		{ "timeout", required_argument, NULL, ARG_TIMEOUT },
+		{ "yes", no_argument, NULL, ARG_YES },
+		{ "policy", no_argument, NULL, ARG_POLICY },
+		{ "data-path", required_argument, NULL, ARG_DATA_PATH },
+		{ "sector-size", required_argument, NULL, ARG_SECTOR_SIZE },
+		{ "since", required_argument, NULL, ARG_SINCE },
+		{ "volume", required_argument, NULL, ARG_VOLUME },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "debug", no_argument, NULL, ARG_DEBUG },
 		{ "help", no_argument, NULL, 'h' },
@@ -93,7 +109,8 @@ int main(int argc, char **argv)
 
 	dmbyok_log_setup("dmbyok");
 	c.context = calloc((size_t)argc, sizeof(char *));
-	if (!c.context)
+	c.data_paths = calloc((size_t)argc, sizeof(char *));
+	if (!c.context || !c.data_paths)
 		return dmbyok_exit_code(log_oom());
 
 	/* GNU getopt permutes: options may come before or after the verb and its arguments. */
@@ -138,6 +155,30 @@ int main(int argc, char **argv)
 			if (r < 0)
 				return dmbyok_exit_code(r);
 			break;
+		case ARG_YES:
+			c.yes = true;
+			break;
+		case ARG_POLICY:
+			c.policy = true;
+			break;
+		case ARG_DATA_PATH:
+			c.data_paths[c.n_data_paths++] = optarg;
+			break;
+		case ARG_SINCE:
+			c.since = optarg;
+			break;
+		case ARG_VOLUME:
+			c.volume = optarg;
+			break;
+		case ARG_SECTOR_SIZE: {
+			unsigned v = 0;
+
+			r = dmbyok_parse_option_uint("sector-size", optarg, 512, 4096, "bytes", &v);
+			if (r < 0)
+				return dmbyok_exit_code(r);
+			c.sector_size = v;
+			break;
+		}
 		case 'q':
 			dmbyok_log_set_max_level(LOG_LEVEL_WARNING);
 			break;
@@ -175,6 +216,9 @@ int main(int argc, char **argv)
 			if (r < 0 && !dmbyok_log_error_was_logged())
 				log_error("%s failed: %s", verb, dmbyok_strerror(r));
 			free(c.context);
+			free(c.data_paths);
+			if (r == CLI_POLICY_VIOLATED)
+				return CLI_EXIT_POLICY_VIOLATED;
 			return dmbyok_exit_code(r);
 		}
 	log_error("Unknown verb \"%s\".", verb);

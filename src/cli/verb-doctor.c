@@ -23,6 +23,10 @@ int verb_doctor(struct cli *c)
 {
 	int r;
 
+	if (c->policy)
+		return verb_doctor_policy(c);
+	if (c->n_data_paths)
+		return log_error_errno(EINVAL, "--data-path goes with --policy.");
 	GUARD(cli_require_args(c, 0, 0, "doctor [--key KEY_ID]"));
 	r = dmbyok_doctor(c->key_id, &c->kms, print_check, NULL);
 	if (!c->key_id)

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "cli.h"
+#include "dmbyok/hygiene.h"
 #include "dmbyok/lifecycle.h"
 #include "dmbyok/log.h"
 
@@ -48,6 +49,9 @@ int verb_open(struct cli *c)
 int verb_close(struct cli *c)
 {
 	GUARD(cli_require_args(c, 1, 1, "close NAME"));
+	/* An ephemeral mapping has no header and no record: it has its own way out. */
+	if (dmbyok_ephemeral_is_mapping(c->args[0]) == 1)
+		return dmbyok_ephemeral_close(c->args[0]);
 	return dmbyok_close(c->args[0]);
 }
 

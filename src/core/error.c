@@ -83,11 +83,11 @@ const char *dmbyok_strerror(int r)
 	case EKEYREVOKED:
 		return "the KMS key is unusable (disabled, deleted, or access revoked)";
 	case EKEYEXPIRED:
-		return "this host's AWS credentials have expired";
+		return "this host's KMS credentials have expired";
 	case EKEYREJECTED:
-		return "this host's AWS credentials were rejected";
+		return "this host's KMS credentials were rejected";
 	case ENOKEY:
-		return "no AWS credentials found";
+		return "no KMS credentials found";
 	case EBADMSG:
 		return "the wrapped data key does not belong to this volume";
 	case EUCLEAN:

@@ -13,7 +13,8 @@
 struct kms_client;
 
 struct kms_provider_ops {
-	const char *name;
+	const char *name;  /* what tokens record as "kms" */
+	const char *title; /* for people: "AWS", "Google Cloud", ... */
 	/* Allocates the provider's state into c->provider_data. */
 	int (*client_new)(struct kms_client *c, const struct kms_options *opts);
 	/* Frees c->provider_data; never called with it NULL. */
@@ -68,8 +69,12 @@ struct kms_audit {
  * the log call). -E2BIG when a field did not fit (the others are there).
  */
 int dmbyok_kms_audit_fields(const struct kms_audit *a, struct log_fields *f);
-/* Logs the entry: info in the journal, debug on stderr (see message-ids.h). */
+/* Logs the entry: info in the journal, debug on stderr (see message-ids.h), and appends it
+ * to the audit file when one is configured (dmbyok_kms_audit_file). */
 void dmbyok_kms_audit_log(const struct kms_audit *a);
+/* The entry as one JSON line of the audit file (audit.c, include/dmbyok/audit.h); a failure
+ * is reported once per process and never fails the call. */
+void dmbyok_kms_audit_file(const struct kms_audit *a);
 /* The context as canonical JSON (keys sorted by byte, compact, '/' unescaped). */
 int dmbyok_kms_context_canonical(json_object *context, char **ret);
 

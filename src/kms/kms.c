@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "dmbyok/error.h"
@@ -9,12 +10,14 @@
 #include "dmbyok/log.h"
 #include "dmbyok/message-ids.h"
 #include "aws/aws.h"
+#include "azure/azure.h"
 #include "gcp/gcp.h"
 #include "kms-provider.h"
 
 static const struct kms_provider_ops *const providers[] = {
 	&dmbyok_aws_kms_provider_ops,
 	&dmbyok_gcp_kms_provider_ops,
+	&dmbyok_azure_kms_provider_ops,
 };
 
 static const struct kms_provider_ops *provider_find(const char *name)
@@ -207,6 +210,7 @@ void dmbyok_kms_audit_log(const struct kms_audit *a)
 	    DMBYOK_MESSAGE_KMS_CALL, f.field, "KMS %s %s: %s in %llu ms.", a->operation,
 	    key ? key : "(key named by the blob)",
 	    dmbyok_error_class_name(dmbyok_error_class(a->result)), a->latency_ms);
+	dmbyok_kms_audit_file(a);
 }
 
 static unsigned long long now_ms(void)
@@ -331,6 +335,8 @@ int dmbyok_kms_key_region(const char *key_id, char **ret)
 {
 	if (key_id && !strcmp(dmbyok_kms_provider_for_key(key_id), "gcp"))
 		return dmbyok_gcp_key_location(key_id, ret);
+	if (key_id && !strcmp(dmbyok_kms_provider_for_key(key_id), "azure"))
+		return dmbyok_azure_key_vault_host(key_id, ret);
 	return dmbyok_aws_arn_region(key_id, ret);
 }
 
@@ -339,6 +345,9 @@ const char *dmbyok_kms_provider_for_key(const char *key_id)
 	/* Each provider's key names have their own shape; AWS takes ids, aliases and ARNs. */
 	if (key_id && !strncmp(key_id, "projects/", strlen("projects/")))
 		return "gcp";
+	/* Key Vault identifiers are URLs (https://VAULT.vault.azure.net/keys/NAME...). */
+	if (key_id && !strncasecmp(key_id, "https://", strlen("https://")))
+		return "azure";
 	return "aws";
 }
 
@@ -350,4 +359,9 @@ bool dmbyok_kms_provider_known(const char *name)
 const char *dmbyok_kms_client_provider(struct kms_client *c)
 {
 	return c ? c->ops->name : NULL;
+}
+
+const char *dmbyok_kms_client_provider_title(struct kms_client *c)
+{
+	return c ? c->ops->title : "KMS";
 }

@@ -57,9 +57,13 @@ static void check_kms(struct doctor *d, const char *key_id, const struct kms_opt
 	struct kms_key_info info = { 0 };
 	json_object *ctx = NULL;
 	char detail[512] = "";
+	struct kms_options o = *kms;
 	int r;
 
-	if (check(d, "KMS client and credentials", dmbyok_kms_client_new(kms, &k), NULL, NULL) < 0)
+	/* The provider the key's name belongs to, unless one was asked for. */
+	if (!o.provider)
+		o.provider = dmbyok_kms_provider_for_key(key_id);
+	if (check(d, "KMS client and credentials", dmbyok_kms_client_new(&o, &k), NULL, NULL) < 0)
 		return;
 
 	r = dmbyok_kms_describe_key(k, key_id, &info);

@@ -38,8 +38,9 @@ static int log_kms_failure(struct kms_client *c, int r, const char *what)
 		                       "later; nothing was changed.",
 		                       what, *detail ? detail : dmbyok_strerror(r));
 	case DMBYOK_ERR_CREDENTIALS:
-		return log_error_errno(r, "Cannot %s: %s (%s). Check this host's AWS credentials.",
-		                       what, dmbyok_strerror(r), *detail ? detail : "no detail");
+		return log_error_errno(r, "Cannot %s: %s (%s). Check this host's %s credentials.",
+		                       what, dmbyok_strerror(r), *detail ? detail : "no detail",
+		                       dmbyok_kms_client_provider_title(c));
 	case DMBYOK_ERR_WRONG_TOKEN:
 		return log_error_errno(r,
 		                       "Cannot %s: the KMS rejects the wrapped key under this "

@@ -135,7 +135,7 @@ static void log_kms_failure(struct kms_client *c, int r, const char *uuid,
 		          uuid, t->key_arn, why, attempts, timeout_s);
 		break;
 	case DMBYOK_ERR_CREDENTIALS:
-		log_error("Cannot unlock volume %s: no usable AWS credentials for key %s (%s: %s). "
+		log_error("Cannot unlock volume %s: no usable KMS credentials for key %s (%s: %s). "
 		          "At boot they come from /etc/dmbyok/cryptsetup.env or the instance "
 		          "role (libcryptsetup-token-dmbyok(8)).",
 		          uuid, t->key_arn, dmbyok_strerror(r), why);

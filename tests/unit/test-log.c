@@ -757,6 +757,7 @@ static void test_message_ids_and_catalog(void **state)
 		DMBYOK_MESSAGE_REWRAPPED,          DMBYOK_MESSAGE_KMS_UNREACHABLE,
 		DMBYOK_MESSAGE_CREDENTIALS_BROKEN, DMBYOK_MESSAGE_KMS_CALL,
 		DMBYOK_MESSAGE_KEY_DELETED,        DMBYOK_MESSAGE_AGENT_STARTED,
+		DMBYOK_MESSAGE_SHREDDED,
 	};
 	char path[4096], line[256];
 	const char *slash = strrchr(__FILE__, '/');

@@ -685,6 +685,7 @@ static const char *aws_region(struct kms_client *c)
 
 const struct kms_provider_ops dmbyok_aws_kms_provider_ops = {
 	.name = "aws",
+	.title = "AWS",
 	.client_new = aws_client_new,
 	.client_free = aws_client_free,
 	.generate_data_key = aws_generate_data_key,

@@ -716,6 +716,7 @@ static const char *gcp_region(struct kms_client *c)
 
 const struct kms_provider_ops dmbyok_gcp_kms_provider_ops = {
 	.name = "gcp",
+	.title = "Google Cloud",
 	.client_new = gcp_client_new,
 	.client_free = gcp_client_free,
 	.generate_data_key = gcp_generate_data_key,
