@@ -111,6 +111,12 @@ int dmbyok_fs_thaw(const char *mountpoint);
  * system over a stalled device would put I/O in flight that then blocks the suspend too.
  */
 int dmbyok_device_responds(const char *node, unsigned timeout_ms);
+/*
+ * The node the kernel names a block device by ("/dev/vda"), from the DEVNAME of the uevent
+ * in its sysfs directory (e.g. /sys/dev/block/MAJ:MIN): /dev/block links exist only where
+ * udev runs. -ENOENT when the uevent names none, the errno of opening it otherwise.
+ */
+int dmbyok_device_node_from_sysfs(const char *sysfs_dir, char **ret);
 
 /*
  * Teardown and reprovision of a mapping whose key is revoked, keeping its name and dm UUID

@@ -347,27 +347,34 @@ void dmbyok_dm_crypt_info_done(struct dm_crypt_info *info)
 	*info = (struct dm_crypt_info){ 0 };
 }
 
-/*
- * The device node for "MAJ:MIN" as the kernel names it (/dev/vda), from sysfs: /dev/block
- * links exist only where udev runs. Falls back to the /dev/block form.
- */
-static char *device_node(const char *majmin)
+int dmbyok_device_node_from_sysfs(const char *sysfs_dir, char **ret)
 {
-	char path[96], line[256], *node = NULL;
+	char path[4096], line[256];
 	FILE *f;
+	int r = -ENOENT;
 
-	snprintf(path, sizeof(path), "/sys/dev/block/%s/uevent", majmin);
+	snprintf(path, sizeof(path), "%s/uevent", sysfs_dir);
 	f = fopen(path, "re");
-	while (f && fgets(line, sizeof(line), f))
+	if (!f)
+		return negative_errno();
+	while (fgets(line, sizeof(line), f))
 		if (!strncmp(line, "DEVNAME=", 8)) {
 			line[strcspn(line, "\n")] = '\0';
-			if (asprintf(&node, "/dev/%s", line + 8) < 0)
-				node = NULL;
+			r = asprintf(ret, "/dev/%s", line + 8) < 0 ? -ENOMEM : 0;
 			break;
 		}
-	if (f)
-		fclose(f);
-	if (!node && asprintf(&node, "/dev/block/%s", majmin) < 0)
+	fclose(f);
+	return r;
+}
+
+/* The node of the mapping's underlying device "MAJ:MIN", else its /dev/block form. */
+static char *device_node(const char *majmin)
+{
+	char dir[96], *node = NULL;
+
+	snprintf(dir, sizeof(dir), "/sys/dev/block/%s", majmin);
+	if (dmbyok_device_node_from_sysfs(dir, &node) < 0 &&
+	    asprintf(&node, "/dev/block/%s", majmin) < 0)
 		node = NULL;
 	return node;
 }

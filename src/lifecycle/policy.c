@@ -18,6 +18,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "dmbyok/dm.h"
 #include "dmbyok/hygiene.h"
 #include "dmbyok/log.h"
 #include "internal.h"
@@ -239,24 +240,13 @@ static bool has_attr(const char *dir, const char *attr)
 	return access(path, F_OK) == 0;
 }
 
-/* "/dev/vdb" for a sysfs block device directory (its uevent's DEVNAME). */
+/* "/dev/vdb" for a sysfs block device directory, else "block device MAJ:MIN". */
 static char *dev_node(const char *dir, unsigned maj, unsigned min)
 {
-	char path[4096], line[512], *node = NULL;
-	FILE *f;
+	char *node = NULL;
 
-	snprintf(path, sizeof(path), "%s/uevent", dir);
-	f = fopen(path, "re");
-	while (f && fgets(line, sizeof(line), f))
-		if (!strncmp(line, "DEVNAME=", 8)) {
-			line[strcspn(line, "\n")] = '\0';
-			if (asprintf(&node, "/dev/%s", line + 8) < 0)
-				node = NULL;
-			break;
-		}
-	if (f)
-		fclose(f);
-	if (!node && asprintf(&node, "block device %u:%u", maj, min) < 0)
+	if (dmbyok_device_node_from_sysfs(dir, &node) < 0 &&
+	    asprintf(&node, "block device %u:%u", maj, min) < 0)
 		node = NULL;
 	return node;
 }

@@ -132,7 +132,7 @@ static void test_json_take_string(void **state)
 	(void)state;
 	body = secret_of("{\"a\": [1, {\"plaintext\": \"x\"}], \"private_key\": "
 	                 "\"-----BEGIN\\nAB\\/C\\u0041\\\"\\\\\", \"n\": true}");
-	assert_int_equal(dmbyok_gcp_json_take_string(body, "private_key", &v), 0);
+	assert_int_equal(dmbyok_kms_json_take_string(body, "private_key", &v), 0);
 	assert_string_equal((char *)v->data, "-----BEGIN\nAB/CA\"\\");
 	/* Blanked where it stood, and the document is still JSON with the other members. */
 	assert_null(strstr((char *)body->data, "BEGIN"));
@@ -141,14 +141,14 @@ static void test_json_take_string(void **state)
 	json_object_put(j);
 	dmbyok_secret_free(v);
 	/* Only top-level members; absent; not a string; twice. */
-	assert_int_equal(dmbyok_gcp_json_take_string(body, "plaintext", &v), -ENOENT);
-	assert_int_equal(dmbyok_gcp_json_take_string(body, "n", &v), -EPROTO);
+	assert_int_equal(dmbyok_kms_json_take_string(body, "plaintext", &v), -ENOENT);
+	assert_int_equal(dmbyok_kms_json_take_string(body, "n", &v), -EPROTO);
 	dmbyok_secret_free(body);
 	body = secret_of("{\"t\":\"a\",\"t\":\"b\"}");
-	assert_int_equal(dmbyok_gcp_json_take_string(body, "t", &v), -EPROTO);
+	assert_int_equal(dmbyok_kms_json_take_string(body, "t", &v), -EPROTO);
 	dmbyok_secret_free(body);
 	body = secret_of("{\"t\":\"a\\u00e9\"}");
-	assert_int_equal(dmbyok_gcp_json_take_string(body, "t", &v), -EPROTO);
+	assert_int_equal(dmbyok_kms_json_take_string(body, "t", &v), -EPROTO);
 	dmbyok_secret_free(body);
 }
 

@@ -1,12 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include <ctype.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "aws.h"
+#include "../kms-util.h"
 #include "dmbyok/log.h"
 
 #define INI_MAX_SIZE (1U << 20)
@@ -101,39 +99,17 @@ int dmbyok_aws_ini_parse(struct secret *text, struct aws_ini **ret)
 int dmbyok_aws_ini_load(const char *path, struct aws_ini **ret)
 {
 	_cleanup_secret_ struct secret *text = NULL;
-	struct stat st;
-	size_t done = 0;
-	int fd, r = 0;
+	int r;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0)
-		return -errno;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > INI_MAX_SIZE) {
-		r = log_debug_errno(EINVAL, "%s is not a regular file of sane size.", path);
-		goto out;
-	}
-	r = dmbyok_secret_new((size_t)st.st_size + 1, &text);
+	/* The credentials file holds secret keys: read into locked memory. */
+	r = dmbyok_kms_read_secret_file(path, INI_MAX_SIZE + 1, &text);
+	if (r == -EINVAL)
+		return log_debug_errno(r, "%s is not a regular file of sane size.", path);
+	if (r < 0 && r != -ENOENT && r != -ENOMEM)
+		return log_debug_errno(r, "Cannot read %s: %s", path, dmbyok_strerror(r));
 	if (r < 0)
-		goto out;
-	while (done < (size_t)st.st_size) {
-		ssize_t n = read(fd, text->data + done, (size_t)st.st_size - done);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			r = log_debug_errno(errno, "Cannot read %s: %m", path);
-			goto out;
-		}
-		if (n == 0)
-			break;
-		done += (size_t)n;
-	}
-	text->data[done] = '\0';
-	text->size = done;
-	r = dmbyok_aws_ini_parse(TAKE_PTR(text), ret);
-out:
-	close(fd);
-	return r;
+		return r;
+	return dmbyok_aws_ini_parse(TAKE_PTR(text), ret);
 }
 
 const char *dmbyok_aws_ini_get(const struct aws_ini *ini, const char *section, const char *key)

@@ -273,7 +273,9 @@ static int member_string(json_object *o, const char *operation, const char *fiel
 			return 0;
 		return protocol_error(why, why_size, "%s: the response lacks %s", operation, field);
 	}
-	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
+	/* A NUL inside (JSON's \u0000) would cut the C string short of what the KMS said. */
+	if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0 ||
+	    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
 		return protocol_error(why, why_size, "%s: %s in the response is not a string",
 		                      operation, field);
 	*ret = strdup(json_object_get_string(v));

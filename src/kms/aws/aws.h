@@ -271,7 +271,8 @@ int dmbyok_aws_xml_text(const char *xml, const char *tag, char **ret);
  * Takes a top-level string field out of a JSON object held in locked memory, before any
  * JSON library copies it to the heap: its raw text goes into a new secret (NUL-terminated)
  * and is blanked in `body`. Escapes are refused (keys and base64 never need them).
- * -ENOENT when absent, -EPROTO when malformed.
+ * -ENOENT when absent, -EPROTO when malformed. The shared scanner's plain variant
+ * (../kms-util.h), under the name the AWS modules and their tests use.
  */
 int dmbyok_aws_json_take_string(struct secret *body, const char *field, struct secret **ret);
 

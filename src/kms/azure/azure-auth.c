@@ -7,12 +7,9 @@
  * reported, never replaced by the next one. Secrets, assertions and tokens live in locked
  * memory; tokens are cached per client and refreshed 5 minutes before they expire.
  */
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <openssl/bio.h>
 #include <openssl/evp.h>
@@ -22,7 +19,7 @@
 
 #include "azure.h"
 #include "../aws/aws.h"
-#include "../gcp/gcp.h"
+#include "../kms-util.h"
 #include "dmbyok/log.h"
 
 #define FILE_MAX (64U * 1024U)
@@ -31,7 +28,6 @@ DEFINE_CLEANUP_FUNC(json_object *, json_object_put);
 DEFINE_CLEANUP_FUNC(BIO *, BIO_free);
 DEFINE_CLEANUP_FUNC(EVP_PKEY *, EVP_PKEY_free);
 DEFINE_CLEANUP_FUNC(X509 *, X509_free);
-DEFINE_CLEANUP_FUNC(EVP_MD_CTX *, EVP_MD_CTX_free);
 
 static const char *env(const char *name)
 {
@@ -67,86 +63,31 @@ const char *dmbyok_azure_credential_source(void)
 	return "managed-identity";
 }
 
-/* A file (a PEM or a federated token) whole into locked memory, NUL-terminated. */
-static int file_to_secret(const char *path, struct secret **ret)
-{
-	_cleanup_secret_ struct secret *s = NULL;
-	struct stat st;
-	int fd, r;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0)
-		return negative_errno();
-	r = fstat(fd, &st) < 0 ? negative_errno() : 0;
-	if (r == 0 && (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size >= FILE_MAX))
-		r = -EINVAL;
-	if (r == 0)
-		r = dmbyok_secret_new(FILE_MAX, &s);
-	if (r == 0)
-		s->size = 0;
-	while (r == 0) {
-		ssize_t n = read(fd, s->data + s->size, FILE_MAX - 1 - s->size);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			r = n < 0 ? negative_errno() : 0;
-			break;
-		}
-		s->size += (size_t)n;
-	}
-	close(fd);
-	if (r < 0)
-		return r;
-	s->data[s->size] = '\0';
-	*ret = TAKE_PTR(s);
-	return 0;
-}
-
-/* An encrypted key is refused, never prompted for. */
-static int refuse_passphrase(char *buf, int size, int rwflag, void *u)
-{
-	(void)buf, (void)size, (void)rwflag, (void)u;
-	return -1;
-}
-
-static int b64url_json(json_object *o, char **ret)
-{
-	const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-	                                                         JSON_C_TO_STRING_NOSLASHESCAPE);
-
-	ENSURE_ALLOC(text);
-	return dmbyok_gcp_base64url(text, strlen(text), ret);
-}
-
 int dmbyok_azure_client_assertion(const struct secret *pem, const char *client_id,
                                   const char *audience, time_t now, struct secret **ret, char *why,
                                   size_t why_size)
 {
-	_cleanup_(BIO_freep) BIO *kb = NULL, *cb = NULL;
+	_cleanup_(BIO_freep) BIO *cb = NULL;
 	_cleanup_(EVP_PKEY_freep) EVP_PKEY *key = NULL;
 	_cleanup_(X509_freep) X509 *cert = NULL;
-	_cleanup_(EVP_MD_CTX_freep) EVP_MD_CTX *md = NULL;
-	_cleanup_(json_object_putp) json_object *header = NULL, *claims = NULL;
-	_cleanup_free_ char *x5t = NULL, *h = NULL, *p = NULL, *sig64 = NULL, *jti = NULL;
-	_cleanup_secret_ struct secret *jwt = NULL;
-	unsigned char thumb[EVP_MAX_MD_SIZE], nonce[16], sig[1024];
+	_cleanup_(json_object_putp) json_object *claims = NULL;
+	_cleanup_free_ char *x5t = NULL, *jti = NULL;
+	unsigned char thumb[EVP_MAX_MD_SIZE], nonce[16];
 	const char *cert_pem;
 	unsigned thumb_len = 0;
-	size_t sig_len = sizeof(sig);
+	int r;
 
 	/*
 	 * The certificate is read from its own block on: OpenSSL's PEM reader decodes every
 	 * block it passes over and frees the bytes without wiping them, the key's included.
 	 */
 	cert_pem = strstr((const char *)pem->data, "-----BEGIN CERTIFICATE-----");
-	kb = BIO_new_mem_buf(pem->data, (int)pem->size);
 	cb = cert_pem ? BIO_new_mem_buf(cert_pem, -1) : NULL;
-	ENSURE(kb, ENOMEM);
-	key = PEM_read_bio_PrivateKey(kb, NULL, refuse_passphrase, NULL);
+	r = dmbyok_kms_rsa_key_from_pem(pem, &key);
+	if (r == -ENOMEM)
+		return r;
 	cert = cb ? PEM_read_bio_X509(cb, NULL, NULL, NULL) : NULL;
-	if (!key || !cert || EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA ||
-	    X509_check_private_key(cert, key) != 1) {
+	if (r < 0 || !cert || X509_check_private_key(cert, key) != 1) {
 		snprintf(why, why_size,
 		         "AZURE_CLIENT_CERTIFICATE_PATH must be a PEM file with the certificate "
 		         "and its unencrypted RSA private key");
@@ -155,16 +96,12 @@ int dmbyok_azure_client_assertion(const struct secret *pem, const char *client_i
 	if (X509_digest(cert, EVP_sha1(), thumb, &thumb_len) != 1 ||
 	    RAND_bytes(nonce, sizeof(nonce)) != 1)
 		return -EIO;
-	GUARD(dmbyok_gcp_base64url(thumb, thumb_len, &x5t));
-	GUARD(dmbyok_gcp_base64url(nonce, sizeof(nonce), &jti));
+	GUARD(dmbyok_kms_base64url(thumb, thumb_len, &x5t));
+	GUARD(dmbyok_kms_base64url(nonce, sizeof(nonce), &jti));
 
-	header = json_object_new_object();
 	claims = json_object_new_object();
-	ENSURE(header && claims, ENOMEM);
-	if (json_object_object_add(header, "alg", json_object_new_string("RS256")) < 0 ||
-	    json_object_object_add(header, "typ", json_object_new_string("JWT")) < 0 ||
-	    json_object_object_add(header, "x5t", json_object_new_string(x5t)) < 0 ||
-	    json_object_object_add(claims, "aud", json_object_new_string(audience)) < 0 ||
+	ENSURE_ALLOC(claims);
+	if (json_object_object_add(claims, "aud", json_object_new_string(audience)) < 0 ||
 	    json_object_object_add(claims, "iss", json_object_new_string(client_id)) < 0 ||
 	    json_object_object_add(claims, "sub", json_object_new_string(client_id)) < 0 ||
 	    json_object_object_add(claims, "jti", json_object_new_string(jti)) < 0 ||
@@ -173,31 +110,10 @@ int dmbyok_azure_client_assertion(const struct secret *pem, const char *client_i
 	    json_object_object_add(claims, "exp",
 	                           json_object_new_int64(now + AZURE_ASSERTION_LIFETIME_S)) < 0)
 		return -ENOMEM;
-	GUARD(b64url_json(header, &h));
-	GUARD(b64url_json(claims, &p));
-
-	/* header.payload, then .signature, built in locked memory: the assertion is a credential.
-	 */
-	GUARD(dmbyok_secret_new(strlen(h) + strlen(p) + 2 + 4 * sizeof(sig) / 3 + 4, &jwt));
-	jwt->size = 0;
-	GUARD(dmbyok_secret_append(jwt, h, strlen(h)));
-	GUARD(dmbyok_secret_append(jwt, ".", 1));
-	GUARD(dmbyok_secret_append(jwt, p, strlen(p)));
-	md = EVP_MD_CTX_new();
-	ENSURE_ALLOC(md);
-	if (EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) != 1 ||
-	    EVP_DigestSign(md, sig, &sig_len, jwt->data, jwt->size) != 1) {
+	r = dmbyok_kms_jwt_sign_rs256(key, "x5t", x5t, claims, ret);
+	if (r == -EIO)
 		snprintf(why, why_size, "cannot sign the client assertion (OpenSSL)");
-		return -EIO;
-	}
-	EVP_PKEY_free(TAKE_PTR(key));
-	GUARD(dmbyok_gcp_base64url(sig, sig_len, &sig64));
-	GUARD(dmbyok_secret_append(jwt, ".", 1));
-	GUARD(dmbyok_secret_append(jwt, sig64, strlen(sig64)));
-	jwt->data[jwt->size] = '\0';
-	dmbyok_secure_wipe(sig64, strlen(sig64));
-	*ret = TAKE_PTR(jwt);
-	return 0;
+	return r;
 }
 
 /* A positive number of seconds, as a JSON number or a decimal string (IMDS sends those). */
@@ -232,7 +148,7 @@ int dmbyok_azure_parse_token(struct secret *body, time_t now, struct azure_token
 	time_t margin;
 	int r;
 
-	r = dmbyok_gcp_json_take_string(body, "access_token", &token);
+	r = dmbyok_kms_json_take_string(body, "access_token", &token);
 	if (r == -ENOMEM)
 		return r;
 	if (r < 0 || token->size == 0 ||
@@ -320,8 +236,6 @@ static bool tenant_valid(const char *t)
 static int service_principal_token(struct azure_auth *a, const char *source, const char *resource,
                                    struct azure_token *t, char *why, size_t why_size)
 {
-	static const char *const headers[] = { "Content-Type: application/x-www-form-urlencoded",
-		                               "Accept: application/json", NULL };
 	const char *tenant = env("AZURE_TENANT_ID"), *client = env("AZURE_CLIENT_ID");
 	const char *authority = env("AZURE_AUTHORITY_HOST"), *detail = NULL;
 	_cleanup_secret_ struct secret *form = NULL, *cred = NULL;
@@ -343,7 +257,7 @@ static int service_principal_token(struct azure_auth *a, const char *source, con
 	if (asprintf(&url, "%.*s/%s/oauth2/v2.0/token", (int)n, authority, tenant) < 0 ||
 	    asprintf(&scope, "%s/.default", resource) < 0)
 		return -ENOMEM;
-	if (!dmbyok_gcp_url_acceptable(url)) {
+	if (!dmbyok_kms_url_acceptable(url)) {
 		snprintf(why, why_size,
 		         "AZURE_AUTHORITY_HOST must be https:// (plain http only to loopback), "
 		         "without credentials");
@@ -358,7 +272,9 @@ static int service_principal_token(struct azure_auth *a, const char *source, con
 		_cleanup_secret_ struct secret *pem = NULL;
 		const char *path = env("AZURE_CLIENT_CERTIFICATE_PATH");
 
-		r = file_to_secret(path, &pem);
+		r = dmbyok_kms_read_secret_file(path, FILE_MAX, &pem);
+		if (r == 0 && pem->size == 0)
+			r = -EINVAL;
 		if (r < 0) {
 			snprintf(why, why_size, "cannot read AZURE_CLIENT_CERTIFICATE_PATH %s: %s",
 			         path,
@@ -372,7 +288,9 @@ static int service_principal_token(struct azure_auth *a, const char *source, con
 		const char *path = env("AZURE_FEDERATED_TOKEN_FILE");
 
 		/* Re-read for every token: Kubernetes rotates the projected file. */
-		r = file_to_secret(path, &cred);
+		r = dmbyok_kms_read_secret_file(path, FILE_MAX, &cred);
+		if (r == 0 && cred->size == 0)
+			r = -EINVAL;
 		if (r < 0) {
 			snprintf(why, why_size, "cannot read AZURE_FEDERATED_TOKEN_FILE %s: %s",
 			         path, dmbyok_strerror(r));
@@ -399,16 +317,7 @@ static int service_principal_token(struct azure_auth *a, const char *source, con
 	dmbyok_secret_freep(&cred);
 	form->data[form->size] = '\0';
 
-	r = dmbyok_aws_http_perform(a->http,
-	                            &(struct aws_http_request){
-	                                .method = "POST",
-	                                .url = url,
-	                                .headers = headers,
-	                                .body = (const char *)form->data,
-	                                .body_len = form->size,
-	                                .timeout_ms = a->timeout_ms,
-	                            },
-	                            &resp, &detail);
+	r = dmbyok_kms_token_post(a->http, url, form, a->timeout_ms, &resp, &detail);
 	if (r < 0) {
 		snprintf(why, why_size, "cannot reach the token endpoint %s (%s credential): %s",
 		         url, source, detail ? detail : dmbyok_strerror(r));
@@ -463,15 +372,7 @@ static int imds_token(struct azure_auth *a, const char *resource, struct azure_t
 		         "AZURE_POD_IDENTITY_AUTHORITY_HOST must be http://HOST[:PORT]");
 		return -EINVAL;
 	}
-	r = dmbyok_aws_http_perform(a->http,
-	                            &(struct aws_http_request){
-	                                .method = "GET",
-	                                .url = url,
-	                                .headers = headers,
-	                                .timeout_ms = a->timeout_ms,
-	                                .connect_timeout_ms = AZURE_IMDS_TIMEOUT_MS,
-	                                .no_proxy = true,
-	                            },
+	r = dmbyok_kms_metadata_get(a->http, url, headers, a->timeout_ms, AZURE_IMDS_TIMEOUT_MS,
 	                            &resp, &detail);
 	if (r < 0) {
 		snprintf(why, why_size,

@@ -18,7 +18,7 @@
 
 #include "azure.h"
 #include "../aws/aws.h"
-#include "../gcp/gcp.h"
+#include "../kms-util.h"
 #include "dmbyok/encoding.h"
 #include "dmbyok/error.h"
 #include "dmbyok/log.h"
@@ -403,7 +403,7 @@ static int unwrap(struct kms_client *c, const char *operation, const struct azur
 	                              .body = (const char *)body->data },
 	              &out));
 	/* The plaintext leaves the locked answer before json-c copies the document. */
-	r = dmbyok_gcp_json_take_string(out.body, "value", &pt64);
+	r = dmbyok_kms_json_take_string(out.body, "value", &pt64);
 	if (r == -ENOMEM)
 		return r;
 	if (r < 0 || dmbyok_azure_base64url_decode((const char *)pt64->data, pt64->size, &pt) < 0)

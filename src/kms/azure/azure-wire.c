@@ -11,7 +11,7 @@
 #include <json-c/json.h>
 
 #include "azure.h"
-#include "../gcp/gcp.h"
+#include "../kms-util.h"
 #include "dmbyok/encoding.h"
 #include "dmbyok/log.h"
 
@@ -230,7 +230,7 @@ int dmbyok_azure_parse_challenge(const char *header, struct azure_challenge *ret
 			scope = TAKE_PTR(value);
 		}
 	}
-	if (!c.authority || !dmbyok_gcp_url_acceptable(c.authority))
+	if (!c.authority || !dmbyok_kms_url_acceptable(c.authority))
 		return -EINVAL;
 	/* https://login.microsoftonline.com/TENANT[/...]: the first path segment. */
 	t = strchr(c.authority + strlen("https://") - (c.authority[4] == ':' ? 1 : 0), '/');
@@ -340,7 +340,7 @@ int dmbyok_azure_base64url_secret(const void *data, size_t n, struct secret **re
 {
 	_cleanup_secret_ struct secret *s = NULL;
 
-	GUARD(dmbyok_gcp_base64_secret(data, n, &s));
+	GUARD(dmbyok_kms_base64_secret(data, n, &s));
 	while (s->size > 0 && s->data[s->size - 1] == '=')
 		s->data[--s->size] = '\0';
 	for (size_t i = 0; i < s->size; i++)

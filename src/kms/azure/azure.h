@@ -4,8 +4,8 @@
 /*
  * Internals of the Azure Key Vault (and Managed HSM) provider, shared by its modules and by
  * the tests. HTTP goes through the AWS provider's libcurl layer (aws/aws.h), as Google's
- * provider does; base64 into locked memory and secret strings out of JSON bodies are the
- * Google provider's helpers (gcp/gcp.h), which are not specific to Google.
+ * provider does; base64 into locked memory, secret strings out of JSON bodies, secret files
+ * and the RS256 JWT signer are the providers' shared helpers (../kms-util.h).
  */
 
 #include <stdbool.h>

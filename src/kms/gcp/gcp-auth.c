@@ -7,16 +7,12 @@
  * lives only in locked memory (and OpenSSL's key object, freed at once). Tokens are cached
  * and refreshed before they expire.
  */
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/bio.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 
 #include "gcp.h"
 #include "../aws/aws.h"
@@ -25,9 +21,7 @@
 #define KEY_FILE_MAX (64U * 1024U)
 
 DEFINE_CLEANUP_FUNC(json_object *, json_object_put);
-DEFINE_CLEANUP_FUNC(BIO *, BIO_free);
 DEFINE_CLEANUP_FUNC(EVP_PKEY *, EVP_PKEY_free);
-DEFINE_CLEANUP_FUNC(EVP_MD_CTX *, EVP_MD_CTX_free);
 
 static void token_clear(struct gcp_token *t)
 {
@@ -61,123 +55,34 @@ static const char *env_nonempty(const char *name)
 	return v && *v ? v : NULL;
 }
 
-/* A file read whole into locked memory, NUL-terminated. */
-static int read_secret_file(const char *path, struct secret **ret)
-{
-	_cleanup_secret_ struct secret *s = NULL;
-	struct stat st;
-	int fd, r = 0;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	if (fd < 0)
-		return negative_errno();
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
-	    (size_t)st.st_size >= KEY_FILE_MAX) {
-		r = -EINVAL;
-		goto out;
-	}
-	r = dmbyok_secret_new((size_t)st.st_size + 1, &s);
-	if (r < 0)
-		goto out;
-	s->size = 0;
-	while (s->size < (size_t)st.st_size) {
-		ssize_t n = read(fd, s->data + s->size, (size_t)st.st_size - s->size);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			r = n < 0 ? negative_errno() : -EIO;
-			goto out;
-		}
-		s->size += (size_t)n;
-	}
-	s->data[s->size] = '\0';
-	*ret = TAKE_PTR(s);
-out:
-	close(fd);
-	return r;
-}
-
-/* OpenSSL must never prompt for a passphrase: an encrypted key is a configuration error. */
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-	(void)buf;
-	(void)size;
-	(void)rwflag;
-	(void)u;
-	return -1;
-}
-
 int dmbyok_gcp_jwt_sign(const struct secret *pem, const char *key_id, const char *email,
                         const char *audience, time_t now, struct secret **ret, char *why,
                         size_t why_size)
 {
-	_cleanup_(BIO_freep) BIO *bio = NULL;
 	_cleanup_(EVP_PKEY_freep) EVP_PKEY *pkey = NULL;
-	_cleanup_(EVP_MD_CTX_freep) EVP_MD_CTX *md = NULL;
-	_cleanup_(json_object_putp) json_object *header = NULL, *claims = NULL;
-	_cleanup_free_ char *h64 = NULL, *c64 = NULL, *s64 = NULL, *signing = NULL;
-	_cleanup_free_ unsigned char *sig = NULL;
-	_cleanup_secret_ struct secret *jwt = NULL;
-	const char *text;
-	size_t sig_len = 0, n;
+	_cleanup_(json_object_putp) json_object *claims = NULL;
+	int r;
 
-	header = json_object_new_object();
 	claims = json_object_new_object();
-	ENSURE(header && claims, ENOMEM);
-	if (json_object_object_add(header, "alg", json_object_new_string("RS256")) < 0 ||
-	    json_object_object_add(header, "typ", json_object_new_string("JWT")) < 0 ||
-	    (key_id && json_object_object_add(header, "kid", json_object_new_string(key_id)) < 0) ||
-	    json_object_object_add(claims, "iss", json_object_new_string(email)) < 0 ||
+	ENSURE_ALLOC(claims);
+	if (json_object_object_add(claims, "iss", json_object_new_string(email)) < 0 ||
 	    json_object_object_add(claims, "scope", json_object_new_string(GCP_SCOPE)) < 0 ||
 	    json_object_object_add(claims, "aud", json_object_new_string(audience)) < 0 ||
 	    json_object_object_add(claims, "iat", json_object_new_int64((int64_t)now)) < 0 ||
 	    json_object_object_add(claims, "exp",
 	                           json_object_new_int64((int64_t)now + GCP_JWT_LIFETIME_S)) < 0)
 		return -ENOMEM;
-	text = json_object_to_json_string_ext(header, JSON_C_TO_STRING_PLAIN |
-	                                                  JSON_C_TO_STRING_NOSLASHESCAPE);
-	ENSURE_ALLOC(text);
-	GUARD(dmbyok_gcp_base64url(text, strlen(text), &h64));
-	text = json_object_to_json_string_ext(claims, JSON_C_TO_STRING_PLAIN |
-	                                                  JSON_C_TO_STRING_NOSLASHESCAPE);
-	ENSURE_ALLOC(text);
-	GUARD(dmbyok_gcp_base64url(text, strlen(text), &c64));
-	if (asprintf(&signing, "%s.%s", h64, c64) < 0)
-		return -ENOMEM;
-
-	bio = BIO_new_mem_buf(pem->data, (int)pem->size);
-	ENSURE_ALLOC(bio);
-	pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
-	if (!pkey || EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
+	r = dmbyok_kms_rsa_key_from_pem(pem, &pkey);
+	if (r == -EINVAL)
 		snprintf(why, why_size,
 		         "the service-account key's private_key is not an "
 		         "unencrypted RSA key in PEM");
-		return -EINVAL;
-	}
-	md = EVP_MD_CTX_new();
-	ENSURE_ALLOC(md);
-	if (EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pkey) != 1 ||
-	    EVP_DigestSign(md, NULL, &sig_len, (const unsigned char *)signing, strlen(signing)) !=
-	        1 ||
-	    !(sig = malloc(sig_len)) ||
-	    EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)signing, strlen(signing)) !=
-	        1) {
+	if (r < 0)
+		return r;
+	r = dmbyok_kms_jwt_sign_rs256(pkey, key_id ? "kid" : NULL, key_id, claims, ret);
+	if (r == -EIO)
 		snprintf(why, why_size, "cannot sign the service-account JWT (OpenSSL)");
-		return sig ? -EIO : -ENOMEM;
-	}
-	/* The key object holds the private key: gone before the network is involved. */
-	EVP_PKEY_free(TAKE_PTR(pkey));
-	GUARD(dmbyok_gcp_base64url(sig, sig_len, &s64));
-
-	/* The assertion is a credential for an hour: it lives in locked memory. */
-	n = strlen(signing) + 1 + strlen(s64);
-	GUARD(dmbyok_secret_new(n + 1, &jwt));
-	snprintf((char *)jwt->data, n + 1, "%s.%s", signing, s64);
-	jwt->size = n;
-	dmbyok_secure_wipe(s64, strlen(s64));
-	*ret = TAKE_PTR(jwt);
-	return 0;
+	return r;
 }
 
 /* An error answer of a token source: its errno (see dmbyok_gcp_auth_token). */
@@ -205,7 +110,7 @@ static int parse_token_response(struct secret *body, const char *source, struct 
 	time_t now = time(NULL), margin;
 	int r;
 
-	r = dmbyok_gcp_json_take_string(body, "access_token", &token);
+	r = dmbyok_kms_json_take_string(body, "access_token", &token);
 	if (r == -ENOMEM)
 		return r;
 	if (r < 0 || token->size == 0 ||
@@ -252,19 +157,19 @@ static int service_account_token(struct gcp_auth *a, const char *path, struct gc
 	_cleanup_(json_object_putp) json_object *j = NULL;
 	_cleanup_free_ char *email = NULL, *token_uri = NULL, *kid = NULL;
 	struct aws_http_response resp = {};
-	const char *headers[] = { "Content-Type: application/x-www-form-urlencoded",
-		                  "Accept: application/json", NULL };
 	const char *detail = NULL;
 	json_object *v;
 	int r;
 
-	r = read_secret_file(path, &file);
+	r = dmbyok_kms_read_secret_file(path, KEY_FILE_MAX, &file);
+	if (r == 0 && file->size == 0)
+		r = -EINVAL;
 	if (r < 0) {
 		snprintf(why, why_size, "cannot read the credentials file %s: %s", path,
 		         r == -EINVAL ? "not a regular file of a sane size" : dmbyok_strerror(r));
 		return r == -ENOENT || r == -EACCES ? -ENOKEY : -EINVAL;
 	}
-	r = dmbyok_gcp_json_take_string(file, "private_key", &pem);
+	r = dmbyok_kms_json_take_string(file, "private_key", &pem);
 	if (r == -ENOMEM)
 		return r;
 	j = json_tokener_parse((const char *)file->data);
@@ -302,7 +207,7 @@ static int service_account_token(struct gcp_auth *a, const char *path, struct gc
 	               ? json_object_get_string(v)
 	               : GCP_DEFAULT_TOKEN_URI);
 	ENSURE_ALLOC(token_uri);
-	if (!dmbyok_gcp_url_acceptable(token_uri)) {
+	if (!dmbyok_kms_url_acceptable(token_uri)) {
 		snprintf(why, why_size,
 		         "the token_uri %s of %s must be https:// (plain http only to loopback)",
 		         token_uri, path);
@@ -317,16 +222,7 @@ static int service_account_token(struct gcp_auth *a, const char *path, struct gc
 	memcpy(form->data + sizeof(grant) - 1, jwt->data, jwt->size + 1);
 	form->size = sizeof(grant) - 1 + jwt->size;
 
-	r = dmbyok_aws_http_perform(a->http,
-	                            &(struct aws_http_request){
-	                                .method = "POST",
-	                                .url = token_uri,
-	                                .headers = headers,
-	                                .body = (const char *)form->data,
-	                                .body_len = form->size,
-	                                .timeout_ms = a->timeout_ms,
-	                            },
-	                            &resp, &detail);
+	r = dmbyok_kms_token_post(a->http, token_uri, form, a->timeout_ms, &resp, &detail);
 	if (r < 0) {
 		snprintf(why, why_size, "cannot reach the token endpoint %s for %s: %s", token_uri,
 		         email, detail ? detail : dmbyok_strerror(r));
@@ -384,15 +280,7 @@ static int metadata_token(struct gcp_auth *a, struct gcp_token *t, char *why, si
 	if (asprintf(&url, "http://%s/computeMetadata/v1/instance/service-accounts/default/token",
 	             host) < 0)
 		return -ENOMEM;
-	r = dmbyok_aws_http_perform(a->http,
-	                            &(struct aws_http_request){
-	                                .method = "GET",
-	                                .url = url,
-	                                .headers = headers,
-	                                .timeout_ms = a->timeout_ms,
-	                                .connect_timeout_ms = GCP_METADATA_TIMEOUT_MS,
-	                                .no_proxy = true,
-	                            },
+	r = dmbyok_kms_metadata_get(a->http, url, headers, a->timeout_ms, GCP_METADATA_TIMEOUT_MS,
 	                            &resp, &detail);
 	if (r < 0) {
 		snprintf(why, why_size,

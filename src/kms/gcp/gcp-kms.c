@@ -409,7 +409,7 @@ static int encrypt(struct kms_client *c, const char *operation, const char *name
 
 	GUARD(check_name(c, operation, name, &key, &location, &version));
 	GUARD(context_aad(context, &aad, &aad_crc));
-	GUARD(dmbyok_gcp_base64_secret(plaintext->data, plaintext->size, &pt64));
+	GUARD(dmbyok_kms_base64_secret(plaintext->data, plaintext->size, &pt64));
 	GUARD(build_body("plaintext", pt64, dmbyok_gcp_crc32c(plaintext->data, plaintext->size),
 	                 "additionalAuthenticatedData", aad, aad_crc, &body));
 	dmbyok_secret_freep(&pt64);
@@ -498,7 +498,7 @@ static int decrypt(struct kms_client *c, const char *operation, const char *name
 	GUARD(
 	    kms_call(c, operation, "POST", path, location, (const char *)body->data, &resp, NULL));
 	/* The plaintext comes out of the locked answer before json-c copies the document. */
-	r = dmbyok_gcp_json_take_string(resp, "plaintext", &pt64);
+	r = dmbyok_kms_json_take_string(resp, "plaintext", &pt64);
 	if (r == -ENOMEM)
 		return r;
 	if (r < 0)
@@ -687,7 +687,7 @@ static int gcp_client_new(struct kms_client *c, const struct kms_options *opts)
 		endpoint = getenv("CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDKMS");
 	if (!endpoint || !*endpoint)
 		endpoint = GCP_DEFAULT_ENDPOINT;
-	if (!dmbyok_gcp_url_acceptable(endpoint))
+	if (!dmbyok_kms_url_acceptable(endpoint))
 		return log_error_errno(EINVAL,
 		                       "Cloud KMS endpoint %s must be https:// without credentials "
 		                       "(plain http only to loopback).",

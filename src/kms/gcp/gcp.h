@@ -15,6 +15,7 @@
 #include "dmbyok/kms.h"
 #include "dmbyok/macro.h"
 #include "dmbyok/secret.h"
+#include "../kms-util.h"
 
 struct aws_http;
 struct kms_provider_ops;
@@ -31,7 +32,7 @@ struct kms_provider_ops;
 
 extern const struct kms_provider_ops dmbyok_gcp_kms_provider_ops;
 
-/* ---- gcp-wire.c: names, CRC32C, base64url, JSON strings out of locked memory ---- */
+/* ---- gcp-wire.c: names, CRC32C (base64 and JSON helpers: ../kms-util.h) ---- */
 
 /*
  * A Cloud KMS key or key version name:
@@ -45,24 +46,8 @@ bool dmbyok_gcp_is_name(const char *name);
 /* The location of a key or key version name (the token's "region"); -EINVAL if not one. */
 int dmbyok_gcp_key_location(const char *name, char **ret);
 
-/* A URL a credential may go to: https://, or plain http:// to loopback only; no userinfo. */
-bool dmbyok_gcp_url_acceptable(const char *url);
-
 /* CRC32C (Castagnoli), as Cloud KMS's integrity fields carry it. */
 uint32_t dmbyok_gcp_crc32c(const void *data, size_t n);
-
-/* Base64 (standard, padded) of data into a new NUL-terminated secret. */
-int dmbyok_gcp_base64_secret(const void *data, size_t n, struct secret **ret);
-/* Base64url without padding (JWT) of data, into a new heap string (not for secrets). */
-int dmbyok_gcp_base64url(const void *data, size_t n, char **ret);
-
-/*
- * Takes a top-level string member out of a JSON object held in locked memory, before any
- * JSON library copies it: its value, unescaped (\n, \", \\, \/, \uXXXX for ASCII), goes
- * into a new NUL-terminated secret and its text in `body` is overwritten with 'A's (the
- * document stays valid JSON). -ENOENT when absent, -EPROTO when malformed or not a string.
- */
-int dmbyok_gcp_json_take_string(struct secret *body, const char *field, struct secret **ret);
 
 /* ---- gcp-auth.c: access tokens as Google's libraries find them ---- */
 
