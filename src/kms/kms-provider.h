@@ -38,13 +38,7 @@ struct kms_client {
 
 /* Record the provider's own words about the last failure (never secret material). */
 void dmbyok_kms_set_last_error(struct kms_client *c, const char *fmt, ...) _printf_(2, 3);
-
-/*
- * A provider reports each attempt of the call in flight (several with retries): the region
- * it went to and the KMS's request id, NULL when there was no answer. kms.c puts the last
- * one in the call's audit entry. Per thread, since a client is used by one thread at a time.
- */
-void dmbyok_kms_note_attempt(const char *region, const char *request_id);
+/* Each attempt's region and request id go to dmbyok_kms_note_attempt (kms-http.h). */
 
 /*
  * One KMS call as the audit entry (DMBYOK_MESSAGE_KMS_CALL) records it. Only what may be

@@ -3,6 +3,7 @@
  * What the cloud KMS providers share (kms-util.h): written once for Google's provider,
  * used by Azure's and AWS's as well.
  */
+#include <ctype.h>
 #include <fcntl.h>
 #include <string.h>
 #include <strings.h>
@@ -13,7 +14,6 @@
 #include <openssl/pem.h>
 
 #include "kms-util.h"
-#include "aws/aws.h"
 #include "dmbyok/macro.h"
 
 DEFINE_CLEANUP_FUNC(json_object *, json_object_put);
@@ -252,11 +252,37 @@ int dmbyok_kms_json_take_plain_string(struct secret *body, const char *field, st
 	return take_string(body, field, true, ret);
 }
 
+bool dmbyok_kms_url_is_loopback(const char *url)
+{
+	const char *h = strstr(url, "://"), *end;
+	size_t n;
+
+	if (!h)
+		return false;
+	h += 3;
+	if (*h == '[') {
+		end = strchr(h, ']');
+		return end && (size_t)(end - h) == 4 && !strncmp(h, "[::1", 4);
+	}
+	end = h + strcspn(h, ":/?#");
+	n = (size_t)(end - h);
+	if (n == 9 && !strncasecmp(h, "localhost", 9))
+		return true;
+	/* 127.0.0.0/8 written as a dotted quad */
+	if (n >= 7 && !strncmp(h, "127.", 4)) {
+		for (const char *p = h; p < end; p++)
+			if (!isdigit((unsigned char)*p) && *p != '.')
+				return false;
+		return true;
+	}
+	return false;
+}
+
 bool dmbyok_kms_url_acceptable(const char *url)
 {
 	return url && !strchr(url, '@') &&
 	       (!strncasecmp(url, "https://", 8) ||
-	        (!strncasecmp(url, "http://", 7) && dmbyok_aws_url_is_loopback(url)));
+	        (!strncasecmp(url, "http://", 7) && dmbyok_kms_url_is_loopback(url)));
 }
 
 int dmbyok_kms_read_secret_file(const char *path, size_t max_size, struct secret **ret)
@@ -378,39 +404,4 @@ int dmbyok_kms_jwt_sign_rs256(EVP_PKEY *key, const char *key_member, const char 
 	dmbyok_secure_wipe(s64, strlen(s64));
 	*ret = TAKE_PTR(jwt);
 	return 0;
-}
-
-int dmbyok_kms_metadata_get(struct aws_http *http, const char *url, const char *const *headers,
-                            unsigned timeout_ms, unsigned connect_timeout_ms,
-                            struct aws_http_response *ret, const char **ret_detail)
-{
-	return dmbyok_aws_http_perform(http,
-	                               &(struct aws_http_request){
-	                                   .method = "GET",
-	                                   .url = url,
-	                                   .headers = headers,
-	                                   .timeout_ms = timeout_ms,
-	                                   .connect_timeout_ms = connect_timeout_ms,
-	                                   .no_proxy = true,
-	                               },
-	                               ret, ret_detail);
-}
-
-int dmbyok_kms_token_post(struct aws_http *http, const char *url, const struct secret *form,
-                          unsigned timeout_ms, struct aws_http_response *ret,
-                          const char **ret_detail)
-{
-	static const char *const headers[] = { "Content-Type: application/x-www-form-urlencoded",
-		                               "Accept: application/json", NULL };
-
-	return dmbyok_aws_http_perform(http,
-	                               &(struct aws_http_request){
-	                                   .method = "POST",
-	                                   .url = url,
-	                                   .headers = headers,
-	                                   .body = (const char *)form->data,
-	                                   .body_len = form->size,
-	                                   .timeout_ms = timeout_ms,
-	                               },
-	                               ret, ret_detail);
 }

@@ -17,9 +17,6 @@
 
 #include "dmbyok/secret.h"
 
-struct aws_http;
-struct aws_http_response;
-
 /* Base64 (standard, padded) of data into a new NUL-terminated secret. */
 int dmbyok_kms_base64_secret(const void *data, size_t n, struct secret **ret);
 /* Base64url without padding (JWT) of data, into a new heap string (not for secrets). */
@@ -38,6 +35,8 @@ int dmbyok_kms_json_take_string(struct secret *body, const char *field, struct s
  */
 int dmbyok_kms_json_take_plain_string(struct secret *body, const char *field, struct secret **ret);
 
+/* Whether a URL's host is a loopback address (where plain HTTP is tolerated). */
+bool dmbyok_kms_url_is_loopback(const char *url);
 /* A URL a credential may go to: https://, or plain http:// to loopback only; no userinfo. */
 bool dmbyok_kms_url_acceptable(const char *url);
 
@@ -65,19 +64,3 @@ int dmbyok_kms_rsa_key_from_pem(const struct secret *pem, EVP_PKEY **ret);
  */
 int dmbyok_kms_jwt_sign_rs256(EVP_PKEY *key, const char *key_member, const char *key_value,
                               json_object *claims, struct secret **ret);
-
-/*
- * The HTTP the token sources share, through the AWS provider's libcurl layer (aws/aws.h):
- * one attempt each, results as dmbyok_aws_http_perform's.
- *
- * A GET from a cloud's instance metadata endpoint (GCE's metadata server, Azure's IMDS):
- * never through a proxy, which cannot reach the host's link-local service, and with a short
- * connect timeout, since off that cloud nothing answers at all.
- */
-int dmbyok_kms_metadata_get(struct aws_http *http, const char *url, const char *const *headers,
-                            unsigned timeout_ms, unsigned connect_timeout_ms,
-                            struct aws_http_response *ret, const char **ret_detail);
-/* An OAuth 2.0 token request: the form (locked, it carries the credential) POSTed, JSON back. */
-int dmbyok_kms_token_post(struct aws_http *http, const char *url, const struct secret *form,
-                          unsigned timeout_ms, struct aws_http_response *ret,
-                          const char **ret_detail);

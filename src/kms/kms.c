@@ -12,6 +12,7 @@
 #include "aws/aws.h"
 #include "azure/azure.h"
 #include "gcp/gcp.h"
+#include "kms-http.h"
 #include "kms-provider.h"
 
 static const struct kms_provider_ops *const providers[] = {
@@ -87,33 +88,6 @@ static int context_check(json_object *context)
 }
 
 /* ---- the audit: one entry per KMS call, the host-side counterpart of CloudTrail ---- */
-
-/* What the provider said about the call in flight (dmbyok_kms_note_attempt). */
-static _Thread_local struct {
-	char region[64];
-	char request_id[128];
-} attempt;
-
-/* Only a plain token: these come from the network. */
-static void note_copy(char *dst, size_t size, const char *s)
-{
-	size_t n = 0;
-
-	dst[0] = '\0';
-	if (!s)
-		return;
-	for (; s[n]; n++)
-		if (n + 1 >= size || (unsigned char)s[n] <= ' ' || (unsigned char)s[n] >= 0x7f ||
-		    s[n] == '"' || s[n] == '\\')
-			return;
-	memcpy(dst, s, n + 1);
-}
-
-void dmbyok_kms_note_attempt(const char *region, const char *request_id)
-{
-	note_copy(attempt.region, sizeof(attempt.region), region);
-	note_copy(attempt.request_id, sizeof(attempt.request_id), request_id);
-}
 
 static int key_compare(const void *a, const void *b)
 {
@@ -226,14 +200,19 @@ static unsigned long long now_ms(void)
 static unsigned long long call_begin(struct kms_client *c)
 {
 	c->last_error[0] = '\0';
-	attempt.region[0] = attempt.request_id[0] = '\0';
+	dmbyok_kms_attempt_reset();
 	return now_ms();
 }
 
 static void call_end(struct kms_client *c, const char *operation, const char *key_id,
                      const char *key_arn, json_object *context, int r, unsigned long long t0)
 {
-	const char *region = attempt.region[0] ? attempt.region : c->ops->region(c);
+	const char *region, *request_id;
+
+	/* The provider's last attempt says where the call went; else the client's region. */
+	dmbyok_kms_attempt_get(&region, &request_id);
+	if (!region[0])
+		region = c->ops->region(c);
 
 	dmbyok_kms_audit_log(&(struct kms_audit){
 	    .operation = operation,
@@ -242,7 +221,7 @@ static void call_end(struct kms_client *c, const char *operation, const char *ke
 	    .key_id = key_id,
 	    .key_arn = r >= 0 ? key_arn : NULL,
 	    .context = context,
-	    .request_id = attempt.request_id,
+	    .request_id = request_id,
 	    .result = r,
 	    .detail = c->last_error,
 	    .latency_ms = now_ms() - t0,

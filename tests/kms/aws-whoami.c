@@ -14,7 +14,7 @@
 int main(int argc, char **argv)
 {
 	struct aws_credentials_cache cache = {};
-	_cleanup_(dmbyok_aws_http_freep) struct aws_http *h = NULL;
+	_cleanup_(dmbyok_kms_http_freep) struct kms_http *h = NULL;
 	_cleanup_free_ char *arn = NULL, *account = NULL;
 	const char *ca = getenv("AWS_CA_BUNDLE");
 	char why[1024] = "";
@@ -29,7 +29,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: aws-whoami [--profile NAME]\n");
 		return 2;
 	}
-	r = dmbyok_aws_http_new(ca && *ca ? ca : NULL, &h);
+	r = dmbyok_kms_http_new(ca && *ca ? ca : NULL, &h);
 	if (r >= 0)
 		r = dmbyok_aws_get_caller_identity(&cache, h, &arn, &account, why, sizeof(why));
 	dmbyok_aws_credentials_cache_done(&cache);

@@ -13,6 +13,7 @@
 #include "dmbyok/error.h"
 #include "dmbyok/kms.h"
 #include "../../src/kms/aws/aws.h"
+#include "../../src/kms/kms-util.h"
 
 static char tmpdir[] = "/tmp/dmbyok-aws-config.XXXXXX";
 
@@ -153,7 +154,7 @@ static void test_error_mapping(void **state)
 
 static void test_retry_policy(void **state)
 {
-	struct aws_retry rt;
+	struct kms_retry rt;
 
 	assert_true(dmbyok_aws_error_is_retryable("ThrottlingException", 400));
 	assert_true(dmbyok_aws_error_is_retryable("KMSInternalException", 500));
@@ -164,30 +165,30 @@ static void test_retry_policy(void **state)
 	assert_false(dmbyok_aws_error_is_retryable("ExpiredTokenException", 400));
 	assert_false(dmbyok_aws_error_is_retryable("ValidationException", 400));
 	assert_false(dmbyok_aws_error_is_retryable(NULL, 404));
-	assert_true(dmbyok_aws_errno_is_retryable(-ECONNREFUSED));
-	assert_true(dmbyok_aws_errno_is_retryable(-ETIMEDOUT));
-	assert_true(dmbyok_aws_errno_is_retryable(-ECONNRESET));
-	assert_false(dmbyok_aws_errno_is_retryable(-EINVAL));
-	assert_false(dmbyok_aws_errno_is_retryable(-EPROTO));
+	assert_true(dmbyok_kms_errno_is_retryable(-ECONNREFUSED));
+	assert_true(dmbyok_kms_errno_is_retryable(-ETIMEDOUT));
+	assert_true(dmbyok_kms_errno_is_retryable(-ECONNRESET));
+	assert_false(dmbyok_kms_errno_is_retryable(-EINVAL));
+	assert_false(dmbyok_kms_errno_is_retryable(-EPROTO));
 
 	for (unsigned a = 1; a < 40; a++)
 		for (int i = 0; i < 50; i++) {
-			unsigned ms = dmbyok_aws_retry_backoff_ms(a);
+			unsigned ms = dmbyok_kms_retry_backoff_ms(a);
 
 			assert_true(ms <= 20000);
 			if (a <= 8)
 				assert_true(ms <= 100U << (a - 1));
 		}
 
-	dmbyok_aws_retry_init(&rt, 0);
+	dmbyok_kms_retry_init(&rt, 0);
 	assert_int_equal(rt.max_attempts, 3);
 	/* the quota bounds retries in a storm, and successes refill it */
-	for (unsigned i = 0; i < AWS_RETRY_QUOTA / AWS_RETRY_COST; i++)
-		assert_true(dmbyok_aws_retry_acquire(&rt, -EAGAIN));
-	assert_false(dmbyok_aws_retry_acquire(&rt, -EAGAIN));
-	dmbyok_aws_retry_release(&rt, -EAGAIN, true);
-	assert_true(dmbyok_aws_retry_acquire(&rt, -EAGAIN));
-	assert_false(dmbyok_aws_retry_acquire(&rt, -ETIMEDOUT));
+	for (unsigned i = 0; i < KMS_RETRY_QUOTA / KMS_RETRY_COST; i++)
+		assert_true(dmbyok_kms_retry_acquire(&rt, -EAGAIN));
+	assert_false(dmbyok_kms_retry_acquire(&rt, -EAGAIN));
+	dmbyok_kms_retry_release(&rt, -EAGAIN, true);
+	assert_true(dmbyok_kms_retry_acquire(&rt, -EAGAIN));
+	assert_false(dmbyok_kms_retry_acquire(&rt, -ETIMEDOUT));
 }
 
 static void test_arn_region(void **state)
@@ -314,8 +315,8 @@ static void test_endpoint(void **state)
 	assert_int_equal(dmbyok_aws_endpoint_url("ftp://x", "us-east-1", &u), -EINVAL);
 	assert_int_equal(dmbyok_aws_endpoint_url("https://a:b@kms.example", "us-east-1", &u),
 	                 -EINVAL);
-	assert_false(dmbyok_aws_url_is_loopback("http://localhost.example/"));
-	assert_true(dmbyok_aws_url_is_loopback("http://127.1.2.3/"));
+	assert_false(dmbyok_kms_url_is_loopback("http://localhost.example/"));
+	assert_true(dmbyok_kms_url_is_loopback("http://127.1.2.3/"));
 }
 
 static void test_config_paths(void **state)

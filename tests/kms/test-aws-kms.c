@@ -673,7 +673,7 @@ static void test_creds_file_rotation(void **state)
 /* Temporary credentials past their expiry are refused by the service. */
 static void test_creds_expired_session(void **state)
 {
-	_cleanup_(dmbyok_aws_http_freep) struct aws_http *h = NULL;
+	_cleanup_(dmbyok_kms_http_freep) struct kms_http *h = NULL;
 	struct aws_credentials_cache cache = {};
 	const struct aws_credentials *cr;
 	_cleanup_(dmbyok_aws_credentials_freep) struct aws_credentials *tmp = NULL;
@@ -683,7 +683,7 @@ static void test_creds_expired_session(void **state)
 	env_creds(HOST_AKID, HOST_SECRET, NULL);
 	setenv("AWS_ENDPOINT_URL_STS", endpoint, 1);
 	control("POST", "/_emulator/sts", "{\"MinDurationSeconds\":1}");
-	assert_int_equal(dmbyok_aws_http_new(ca, &h), 0);
+	assert_int_equal(dmbyok_kms_http_new(ca, &h), 0);
 	assert_int_equal(dmbyok_aws_credentials_get(&cache, h, &cr, why, sizeof(why)), 0);
 	assert_int_equal(dmbyok_aws_sts_assume_role(
 	                     h, "us-east-1", cr,
@@ -808,15 +808,17 @@ static void test_timeout(void **state)
 	wrap(c, key_a, "vol-t", &pt, &blob);
 	snprintf(
 	    body, sizeof(body),
-	    "{\"operation\":\"Decrypt\",\"fault\":\"timeout\",\"count\":2,\"latency_ms\":1500}");
+	    "{\"operation\":\"Decrypt\",\"fault\":\"timeout\",\"count\":2,\"latency_ms\":5000}");
 	control("POST", "/_emulator/faults", body);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	assert_int_equal(unwrap(c, NULL, blob, "vol-t", &pt2, NULL), -ETIMEDOUT);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-	assert_true(s < 1.5);
+	/* Gave up on its own bound (2 x 400 ms and a backoff), not after the server's 5 s; the
+	 * margin is for a loaded CI machine, not a speed claim. */
+	assert_true(s < 4.0);
 	/* let the emulator's sleeping handlers finish */
-	sleep(2);
+	sleep(4);
 	assert_int_equal(unwrap(c, NULL, blob, "vol-t", &pt2, NULL), 0);
 }
 

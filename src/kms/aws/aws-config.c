@@ -300,32 +300,6 @@ int dmbyok_aws_endpoint_override(const char *explicit_endpoint, char **ret)
 	return 0;
 }
 
-bool dmbyok_aws_url_is_loopback(const char *url)
-{
-	const char *h = strstr(url, "://"), *end;
-	size_t n;
-
-	if (!h)
-		return false;
-	h += 3;
-	if (*h == '[') {
-		end = strchr(h, ']');
-		return end && (size_t)(end - h) == 4 && !strncmp(h, "[::1", 4);
-	}
-	end = h + strcspn(h, ":/?#");
-	n = (size_t)(end - h);
-	if (n == 9 && !strncasecmp(h, "localhost", 9))
-		return true;
-	/* 127.0.0.0/8 written as a dotted quad */
-	if (n >= 7 && !strncmp(h, "127.", 4)) {
-		for (const char *p = h; p < end; p++)
-			if (!isdigit((unsigned char)*p) && *p != '.')
-				return false;
-		return true;
-	}
-	return false;
-}
-
 int dmbyok_aws_endpoint_url(const char *override, const char *region, char **ret)
 {
 	char *s;
@@ -335,7 +309,7 @@ int dmbyok_aws_endpoint_url(const char *override, const char *region, char **ret
 
 		if (strncasecmp(override, "https://", 8) != 0 &&
 		    !(strncasecmp(override, "http://", 7) == 0 &&
-		      dmbyok_aws_url_is_loopback(override)))
+		      dmbyok_kms_url_is_loopback(override)))
 			return log_error_errno(
 			    EINVAL,
 			    "KMS endpoint %s must be https:// (plain http is only "
@@ -458,7 +432,7 @@ int dmbyok_aws_sts_endpoint(const char *region, char **ret_url, char **ret_signi
 		v = env_nonempty("AWS_ENDPOINT_URL");
 	if (v) {
 		if (strncasecmp(v, "https://", 8) != 0 &&
-		    !(strncasecmp(v, "http://", 7) == 0 && dmbyok_aws_url_is_loopback(v)))
+		    !(strncasecmp(v, "http://", 7) == 0 && dmbyok_kms_url_is_loopback(v)))
 			return log_error_errno(EINVAL,
 			                       "STS endpoint %s must be https:// (plain http is "
 			                       "only allowed to loopback).",

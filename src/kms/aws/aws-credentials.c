@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "aws.h"
+#include "../kms-util.h"
 #include "dmbyok/log.h"
 
 /*
@@ -36,7 +37,7 @@
 #define ASSUME_ROLE_DEPTH_MAX 8
 
 struct resolve_ctx {
-	struct aws_http *http;
+	struct kms_http *http;
 	struct aws_shared_config files;
 	const char *explicit_profile; /* --profile: environment keys are not consulted */
 	char *region;                 /* for STS; NULL: the global endpoint */
@@ -192,17 +193,17 @@ static void metadata_opts(struct resolve_ctx *ctx, const char *profile, struct m
 }
 
 /* Metadata endpoints: short timeouts, never a proxy. 5xx and transport errors retried. */
-static int metadata_request(struct aws_http *h, const struct metadata_opts *o, const char *method,
+static int metadata_request(struct kms_http *h, const struct metadata_opts *o, const char *method,
                             const char *url, const char *const *headers,
                             const struct secret *const *secret_headers,
-                            struct aws_http_response *ret, const char **ret_detail)
+                            struct kms_http_response *ret, const char **ret_detail)
 {
 	const char *detail = NULL;
 	int r = -EIO;
 
 	for (unsigned attempt = 1; attempt <= o->attempts; attempt++) {
-		r = dmbyok_aws_http_perform(h,
-		                            &(struct aws_http_request){
+		r = dmbyok_kms_http_perform(h,
+		                            &(struct kms_http_request){
 		                                .method = method,
 		                                .url = url,
 		                                .headers = headers,
@@ -217,7 +218,7 @@ static int metadata_request(struct aws_http *h, const struct metadata_opts *o, c
 		if (r >= 0) {
 			r = -EREMOTEIO;
 			detail = "server error";
-			dmbyok_aws_http_response_done(ret);
+			dmbyok_kms_http_response_done(ret);
 		}
 		log_debug("%s %s (attempt %u/%u): %s", method, url, attempt, o->attempts,
 		          detail ? detail : dmbyok_strerror(r));
@@ -231,7 +232,7 @@ static int fetch_credentials(struct resolve_ctx *ctx, const struct metadata_opts
                              const char *url, const struct secret *const *secret_headers,
                              const char *source, struct aws_credentials **ret)
 {
-	struct aws_http_response resp = { 0 };
+	struct kms_http_response resp = { 0 };
 	const char *detail = NULL;
 	int r;
 
@@ -241,12 +242,12 @@ static int fetch_credentials(struct resolve_ctx *ctx, const struct metadata_opts
 	if (resp.status != 200) {
 		long status = resp.status;
 
-		dmbyok_aws_http_response_done(&resp);
+		dmbyok_kms_http_response_done(&resp);
 		return fail(ctx, -EKEYREJECTED, "The %s credentials endpoint %s answered HTTP %ld.",
 		            source, url, status);
 	}
 	r = dmbyok_aws_credentials_from_json(resp.body, source, ret);
-	dmbyok_aws_http_response_done(&resp);
+	dmbyok_kms_http_response_done(&resp);
 	if (r < 0 && r != -ENOMEM)
 		return fail(ctx, r, "Malformed %s credentials from %s.", source, url);
 	return r;
@@ -261,7 +262,7 @@ static bool container_host_allowed(const char *url)
 		"http://[fd00:ec2::23]/",
 	};
 
-	if (!strncasecmp(url, "https://", 8) || dmbyok_aws_url_is_loopback(url))
+	if (!strncasecmp(url, "https://", 8) || dmbyok_kms_url_is_loopback(url))
 		return true;
 	for (size_t i = 0; i < ELEMENTSOF(hosts); i++) {
 		size_t n = strlen(hosts[i]) - 1;
@@ -313,7 +314,8 @@ static int from_container(struct resolve_ctx *ctx, const char *profile,
 		if (!dmbyok_aws_header_safe((const char *)token->data, token->size))
 			return fail(ctx, -EINVAL,
 			            "The container authorization token is malformed.");
-		GUARD(dmbyok_aws_secret_header("Authorization", (const char *)token->data, &auth));
+		GUARD(dmbyok_kms_http_secret_header("Authorization", (const char *)token->data,
+		                                    &auth));
 		secret_headers[0] = auth;
 	}
 
@@ -335,7 +337,7 @@ static int from_imds(struct resolve_ctx *ctx, const char *profile, struct aws_cr
 	_cleanup_secret_ struct secret *token = NULL, *token_header = NULL;
 	const char *headers[2] = {}, *detail;
 	const struct secret *secret_headers[2] = {};
-	struct aws_http_response resp = {};
+	struct kms_http_response resp = {};
 	struct metadata_opts o;
 	size_t n;
 	int r;
@@ -366,7 +368,7 @@ static int from_imds(struct resolve_ctx *ctx, const char *profile, struct aws_cr
 	if (resp.status != 200) {
 		long status = resp.status;
 
-		dmbyok_aws_http_response_done(&resp);
+		dmbyok_kms_http_response_done(&resp);
 		return fail(ctx, -ENOKEY,
 		            "The EC2 instance metadata service %s refused an IMDSv2 token (HTTP "
 		            "%ld); dmbyok does not use IMDSv1.",
@@ -375,13 +377,13 @@ static int from_imds(struct resolve_ctx *ctx, const char *profile, struct aws_cr
 	resp.body->data[strcspn((char *)resp.body->data, "\r\n")] = '\0';
 	r = dmbyok_aws_secret_strndup((char *)resp.body->data, strlen((char *)resp.body->data),
 	                              &token);
-	dmbyok_aws_http_response_done(&resp);
+	dmbyok_kms_http_response_done(&resp);
 	if (r < 0)
 		return r;
 	if (!token->size || !dmbyok_aws_header_safe((const char *)token->data, token->size))
 		return fail(ctx, -EPROTO, "Malformed IMDSv2 token from %s.", base);
-	GUARD(dmbyok_aws_secret_header("X-aws-ec2-metadata-token", (const char *)token->data,
-	                               &token_header));
+	GUARD(dmbyok_kms_http_secret_header("X-aws-ec2-metadata-token", (const char *)token->data,
+	                                    &token_header));
 	secret_headers[0] = token_header;
 
 	free(url);
@@ -392,14 +394,14 @@ static int from_imds(struct resolve_ctx *ctx, const char *profile, struct aws_cr
 		return fail(ctx, r, "Cannot reach the EC2 instance metadata service %s: %s", base,
 		            detail);
 	if (resp.status != 200) {
-		dmbyok_aws_http_response_done(&resp);
+		dmbyok_kms_http_response_done(&resp);
 		return fail(ctx, -ENOKEY,
 		            "No AWS credentials found: this EC2 instance has no IAM "
 		            "role (instance profile).");
 	}
 	resp.body->data[strcspn((char *)resp.body->data, "\r\n")] = '\0';
 	role = strdup((char *)resp.body->data);
-	dmbyok_aws_http_response_done(&resp);
+	dmbyok_kms_http_response_done(&resp);
 	ENSURE_ALLOC(role);
 	if (!*role || strchr(role, '/') || strchr(role, '?') || strchr(role, '#'))
 		return fail(ctx, -EPROTO, "Malformed IAM role name from instance metadata.");
@@ -622,7 +624,7 @@ static int profile_chain(struct resolve_ctx *ctx, const char *profile, bool env_
 	return from_static(ctx, profile, false, ret);
 }
 
-static int resolve(struct aws_credentials_cache *cache, struct aws_http *h,
+static int resolve(struct aws_credentials_cache *cache, struct kms_http *h,
                    struct aws_credentials **ret, char *why, size_t why_size)
 {
 	struct resolve_ctx ctx = {
@@ -734,7 +736,7 @@ static bool cache_fresh(const struct aws_credentials_cache *cache, time_t now)
 	return now < cache->next_refresh && now < cr->expiration;
 }
 
-int dmbyok_aws_credentials_get(struct aws_credentials_cache *cache, struct aws_http *h,
+int dmbyok_aws_credentials_get(struct aws_credentials_cache *cache, struct kms_http *h,
                                const struct aws_credentials **ret, char *why, size_t why_size)
 {
 	struct aws_credentials *fresh = NULL;
@@ -781,7 +783,7 @@ int dmbyok_aws_credentials_get(struct aws_credentials_cache *cache, struct aws_h
 	return 0;
 }
 
-int dmbyok_aws_get_caller_identity(struct aws_credentials_cache *cache, struct aws_http *h,
+int dmbyok_aws_get_caller_identity(struct aws_credentials_cache *cache, struct kms_http *h,
                                    char **ret_arn, char **ret_account, char *why, size_t why_size)
 {
 	_cleanup_free_ char *region = NULL;

@@ -11,9 +11,9 @@
 #include "../kms-provider.h"
 
 struct aws_kms {
-	struct aws_http *http;
+	struct kms_http *http;
 	struct aws_credentials_cache creds;
-	struct aws_retry retry;
+	struct kms_retry retry;
 	char *region; /* default region; NULL when only key ARNs can tell */
 	bool region_explicit;
 	char *endpoint; /* override, or NULL for AWS's own */
@@ -94,7 +94,7 @@ int dmbyok_aws_parse_error(const struct secret *body, char **ret_code, char **re
 
 /* Records an error response for the operator; returns its errno and *ret_code. */
 static int error_response(struct kms_client *c, const char *operation,
-                          const struct aws_http_response *resp, char **ret_code)
+                          const struct kms_http_response *resp, char **ret_code)
 {
 	_cleanup_free_ char *code = NULL, *msg = NULL;
 	char buf[SHOWN_MAX];
@@ -140,7 +140,7 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 	ENSURE_ALLOC(body);
 
 	for (unsigned attempt = 1;; attempt++) {
-		struct aws_http_response resp = {};
+		struct kms_http_response resp = {};
 		const struct aws_credentials *cr;
 		const char *headers[3], *detail = NULL;
 		char why[512];
@@ -158,9 +158,9 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 		headers[n] = NULL;
 
 		free(TAKE_PTR(code));
-		r = dmbyok_aws_http_perform(
+		r = dmbyok_kms_http_perform(
 		    k->http,
-		    &(struct aws_http_request){
+		    &(struct kms_http_request){
 		        .method = "POST",
 		        .url = url,
 		        .headers = headers,
@@ -185,15 +185,15 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 				dmbyok_kms_set_last_error(c, "%s: cannot reach %s: %s", operation,
 				                          url,
 				                          detail ? detail : dmbyok_strerror(r));
-			retryable = dmbyok_aws_errno_is_retryable(r);
+			retryable = dmbyok_kms_errno_is_retryable(r);
 		} else if (resp.status == 200) {
-			dmbyok_aws_retry_release(&k->retry, r, retried);
+			dmbyok_kms_retry_release(&k->retry, r, retried);
 			*ret_body = TAKE_PTR(resp.body);
 			return 0;
 		} else {
 			r = error_response(c, operation, &resp, &code);
 			retryable = dmbyok_aws_error_is_retryable(code, resp.status);
-			dmbyok_aws_http_response_done(&resp);
+			dmbyok_kms_http_response_done(&resp);
 			/* Temporary credentials may expire under us: fetch fresh ones once. */
 			if (r == -EKEYEXPIRED && !refreshed && cr->expiration != 0) {
 				refreshed = true;
@@ -206,12 +206,12 @@ static int kms_call(struct kms_client *c, const char *operation, const char *key
 		          dmbyok_kms_last_error(c));
 		if (!retryable || attempt >= k->retry.max_attempts)
 			break;
-		if (!dmbyok_aws_retry_acquire(&k->retry, r)) {
+		if (!dmbyok_kms_retry_acquire(&k->retry, r)) {
 			log_debug("Retry quota exhausted, not retrying %s.", operation);
 			break;
 		}
 		retried = true;
-		dmbyok_aws_sleep_ms(dmbyok_aws_retry_backoff_ms(attempt));
+		dmbyok_kms_sleep_ms(dmbyok_kms_retry_backoff_ms(attempt));
 	}
 	if (ret_error_code)
 		*ret_error_code = TAKE_PTR(code);
@@ -637,7 +637,7 @@ static void aws_client_free(struct kms_client *c)
 {
 	struct aws_kms *k = aws_of(c);
 
-	dmbyok_aws_http_free(k->http);
+	dmbyok_kms_http_free(k->http);
 	dmbyok_aws_credentials_cache_done(&k->creds);
 	free(k->region);
 	free(k->endpoint);
@@ -669,14 +669,14 @@ static int aws_client_new(struct kms_client *c, const struct kms_options *opts)
 		ca = getenv("AWS_CA_BUNDLE");
 	if (ca && *ca && access(ca, R_OK) < 0)
 		return log_error_errno(errno, "Cannot read the CA bundle %s: %m", ca);
-	GUARD(dmbyok_aws_http_new(ca && *ca ? ca : NULL, &k->http));
+	GUARD(dmbyok_kms_http_new(ca && *ca ? ca : NULL, &k->http));
 
 	if (opts->profile && *opts->profile) {
 		k->creds.profile = strdup(opts->profile);
 		ENSURE_ALLOC(k->creds.profile);
 	}
 	k->timeout_ms = opts->timeout_ms ? opts->timeout_ms : AWS_DEFAULT_TIMEOUT_MS;
-	dmbyok_aws_retry_init(&k->retry, opts->max_attempts);
+	dmbyok_kms_retry_init(&k->retry, opts->max_attempts);
 	return 0;
 }
 

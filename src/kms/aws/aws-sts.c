@@ -145,29 +145,29 @@ static int sts_error_to_errno(const char *code, long status)
  * One STS action with the standard retry policy. `signer` NULL: unsigned. The response
  * (which may carry credentials) is returned in locked memory.
  */
-static int sts_call(struct aws_http *h, const char *region, const char *action,
+static int sts_call(struct kms_http *h, const char *region, const char *action,
                     const struct secret *form, const struct aws_credentials *signer,
                     struct secret **ret_body, char *why, size_t why_size)
 {
 	_cleanup_free_ char *url = NULL, *signing_region = NULL, *sigv4 = NULL;
 	const char *headers[] = { STS_CONTENT_TYPE, NULL };
-	struct aws_retry retry;
+	struct kms_retry retry;
 	int r = -EIO;
 
 	GUARD(dmbyok_aws_sts_endpoint(region, &url, &signing_region));
 	if (asprintf(&sigv4, "aws:amz:%s:sts", signing_region) < 0)
 		return log_oom();
-	dmbyok_aws_retry_init(&retry, STS_ATTEMPTS);
+	dmbyok_kms_retry_init(&retry, STS_ATTEMPTS);
 
 	for (unsigned attempt = 1;; attempt++) {
 		_cleanup_free_ char *code = NULL, *message = NULL;
-		struct aws_http_response resp = {};
+		struct kms_http_response resp = {};
 		const char *detail = NULL;
 		bool retryable;
 
-		r = dmbyok_aws_http_perform(
+		r = dmbyok_kms_http_perform(
 		    h,
-		    &(struct aws_http_request){
+		    &(struct kms_http_request){
 		        .method = "POST",
 		        .url = url,
 		        .headers = headers,
@@ -183,7 +183,7 @@ static int sts_call(struct aws_http *h, const char *region, const char *action,
 		if (r < 0) {
 			snprintf(why, why_size, "STS %s: cannot reach %s: %s", action, url,
 			         detail ? detail : dmbyok_strerror(r));
-			retryable = dmbyok_aws_errno_is_retryable(r);
+			retryable = dmbyok_kms_errno_is_retryable(r);
 		} else if (resp.status == 200) {
 			*ret_body = TAKE_PTR(resp.body);
 			return 0;
@@ -191,7 +191,7 @@ static int sts_call(struct aws_http *h, const char *region, const char *action,
 			(void)dmbyok_aws_xml_text((const char *)resp.body->data, "Code", &code);
 			(void)dmbyok_aws_xml_text((const char *)resp.body->data, "Message",
 			                          &message);
-			dmbyok_aws_http_response_done(&resp);
+			dmbyok_kms_http_response_done(&resp);
 			r = sts_error_to_errno(code, resp.status);
 			snprintf(why, why_size, "STS %s at %s: %s: %s", action, url,
 			         code ? code : "HTTP error", message ? message : "");
@@ -199,9 +199,9 @@ static int sts_call(struct aws_http *h, const char *region, const char *action,
 		}
 		log_debug("STS %s attempt %u/%u: %s", action, attempt, retry.max_attempts, why);
 		if (!retryable || attempt >= retry.max_attempts ||
-		    !dmbyok_aws_retry_acquire(&retry, r))
+		    !dmbyok_kms_retry_acquire(&retry, r))
 			return r;
-		dmbyok_aws_sleep_ms(dmbyok_aws_retry_backoff_ms(attempt));
+		dmbyok_kms_sleep_ms(dmbyok_kms_retry_backoff_ms(attempt));
 	}
 }
 
@@ -254,7 +254,7 @@ static int assume_form(const char *action, const struct aws_assume_role *p,
 	return 0;
 }
 
-static int assume(struct aws_http *h, const char *region, const char *action,
+static int assume(struct kms_http *h, const char *region, const char *action,
                   const struct aws_credentials *signer, const struct secret *token,
                   const struct aws_assume_role *p, const char *source, struct aws_credentials **ret,
                   char *why, size_t why_size)
@@ -271,7 +271,7 @@ static int assume(struct aws_http *h, const char *region, const char *action,
 	return r;
 }
 
-int dmbyok_aws_sts_assume_role(struct aws_http *h, const char *region,
+int dmbyok_aws_sts_assume_role(struct kms_http *h, const char *region,
                                const struct aws_credentials *source,
                                const struct aws_assume_role *p, struct aws_credentials **ret,
                                char *why, size_t why_size)
@@ -279,7 +279,7 @@ int dmbyok_aws_sts_assume_role(struct aws_http *h, const char *region,
 	return assume(h, region, "AssumeRole", source, NULL, p, "assume-role", ret, why, why_size);
 }
 
-int dmbyok_aws_sts_assume_role_with_web_identity(struct aws_http *h, const char *region,
+int dmbyok_aws_sts_assume_role_with_web_identity(struct kms_http *h, const char *region,
                                                  const struct secret *token,
                                                  const struct aws_assume_role *p,
                                                  struct aws_credentials **ret, char *why,
@@ -289,7 +289,7 @@ int dmbyok_aws_sts_assume_role_with_web_identity(struct aws_http *h, const char 
 	              why, why_size);
 }
 
-int dmbyok_aws_sts_get_caller_identity(struct aws_http *h, const char *region,
+int dmbyok_aws_sts_get_caller_identity(struct kms_http *h, const char *region,
                                        const struct aws_credentials *cr, char **ret_arn,
                                        char **ret_account, char *why, size_t why_size)
 {

@@ -88,3 +88,41 @@ int dmbyok_aws_json_take_string(struct secret *body, const char *field, struct s
 {
 	return dmbyok_kms_json_take_plain_string(body, field, ret);
 }
+
+bool dmbyok_aws_error_is_retryable(const char *code, long status)
+{
+	static const char *const retryable[] = {
+		/* throttling, as the SDKs' standard mode lists it */
+		"Throttling",
+		"ThrottlingException",
+		"ThrottledException",
+		"RequestThrottledException",
+		"TooManyRequestsException",
+		"ProvisionedThroughputExceededException",
+		"TransactionInProgressException",
+		"RequestLimitExceeded",
+		"BandwidthLimitExceeded",
+		"LimitExceededException",
+		"RequestThrottled",
+		"SlowDown",
+		"PriorRequestNotComplete",
+		"EC2ThrottledException",
+		/* transient */
+		"RequestTimeout",
+		"RequestTimeoutException",
+		"InternalError",
+		/* KMS's own service-side errors */
+		"KMSInternalException",
+		"KeyUnavailableException",
+		"DependencyTimeoutException",
+	};
+
+	if (status == 500 || status == 502 || status == 503 || status == 504)
+		return true;
+	if (!code)
+		return false;
+	for (size_t i = 0; i < ELEMENTSOF(retryable); i++)
+		if (!strcmp(code, retryable[i]))
+			return true;
+	return false;
+}

@@ -13,11 +13,9 @@
 #include "dmbyok/kms.h"
 #include "dmbyok/macro.h"
 #include "dmbyok/secret.h"
+#include "../kms-http.h"
 
-#define AWS_DEFAULT_TIMEOUT_MS  10000U
-#define AWS_CONNECT_TIMEOUT_MS  3000U
-#define AWS_DEFAULT_ATTEMPTS    3U
-#define AWS_RESPONSE_MAX        (1U << 20)
+#define AWS_DEFAULT_TIMEOUT_MS  KMS_HTTP_DEFAULT_TIMEOUT_MS
 #define AWS_METADATA_TIMEOUT_MS 1000U
 
 /* ---- aws-config.c: shared config/credentials files, region and endpoint ---- */
@@ -65,8 +63,6 @@ int dmbyok_aws_resolve_region(const char *explicit_region, const char *key_id, c
 int dmbyok_aws_endpoint_override(const char *explicit_endpoint, char **ret);
 /* The URL for a region given an optional override. Plain http only to loopback. */
 int dmbyok_aws_endpoint_url(const char *override, const char *region, char **ret);
-/* Whether a URL's host is a loopback address (where plain HTTP is tolerated). */
-bool dmbyok_aws_url_is_loopback(const char *url);
 
 /*
  * Both shared files loaded, read as botocore's merged view: a profile's key comes from the
@@ -99,68 +95,7 @@ bool dmbyok_aws_profile_is_set(const char *explicit_profile);
  */
 int dmbyok_aws_sts_endpoint(const char *region, char **ret_url, char **ret_signing_region);
 
-/* ---- aws-http.c: one libcurl handle per client, retry policy ---- */
-
-struct aws_http;
-
-struct aws_http_request {
-	const char *method; /* "GET", "PUT", "POST" */
-	const char *url;
-	const char *const *headers; /* NULL-terminated "Name: value" list, or NULL */
-	const char *body;
-	size_t body_len;
-	/* SigV4: provider string "aws:amz:REGION:SERVICE" and the key pair; NULL: unsigned. */
-	const char *sigv4;
-	const char *access_key_id;
-	const char *secret_access_key;
-	unsigned timeout_ms;
-	unsigned connect_timeout_ms;
-	bool no_proxy; /* metadata endpoints must never go through a proxy */
-	/* Sent as X-Amz-Security-Token (and so signed); the header is built in locked memory. */
-	const struct secret *session_token;
-	/* Headers that carry a credential: NULL-terminated "Name: value" lines in locked memory. */
-	const struct secret *const *secret_headers;
-};
-
-struct aws_http_response {
-	long status;
-	struct secret *body; /* NUL-terminated; locked memory since it may carry plaintext */
-};
-
-int dmbyok_aws_http_new(const char *ca_bundle, struct aws_http **ret);
-void dmbyok_aws_http_free(struct aws_http *h);
-DEFINE_CLEANUP_FUNC(struct aws_http *, dmbyok_aws_http_free);
-/*
- * One attempt. Transport failures return a negative errno (-ECONNREFUSED, -ETIMEDOUT,
- * -ECONNRESET, -EHOSTUNREACH, -EPROTO, -EINVAL for a TLS verification failure) and set
- * ret_detail (a static string). Any HTTP status is success here.
- */
-int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *req,
-                            struct aws_http_response *ret, const char **ret_detail);
-void dmbyok_aws_http_response_done(struct aws_http_response *r);
-/* "Name: value" in locked memory, for a header that carries a credential. */
-int dmbyok_aws_secret_header(const char *name, const char *value, struct secret **ret);
-
-/* SDK "standard" retry mode: attempts, full-jitter backoff and a retry quota. */
-struct aws_retry {
-	unsigned max_attempts;
-	unsigned quota; /* tokens left; retries stop when exhausted */
-};
-
-#define AWS_RETRY_QUOTA        500U
-#define AWS_RETRY_COST         5U
-#define AWS_RETRY_TIMEOUT_COST 10U
-
-void dmbyok_aws_retry_init(struct aws_retry *r, unsigned max_attempts);
-/* Backoff before attempt `attempt + 1` (attempt counts from 1), in milliseconds. */
-unsigned dmbyok_aws_retry_backoff_ms(unsigned attempt);
-/* Whether an error code (from `__type`) or HTTP status is worth another attempt. */
-bool dmbyok_aws_error_is_retryable(const char *error_code, long status);
-bool dmbyok_aws_errno_is_retryable(int r);
-/* Takes tokens for a retry after error r; false when the quota is exhausted. */
-bool dmbyok_aws_retry_acquire(struct aws_retry *rt, int r);
-void dmbyok_aws_retry_release(struct aws_retry *rt, int r, bool retried);
-void dmbyok_aws_sleep_ms(unsigned ms);
+/* HTTP and retry pacing are the providers' shared client: ../kms-http.h. */
 
 /* ---- aws-credentials.c: the credential chain ---- */
 
@@ -208,7 +143,7 @@ struct aws_credentials_cache {
  * before they expire. -ENOKEY when no source has any. The pointer is valid until the
  * next call or dmbyok_aws_credentials_invalidate().
  */
-int dmbyok_aws_credentials_get(struct aws_credentials_cache *cache, struct aws_http *h,
+int dmbyok_aws_credentials_get(struct aws_credentials_cache *cache, struct kms_http *h,
                                const struct aws_credentials **ret, char *why, size_t why_size);
 void dmbyok_aws_credentials_invalidate(struct aws_credentials_cache *cache);
 void dmbyok_aws_credentials_cache_done(struct aws_credentials_cache *cache);
@@ -242,25 +177,25 @@ struct aws_assume_role {
 	unsigned duration_s;     /* 0: STS's default */
 };
 /* AssumeRole, signed with `source`. */
-int dmbyok_aws_sts_assume_role(struct aws_http *h, const char *region,
+int dmbyok_aws_sts_assume_role(struct kms_http *h, const char *region,
                                const struct aws_credentials *source,
                                const struct aws_assume_role *p, struct aws_credentials **ret,
                                char *why, size_t why_size);
 /* AssumeRoleWithWebIdentity, unsigned: the token (NUL-terminated) is the credential. */
-int dmbyok_aws_sts_assume_role_with_web_identity(struct aws_http *h, const char *region,
+int dmbyok_aws_sts_assume_role_with_web_identity(struct kms_http *h, const char *region,
                                                  const struct secret *token,
                                                  const struct aws_assume_role *p,
                                                  struct aws_credentials **ret, char *why,
                                                  size_t why_size);
 /* STS GetCallerIdentity signed with `cr`: the principal they belong to. */
-int dmbyok_aws_sts_get_caller_identity(struct aws_http *h, const char *region,
+int dmbyok_aws_sts_get_caller_identity(struct kms_http *h, const char *region,
                                        const struct aws_credentials *cr, char **ret_arn,
                                        char **ret_account, char *why, size_t why_size);
 /*
  * STS GetCallerIdentity with the credentials the chain resolves: who this host is to AWS.
  * ret_account may be NULL.
  */
-int dmbyok_aws_get_caller_identity(struct aws_credentials_cache *cache, struct aws_http *h,
+int dmbyok_aws_get_caller_identity(struct aws_credentials_cache *cache, struct kms_http *h,
                                    char **ret_arn, char **ret_account, char *why, size_t why_size);
 /* The text of the first <tag>...</tag> in xml, entities decoded; -ENOENT when absent. */
 int dmbyok_aws_xml_text(const char *xml, const char *tag, char **ret);
@@ -276,6 +211,8 @@ int dmbyok_aws_xml_text(const char *xml, const char *tag, char **ret);
  */
 int dmbyok_aws_json_take_string(struct secret *body, const char *field, struct secret **ret);
 
+/* Whether an error code (from `__type`) or HTTP status is worth another attempt. */
+bool dmbyok_aws_error_is_retryable(const char *error_code, long status);
 /* `__type` reduced to the bare code: strip up to '#', and from ':'. */
 int dmbyok_aws_error_code(const char *type, char **ret);
 /* The errno for an AWS error code and HTTP status (see kms.h for the classes). */

@@ -19,6 +19,7 @@
 
 #include "azure.h"
 #include "../aws/aws.h"
+#include "../kms-http.h"
 #include "../kms-util.h"
 #include "dmbyok/log.h"
 
@@ -240,7 +241,7 @@ static int service_principal_token(struct azure_auth *a, const char *source, con
 	const char *authority = env("AZURE_AUTHORITY_HOST"), *detail = NULL;
 	_cleanup_secret_ struct secret *form = NULL, *cred = NULL;
 	_cleanup_free_ char *url = NULL, *scope = NULL;
-	struct aws_http_response resp = {};
+	struct kms_http_response resp = {};
 	char said[400];
 	size_t n;
 	int r;
@@ -328,11 +329,11 @@ static int service_principal_token(struct azure_auth *a, const char *source, con
 		snprintf(why, why_size, "the token endpoint %s refused client %s (%s): HTTP %ld %s",
 		         url, client, source, resp.status, said);
 		r = token_http_error(resp.status);
-		dmbyok_aws_http_response_done(&resp);
+		dmbyok_kms_http_response_done(&resp);
 		return r;
 	}
 	r = dmbyok_azure_parse_token(resp.body, time(NULL), t, said, sizeof(said));
-	dmbyok_aws_http_response_done(&resp);
+	dmbyok_kms_http_response_done(&resp);
 	if (r < 0)
 		snprintf(why, why_size, "the token endpoint %s: %s", url, said);
 	return r;
@@ -347,7 +348,7 @@ static int imds_token(struct azure_auth *a, const char *resource, struct azure_t
 	           *client = env("AZURE_CLIENT_ID");
 	const char *detail = NULL;
 	_cleanup_free_ char *url = NULL;
-	struct aws_http_response resp = {};
+	struct kms_http_response resp = {};
 	bool explicit_host = host != NULL;
 	char said[400];
 	size_t n;
@@ -396,11 +397,11 @@ static int imds_token(struct azure_auth *a, const char *resource, struct azure_t
 		/* IMDS answers 404 while an identity is being assigned: retry later. */
 		if (resp.status == 404 || resp.status == 410)
 			r = -EAGAIN;
-		dmbyok_aws_http_response_done(&resp);
+		dmbyok_kms_http_response_done(&resp);
 		return r;
 	}
 	r = dmbyok_azure_parse_token(resp.body, time(NULL), t, said, sizeof(said));
-	dmbyok_aws_http_response_done(&resp);
+	dmbyok_kms_http_response_done(&resp);
 	if (r < 0)
 		snprintf(why, why_size, "the managed identity endpoint: %s", said);
 	return r;

@@ -18,6 +18,7 @@
 
 #include "azure.h"
 #include "../aws/aws.h"
+#include "../kms-http.h"
 #include "../kms-util.h"
 #include "dmbyok/encoding.h"
 #include "dmbyok/error.h"
@@ -29,9 +30,9 @@
 #define AZURE_MAX_VERSIONS 25U
 
 struct azure_kms {
-	struct aws_http *http;
+	struct kms_http *http;
 	struct azure_auth auth;
-	struct aws_retry retry;
+	struct kms_retry retry;
 	char *label; /* --region: labels the audit before a key names its vault; or NULL */
 	unsigned timeout_ms;
 };
@@ -64,7 +65,7 @@ static int bearer(const struct azure_token *t, struct secret **ret)
 	value->size = 0;
 	GUARD(dmbyok_secret_append(value, "Bearer ", 7));
 	GUARD(dmbyok_secret_append(value, t->token->data, t->token->size + 1));
-	return dmbyok_aws_secret_header("Authorization", (const char *)value->data, ret);
+	return dmbyok_kms_http_secret_header("Authorization", (const char *)value->data, ret);
 }
 
 struct call {
@@ -102,7 +103,7 @@ static int attempt_once(struct kms_client *c, const struct call *call, const cha
 	_cleanup_free_ char *msg = NULL;
 	const struct azure_token *tok;
 	const struct secret *secrets[2] = {};
-	struct aws_http_response resp = {};
+	struct kms_http_response resp = {};
 	const char *detail = NULL;
 	char why[512] = "";
 	int r;
@@ -111,14 +112,14 @@ static int attempt_once(struct kms_client *c, const struct call *call, const cha
 	r = dmbyok_azure_auth_token(&k->auth, dmbyok_azure_resource_for_host(call->key->host), &tok,
 	                            why, sizeof(why));
 	if (r < 0) {
-		*retry = dmbyok_aws_errno_is_retryable(r) || r == -EAGAIN || r == -EREMOTEIO;
+		*retry = dmbyok_kms_errno_is_retryable(r) || r == -EAGAIN || r == -EREMOTEIO;
 		dmbyok_kms_set_last_error(c, "%s", why);
 		return r;
 	}
 	GUARD(bearer(tok, &auth));
 	secrets[0] = auth;
-	r = dmbyok_aws_http_perform(k->http,
-	                            &(struct aws_http_request){
+	r = dmbyok_kms_http_perform(k->http,
+	                            &(struct kms_http_request){
 	                                .method = call->method,
 	                                .url = url,
 	                                .headers = headers,
@@ -130,7 +131,7 @@ static int attempt_once(struct kms_client *c, const struct call *call, const cha
 	                            &resp, &detail);
 	dmbyok_kms_note_attempt(call->key->host, NULL);
 	if (r < 0) {
-		*retry = dmbyok_aws_errno_is_retryable(r);
+		*retry = dmbyok_kms_errno_is_retryable(r);
 		if (r == -EINVAL && detail)
 			dmbyok_kms_set_last_error(
 			    c,
@@ -186,7 +187,7 @@ static int kv_call(struct kms_client *c, const struct call *call, struct outcome
 		outcome_done(out);
 		r = attempt_once(c, call, url, &retry, out);
 		if (r >= 0) {
-			dmbyok_aws_retry_release(&k->retry, r, retried);
+			dmbyok_kms_retry_release(&k->retry, r, retried);
 			return 0;
 		}
 		if (r == -EKEYEXPIRED && !fresh) {
@@ -198,12 +199,12 @@ static int kv_call(struct kms_client *c, const struct call *call, struct outcome
 		          dmbyok_kms_last_error(c));
 		if (!retry || n >= k->retry.max_attempts)
 			break;
-		if (!dmbyok_aws_retry_acquire(&k->retry, r)) {
+		if (!dmbyok_kms_retry_acquire(&k->retry, r)) {
 			log_debug("Retry quota exhausted, not retrying %s.", call->operation);
 			break;
 		}
 		retried = true;
-		dmbyok_aws_sleep_ms(dmbyok_aws_retry_backoff_ms(n));
+		dmbyok_kms_sleep_ms(dmbyok_kms_retry_backoff_ms(n));
 	}
 	return log_debug_errno(r, "%s failed: %s", call->operation, dmbyok_kms_last_error(c));
 }
@@ -681,7 +682,7 @@ static void azure_client_free(struct kms_client *c)
 	struct azure_kms *k = azure_of(c);
 
 	dmbyok_azure_auth_invalidate(&k->auth);
-	dmbyok_aws_http_free(k->http);
+	dmbyok_kms_http_free(k->http);
 	free(k->label);
 	free(k);
 	c->provider_data = NULL;
@@ -713,11 +714,11 @@ static int azure_client_new(struct kms_client *c, const struct kms_options *opts
 		ca = getenv("REQUESTS_CA_BUNDLE");
 	if (ca && *ca && access(ca, R_OK) < 0)
 		return log_error_errno(errno, "Cannot read the CA bundle %s: %m", ca);
-	GUARD(dmbyok_aws_http_new(ca && *ca ? ca : NULL, &k->http));
+	GUARD(dmbyok_kms_http_new(ca && *ca ? ca : NULL, &k->http));
 	k->timeout_ms = opts->timeout_ms ? opts->timeout_ms : AZURE_DEFAULT_TIMEOUT_MS;
 	k->auth.http = k->http;
 	k->auth.timeout_ms = k->timeout_ms;
-	dmbyok_aws_retry_init(&k->retry, opts->max_attempts);
+	dmbyok_kms_retry_init(&k->retry, opts->max_attempts);
 	return 0;
 }
 

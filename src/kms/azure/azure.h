@@ -3,7 +3,7 @@
 
 /*
  * Internals of the Azure Key Vault (and Managed HSM) provider, shared by its modules and by
- * the tests. HTTP goes through the AWS provider's libcurl layer (aws/aws.h), as Google's
+ * the tests. HTTP goes through the providers' shared client (../kms-http.h), as Google's
  * provider does; base64 into locked memory, secret strings out of JSON bodies, secret files
  * and the RS256 JWT signer are the providers' shared helpers (../kms-util.h).
  */
@@ -16,7 +16,7 @@
 #include "dmbyok/macro.h"
 #include "dmbyok/secret.h"
 
-struct aws_http;
+struct kms_http;
 struct kms_provider_ops;
 
 #define AZURE_API_VERSION       "7.4"
@@ -115,7 +115,7 @@ struct azure_token {
 };
 
 struct azure_auth {
-	struct aws_http *http; /* borrowed */
+	struct kms_http *http; /* borrowed */
 	unsigned timeout_ms;   /* per request to the token endpoint */
 	struct azure_token cached;
 };

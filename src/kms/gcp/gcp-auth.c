@@ -16,6 +16,7 @@
 
 #include "gcp.h"
 #include "../aws/aws.h"
+#include "../kms-http.h"
 #include "dmbyok/log.h"
 
 #define KEY_FILE_MAX (64U * 1024U)
@@ -156,7 +157,7 @@ static int service_account_token(struct gcp_auth *a, const char *path, struct gc
 	_cleanup_secret_ struct secret *file = NULL, *pem = NULL, *jwt = NULL, *form = NULL;
 	_cleanup_(json_object_putp) json_object *j = NULL;
 	_cleanup_free_ char *email = NULL, *token_uri = NULL, *kid = NULL;
-	struct aws_http_response resp = {};
+	struct kms_http_response resp = {};
 	const char *detail = NULL;
 	json_object *v;
 	int r;
@@ -247,11 +248,11 @@ static int service_account_token(struct gcp_auth *a, const char *path, struct gc
 		             ? json_object_get_string(desc)
 		             : "");
 		r = token_http_error(resp.status);
-		dmbyok_aws_http_response_done(&resp);
+		dmbyok_kms_http_response_done(&resp);
 		return r == -ENOKEY ? -EKEYREJECTED : r;
 	}
 	r = parse_token_response(resp.body, "token endpoint", t, why, why_size);
-	dmbyok_aws_http_response_done(&resp);
+	dmbyok_kms_http_response_done(&resp);
 	if (r < 0)
 		return r;
 	t->source = "service-account";
@@ -263,7 +264,7 @@ static int metadata_token(struct gcp_auth *a, struct gcp_token *t, char *why, si
 {
 	static const char *const headers[] = { "Metadata-Flavor: Google", NULL };
 	_cleanup_free_ char *url = NULL;
-	struct aws_http_response resp = {};
+	struct kms_http_response resp = {};
 	const char *host = env_nonempty("GCE_METADATA_HOST"), *detail = NULL;
 	bool explicit_host;
 	int r;
@@ -297,11 +298,11 @@ static int metadata_token(struct gcp_auth *a, struct gcp_token *t, char *why, si
 		         "service account's token",
 		         host, resp.status);
 		r = token_http_error(resp.status);
-		dmbyok_aws_http_response_done(&resp);
+		dmbyok_kms_http_response_done(&resp);
 		return r == -EKEYREJECTED ? -ENOKEY : r;
 	}
 	r = parse_token_response(resp.body, "metadata server", t, why, why_size);
-	dmbyok_aws_http_response_done(&resp);
+	dmbyok_kms_http_response_done(&resp);
 	if (r < 0)
 		return r;
 	t->source = "metadata";

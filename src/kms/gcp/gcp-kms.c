@@ -16,6 +16,7 @@
 
 #include "gcp.h"
 #include "../aws/aws.h"
+#include "../kms-http.h"
 #include "dmbyok/encoding.h"
 #include "dmbyok/error.h"
 #include "dmbyok/log.h"
@@ -24,9 +25,9 @@
 #define GCP_DEFAULT_TIMEOUT_MS 10000U
 
 struct gcp_kms {
-	struct aws_http *http;
+	struct kms_http *http;
 	struct gcp_auth auth;
-	struct aws_retry retry;
+	struct kms_retry retry;
 	char *endpoint; /* base URL ending in '/' */
 	char *location; /* from --region, for the audit before a key names one; or NULL */
 	unsigned timeout_ms;
@@ -171,7 +172,7 @@ static int kms_call(struct kms_client *c, const char *operation, const char *met
 
 	for (unsigned attempt = 1;; attempt++) {
 		_cleanup_secret_ struct secret *auth_header = NULL;
-		struct aws_http_response resp = {};
+		struct kms_http_response resp = {};
 		const struct gcp_token *tok;
 		const char *detail = NULL;
 		char why[512] = "";
@@ -183,7 +184,7 @@ static int kms_call(struct kms_client *c, const char *operation, const char *met
 			dmbyok_kms_set_last_error(c, "%s", why);
 			dmbyok_kms_note_attempt(location, NULL);
 			retryable =
-			    dmbyok_aws_errno_is_retryable(r) || r == -EAGAIN || r == -EREMOTEIO;
+			    dmbyok_kms_errno_is_retryable(r) || r == -EAGAIN || r == -EREMOTEIO;
 		} else {
 			const struct secret *secret_headers[2] = { NULL, NULL };
 
@@ -191,8 +192,8 @@ static int kms_call(struct kms_client *c, const char *operation, const char *met
 			if (r < 0)
 				return r;
 			secret_headers[0] = auth_header;
-			r = dmbyok_aws_http_perform(k->http,
-			                            &(struct aws_http_request){
+			r = dmbyok_kms_http_perform(k->http,
+			                            &(struct kms_http_request){
 			                                .method = method,
 			                                .url = url,
 			                                .headers = json_headers,
@@ -214,9 +215,9 @@ static int kms_call(struct kms_client *c, const char *operation, const char *met
 					dmbyok_kms_set_last_error(
 					    c, "%s: cannot reach %s: %s", operation, url,
 					    detail ? detail : dmbyok_strerror(r));
-				retryable = dmbyok_aws_errno_is_retryable(r);
+				retryable = dmbyok_kms_errno_is_retryable(r);
 			} else if (resp.status == 200) {
-				dmbyok_aws_retry_release(&k->retry, r, retried);
+				dmbyok_kms_retry_release(&k->retry, r, retried);
 				*ret_body = TAKE_PTR(resp.body);
 				return 0;
 			} else {
@@ -224,7 +225,7 @@ static int kms_call(struct kms_client *c, const char *operation, const char *met
 
 				r = dmbyok_gcp_parse_error(resp.body, &status, &msg);
 				if (r < 0) {
-					dmbyok_aws_http_response_done(&resp);
+					dmbyok_kms_http_response_done(&resp);
 					return r;
 				}
 				if (status)
@@ -242,7 +243,7 @@ static int kms_call(struct kms_client *c, const char *operation, const char *met
 					dmbyok_gcp_auth_invalidate(&k->auth);
 					retryable = true;
 				}
-				dmbyok_aws_http_response_done(&resp);
+				dmbyok_kms_http_response_done(&resp);
 			}
 		}
 
@@ -250,12 +251,12 @@ static int kms_call(struct kms_client *c, const char *operation, const char *met
 		          dmbyok_kms_last_error(c));
 		if (!retryable || attempt >= k->retry.max_attempts)
 			break;
-		if (!dmbyok_aws_retry_acquire(&k->retry, r)) {
+		if (!dmbyok_kms_retry_acquire(&k->retry, r)) {
 			log_debug("Retry quota exhausted, not retrying %s.", operation);
 			break;
 		}
 		retried = true;
-		dmbyok_aws_sleep_ms(dmbyok_aws_retry_backoff_ms(attempt));
+		dmbyok_kms_sleep_ms(dmbyok_kms_retry_backoff_ms(attempt));
 	}
 	if (ret_status)
 		*ret_status = TAKE_PTR(status);
@@ -657,7 +658,7 @@ static void gcp_client_free(struct kms_client *c)
 	struct gcp_kms *k = gcp_of(c);
 
 	dmbyok_gcp_auth_done(&k->auth);
-	dmbyok_aws_http_free(k->http);
+	dmbyok_kms_http_free(k->http);
 	free(k->endpoint);
 	free(k->location);
 	free(k);
@@ -700,12 +701,12 @@ static int gcp_client_new(struct kms_client *c, const struct kms_options *opts)
 		ca = getenv("CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE");
 	if (ca && *ca && access(ca, R_OK) < 0)
 		return log_error_errno(errno, "Cannot read the CA bundle %s: %m", ca);
-	GUARD(dmbyok_aws_http_new(ca && *ca ? ca : NULL, &k->http));
+	GUARD(dmbyok_kms_http_new(ca && *ca ? ca : NULL, &k->http));
 
 	k->timeout_ms = opts->timeout_ms ? opts->timeout_ms : GCP_DEFAULT_TIMEOUT_MS;
 	k->auth.http = k->http;
 	k->auth.timeout_ms = k->timeout_ms;
-	dmbyok_aws_retry_init(&k->retry, opts->max_attempts);
+	dmbyok_kms_retry_init(&k->retry, opts->max_attempts);
 	return 0;
 }
 

@@ -3,8 +3,7 @@
 
 /*
  * Internals of the Google Cloud KMS provider, shared by its modules and by the tests.
- * HTTP goes through the AWS provider's libcurl layer (aws/aws.h: dmbyok_aws_http_*), which
- * is provider-neutral when no SigV4 is asked for, and so is its retry pacing.
+ * HTTP and retry pacing come from the providers' shared client (../kms-http.h).
  */
 
 #include <stdbool.h>
@@ -17,7 +16,7 @@
 #include "dmbyok/secret.h"
 #include "../kms-util.h"
 
-struct aws_http;
+struct kms_http;
 struct kms_provider_ops;
 
 #define GCP_DEFAULT_ENDPOINT    "https://cloudkms.googleapis.com/"
@@ -60,7 +59,7 @@ struct gcp_token {
 };
 
 struct gcp_auth {
-	struct aws_http *http; /* borrowed */
+	struct kms_http *http; /* borrowed */
 	unsigned timeout_ms;   /* per request to the token endpoint */
 	struct gcp_token cached;
 };

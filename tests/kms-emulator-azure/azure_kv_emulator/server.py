@@ -204,6 +204,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.client_address[0]}
 
     def _audit(self, record, started):
+        """Logs the call. Called before the answer is sent, so that a client that reads the
+        log once answered always finds its call there."""
         record["latency_ms"] = round((time.monotonic() - started) * 1000, 3)
         self.app.audit(record)
 
@@ -230,16 +232,23 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(latency / 1000.0)
             return False
         record["result"] = "fault:" + kind
+        answer = None  # (status, body, headers); None: no answer at all
         if FAULTS.get(kind):
             status, code, message = FAULTS[kind]
             headers = [("Retry-After", "1")] if status == 429 else []
             if status == 401 and challenge_host:
                 headers.append(identity.challenge(data, challenge_host))
-            record["http_status"] = status
-            self._send(status, {"error": {"code": code, "message": message}}, headers)
+            answer = (status, {"error": {"code": code, "message": message}}, headers)
         elif kind == "malformed":
-            record["http_status"] = 200
-            self._send(200, "<html>not JSON")
+            answer = (200, "<html>not JSON", [])
+        elif kind == "hang":
+            time.sleep((latency if latency is not None else 30000) / 1000.0)
+            self.close_connection = True
+        if answer:
+            record["http_status"] = answer[0]
+        self._audit(record, started)  # before the answer: see _audit
+        if answer:
+            self._send(*answer)
         elif kind == "reset":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                        struct.pack("ii", 1, 0))
@@ -248,10 +257,6 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.close()
             except OSError:
                 pass
-        elif kind == "hang":
-            time.sleep((latency if latency is not None else 30000) / 1000.0)
-            self.close_connection = True
-        self._audit(record, started)
         return True
 
     # -- Key Vault ----------------------------------------------------------------------
@@ -337,8 +342,8 @@ class Handler(BaseHTTPRequestHandler):
             record["result"] = "InternalServerError"
             sys.stderr.write(f"azure-kv-emulator: internal error: {err!r}\n")
         record["http_status"] = status
+        self._audit(record, started)  # before the answer: see _audit
         self._send(status, answer, headers)
-        self._audit(record, started)
 
     # -- Azure Resource Manager: only what `az login --allow-no-subscriptions` reads ------
 
@@ -379,8 +384,8 @@ class Handler(BaseHTTPRequestHandler):
             status, answer = err.status, err.body()
             record.update(result=err.error, error_message=f"AADSTS{err.number}: {err.text}")
         record["http_status"] = status
+        self._audit(record, started)  # before the answer: see _audit
         self._send(status, answer, [("Cache-Control", "no-store, no-cache")])
-        self._audit(record, started)
 
     def _imds(self, query):
         started = time.monotonic()
@@ -394,8 +399,8 @@ class Handler(BaseHTTPRequestHandler):
         record.update(http_status=status, result="OK" if status == 200 else
                       answer.get("error_description"), resource=query.get("resource"),
                       client_id=query.get("client_id"))
+        self._audit(record, started)  # before the answer: see _audit
         self._send(status, answer)
-        self._audit(record, started)
 
     # -- control API (tests only) -----------------------------------------------------------
 

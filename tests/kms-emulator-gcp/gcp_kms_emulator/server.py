@@ -135,23 +135,27 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(latency / 1000.0)
             return False
         record["result"] = "fault:" + kind
+        answer = None  # (status, body, content type); None: no answer at all
         if kind in faults.GOOGLE_ERRORS:
             err = GoogleError(*faults.GOOGLE_ERRORS[kind])
-            record["http_status"] = err.http_status
-            self._send(err.http_status, err.body())
+            answer = (err.http_status, err.body(), JSON)
         elif kind in ("http500", "http503"):
-            record["http_status"] = status = 500 if kind == "http500" else 503
-            self._send(status, f"<html><body>Error {status}</body></html>\n", "text/html")
+            status = 500 if kind == "http500" else 503
+            answer = (status, f"<html><body>Error {status}</body></html>\n", "text/html")
         elif kind == "malformed":
-            record["http_status"] = 200
-            self._send(200, "<html>this is not JSON", JSON)
-        elif kind == "reset":
-            self._reset()
+            answer = (200, "<html>this is not JSON", JSON)
         elif kind == "timeout":
             time.sleep((latency if latency is not None else 30000) / 1000.0)
             self.close_connection = True
+        if answer:
+            record["http_status"] = answer[0]
+        # Logged before the answer: a client that reads the log once answered sees its call.
         record["latency_ms"] = round((time.monotonic() - started) * 1000, 3)
         self.app.audit.write(record)
+        if answer:
+            self._send(*answer)
+        elif kind == "reset":
+            self._reset()
         return True
 
     def _record(self, operation, method, path):
@@ -210,9 +214,9 @@ class Handler(BaseHTTPRequestHandler):
         headers = []
         if status == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="https://accounts.google.com/"'))
-        self._send(status, response, headers=headers)
         record["latency_ms"] = round((time.monotonic() - started) * 1000, 3)
-        app.audit.write(record)
+        app.audit.write(record)  # before the answer, as in _fault
+        self._send(status, response, headers=headers)
 
     # -- OAuth 2.0 token endpoint ----------------------------------------------------
 
@@ -239,9 +243,9 @@ class Handler(BaseHTTPRequestHandler):
             record["result"] = err.code
             record["error_message"] = err.description
         record["http_status"] = status
-        self._send(status, response, headers=[("Cache-Control", "no-cache, no-store")])
         record["latency_ms"] = round((time.monotonic() - started) * 1000, 3)
-        self.app.audit.write(record)
+        self.app.audit.write(record)  # before the answer, as in _fault
+        self._send(status, response, headers=[("Cache-Control", "no-cache, no-store")])
 
     # -- GCE metadata server -----------------------------------------------------------
 

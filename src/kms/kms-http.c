@@ -1,4 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The HTTP client of the cloud KMS providers (kms-http.h): libcurl with a wiping allocator,
+ * responses in locked memory, the retry pacing, and the record of a call's last attempt
+ * that kms.c puts in the audit entry.
+ */
 #include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -9,11 +14,10 @@
 #include <curl/curl.h>
 #include <openssl/ssl.h>
 
-#include "aws.h"
+#include "kms-http.h"
 #include "dmbyok/log.h"
-#include "../kms-provider.h"
 
-struct aws_http {
+struct kms_http {
 	/*
 	 * Connections (and TLS sessions, DNS answers) live in a share, so an agent's periodic
 	 * checks do not pay a handshake each time; each request gets a fresh easy handle
@@ -96,9 +100,9 @@ static CURLcode on_ssl_ctx(CURL *curl, void *ssl_ctx, void *userdata)
 	return CURLE_OK;
 }
 
-int dmbyok_aws_http_new(const char *ca_bundle, struct aws_http **ret)
+int dmbyok_kms_http_new(const char *ca_bundle, struct kms_http **ret)
 {
-	_cleanup_(dmbyok_aws_http_freep) struct aws_http *h = NULL;
+	_cleanup_(dmbyok_kms_http_freep) struct kms_http *h = NULL;
 
 	(void)pthread_once(&curl_once, curl_init_once);
 	if (curl_init_result != CURLE_OK)
@@ -121,7 +125,7 @@ int dmbyok_aws_http_new(const char *ca_bundle, struct aws_http **ret)
 	return 0;
 }
 
-void dmbyok_aws_http_free(struct aws_http *h)
+void dmbyok_kms_http_free(struct kms_http *h)
 {
 	if (!h)
 		return;
@@ -131,7 +135,7 @@ void dmbyok_aws_http_free(struct aws_http *h)
 	free(h);
 }
 
-void dmbyok_aws_http_response_done(struct aws_http_response *r)
+void dmbyok_kms_http_response_done(struct kms_http_response *r)
 {
 	if (!r)
 		return;
@@ -148,7 +152,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 	size_t n = size * nmemb, need;
 
 	need = b->size + n + 1;
-	if (need > AWS_RESPONSE_MAX) {
+	if (need > KMS_HTTP_RESPONSE_MAX) {
 		ctx->error = -E2BIG;
 		return 0;
 	}
@@ -170,7 +174,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
-int dmbyok_aws_secret_header(const char *name, const char *value, struct secret **ret)
+int dmbyok_kms_http_secret_header(const char *name, const char *value, struct secret **ret)
 {
 	_cleanup_secret_ struct secret *s = NULL;
 	size_t n = strlen(name), m = strlen(value);
@@ -245,11 +249,49 @@ static int curl_to_errno(CURL *curl, CURLcode cc, const struct recv_ctx *ctx)
 	}
 }
 
+/* The last attempt of the call in flight (dmbyok_kms_note_attempt), for kms.c's audit. */
+static _Thread_local struct {
+	char region[64];
+	char request_id[128];
+} last_attempt;
+
+/* Only a plain token: these come from the network. */
+static void note_copy(char *dst, size_t size, const char *s)
+{
+	size_t n = 0;
+
+	dst[0] = '\0';
+	if (!s)
+		return;
+	for (; s[n]; n++)
+		if (n + 1 >= size || (unsigned char)s[n] <= ' ' || (unsigned char)s[n] >= 0x7f ||
+		    s[n] == '"' || s[n] == '\\')
+			return;
+	memcpy(dst, s, n + 1);
+}
+
+void dmbyok_kms_note_attempt(const char *region, const char *request_id)
+{
+	note_copy(last_attempt.region, sizeof(last_attempt.region), region);
+	note_copy(last_attempt.request_id, sizeof(last_attempt.request_id), request_id);
+}
+
+void dmbyok_kms_attempt_reset(void)
+{
+	last_attempt.region[0] = last_attempt.request_id[0] = '\0';
+}
+
+void dmbyok_kms_attempt_get(const char **ret_region, const char **ret_request_id)
+{
+	*ret_region = last_attempt.region;
+	*ret_request_id = last_attempt.request_id;
+}
+
 /*
  * A KMS request (signed "aws:amz:REGION:kms") reports its region and AWS's request id to the
  * KMS audit entry (kms.c); STS and metadata requests made for the credentials do not.
  */
-static void note_kms_attempt(CURL *curl, const struct aws_http_request *req, bool answered)
+static void note_kms_attempt(CURL *curl, const struct kms_http_request *req, bool answered)
 {
 	const char *scope = req->sigv4, *end;
 	struct curl_header *hdr = NULL;
@@ -270,21 +312,21 @@ static void note_kms_attempt(CURL *curl, const struct aws_http_request *req, boo
 	dmbyok_kms_note_attempt(region, hdr ? hdr->value : NULL);
 }
 
-int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *req,
-                            struct aws_http_response *ret, const char **ret_detail)
+int dmbyok_kms_http_perform(struct kms_http *h, const struct kms_http_request *req,
+                            struct kms_http_response *ret, const char **ret_detail)
 {
 	_cleanup_secret_ struct secret *token_header = NULL;
 	struct curl_slist *headers = NULL;
 	struct recv_ctx ctx = {};
-	unsigned timeout = req->timeout_ms ? req->timeout_ms : AWS_DEFAULT_TIMEOUT_MS;
+	unsigned timeout = req->timeout_ms ? req->timeout_ms : KMS_HTTP_DEFAULT_TIMEOUT_MS;
 	unsigned connect_timeout =
-	    req->connect_timeout_ms ? req->connect_timeout_ms : AWS_CONNECT_TIMEOUT_MS;
+	    req->connect_timeout_ms ? req->connect_timeout_ms : KMS_HTTP_CONNECT_TIMEOUT_MS;
 	CURL *curl = NULL;
 	CURLcode cc;
 	long status = 0, connects = 0;
 	int r;
 
-	*ret = (struct aws_http_response){};
+	*ret = (struct kms_http_response){};
 	if (ret_detail)
 		*ret_detail = NULL;
 
@@ -299,8 +341,8 @@ int dmbyok_aws_http_perform(struct aws_http *h, const struct aws_http_request *r
 			goto out;
 	}
 	if (req->session_token) {
-		r = dmbyok_aws_secret_header("X-Amz-Security-Token",
-		                             (const char *)req->session_token->data, &token_header);
+		r = dmbyok_kms_http_secret_header(
+		    "X-Amz-Security-Token", (const char *)req->session_token->data, &token_header);
 		if (r >= 0)
 			r = header_add(&headers, (const char *)token_header->data);
 		if (r < 0)
@@ -390,13 +432,48 @@ out:
 	return r;
 }
 
-void dmbyok_aws_retry_init(struct aws_retry *rt, unsigned max_attempts)
+int dmbyok_kms_metadata_get(struct kms_http *http, const char *url, const char *const *headers,
+                            unsigned timeout_ms, unsigned connect_timeout_ms,
+                            struct kms_http_response *ret, const char **ret_detail)
 {
-	rt->max_attempts = max_attempts ? max_attempts : AWS_DEFAULT_ATTEMPTS;
-	rt->quota = AWS_RETRY_QUOTA;
+	return dmbyok_kms_http_perform(http,
+	                               &(struct kms_http_request){
+	                                   .method = "GET",
+	                                   .url = url,
+	                                   .headers = headers,
+	                                   .timeout_ms = timeout_ms,
+	                                   .connect_timeout_ms = connect_timeout_ms,
+	                                   .no_proxy = true,
+	                               },
+	                               ret, ret_detail);
 }
 
-unsigned dmbyok_aws_retry_backoff_ms(unsigned attempt)
+int dmbyok_kms_token_post(struct kms_http *http, const char *url, const struct secret *form,
+                          unsigned timeout_ms, struct kms_http_response *ret,
+                          const char **ret_detail)
+{
+	static const char *const headers[] = { "Content-Type: application/x-www-form-urlencoded",
+		                               "Accept: application/json", NULL };
+
+	return dmbyok_kms_http_perform(http,
+	                               &(struct kms_http_request){
+	                                   .method = "POST",
+	                                   .url = url,
+	                                   .headers = headers,
+	                                   .body = (const char *)form->data,
+	                                   .body_len = form->size,
+	                                   .timeout_ms = timeout_ms,
+	                               },
+	                               ret, ret_detail);
+}
+
+void dmbyok_kms_retry_init(struct kms_retry *rt, unsigned max_attempts)
+{
+	rt->max_attempts = max_attempts ? max_attempts : KMS_RETRY_DEFAULT_ATTEMPTS;
+	rt->quota = KMS_RETRY_QUOTA;
+}
+
+unsigned dmbyok_kms_retry_backoff_ms(unsigned attempt)
 {
 	unsigned ceiling = 20000;
 
@@ -410,45 +487,7 @@ unsigned dmbyok_aws_retry_backoff_ms(unsigned attempt)
 	return arc4random_uniform(ceiling + 1);
 }
 
-bool dmbyok_aws_error_is_retryable(const char *code, long status)
-{
-	static const char *const retryable[] = {
-		/* throttling, as the SDKs' standard mode lists it */
-		"Throttling",
-		"ThrottlingException",
-		"ThrottledException",
-		"RequestThrottledException",
-		"TooManyRequestsException",
-		"ProvisionedThroughputExceededException",
-		"TransactionInProgressException",
-		"RequestLimitExceeded",
-		"BandwidthLimitExceeded",
-		"LimitExceededException",
-		"RequestThrottled",
-		"SlowDown",
-		"PriorRequestNotComplete",
-		"EC2ThrottledException",
-		/* transient */
-		"RequestTimeout",
-		"RequestTimeoutException",
-		"InternalError",
-		/* KMS's own service-side errors */
-		"KMSInternalException",
-		"KeyUnavailableException",
-		"DependencyTimeoutException",
-	};
-
-	if (status == 500 || status == 502 || status == 503 || status == 504)
-		return true;
-	if (!code)
-		return false;
-	for (size_t i = 0; i < ELEMENTSOF(retryable); i++)
-		if (!strcmp(code, retryable[i]))
-			return true;
-	return false;
-}
-
-bool dmbyok_aws_errno_is_retryable(int r)
+bool dmbyok_kms_errno_is_retryable(int r)
 {
 	switch (r) {
 	case -ECONNREFUSED:
@@ -464,10 +503,10 @@ bool dmbyok_aws_errno_is_retryable(int r)
 
 static unsigned retry_cost(int r)
 {
-	return r == -ETIMEDOUT ? AWS_RETRY_TIMEOUT_COST : AWS_RETRY_COST;
+	return r == -ETIMEDOUT ? KMS_RETRY_TIMEOUT_COST : KMS_RETRY_COST;
 }
 
-bool dmbyok_aws_retry_acquire(struct aws_retry *rt, int r)
+bool dmbyok_kms_retry_acquire(struct kms_retry *rt, int r)
 {
 	unsigned cost = retry_cost(r);
 
@@ -477,14 +516,14 @@ bool dmbyok_aws_retry_acquire(struct aws_retry *rt, int r)
 	return true;
 }
 
-void dmbyok_aws_retry_release(struct aws_retry *rt, int r, bool retried)
+void dmbyok_kms_retry_release(struct kms_retry *rt, int r, bool retried)
 {
 	rt->quota += retried ? retry_cost(r) : 1;
-	if (rt->quota > AWS_RETRY_QUOTA)
-		rt->quota = AWS_RETRY_QUOTA;
+	if (rt->quota > KMS_RETRY_QUOTA)
+		rt->quota = KMS_RETRY_QUOTA;
 }
 
-void dmbyok_aws_sleep_ms(unsigned ms)
+void dmbyok_kms_sleep_ms(unsigned ms)
 {
 	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
 
