@@ -21,10 +21,10 @@
 
 #include <json-c/json.h>
 
-#define DMBYOK_AUDIT_CONF_PATH "/etc/dmbyok/audit.conf"
+#define DMBYOK_AUDIT_CONF_PATH         "/etc/dmbyok/audit.conf"
 #define DMBYOK_AUDIT_DEFAULT_MAX_BYTES (10ULL << 20)
-#define DMBYOK_AUDIT_DEFAULT_KEEP 5U
-#define DMBYOK_AUDIT_MAX_KEEP 100U
+#define DMBYOK_AUDIT_DEFAULT_KEEP      5U
+#define DMBYOK_AUDIT_MAX_KEEP          100U
 
 struct dmbyok_audit_settings {
 	char *file;         /* NULL: no audit file, the journal only */

@@ -243,7 +243,7 @@ static unsigned step(struct dmbyok_keywatch *w, uint64_t now_ms)
 	    now_ms >= add_ms(w->last_ok_ms, w->cfg.fail_closed_after_ms)) {
 		/* The agent announces the lock (one journal entry per decision). */
 		log_debug("Key %s: no successful probe for %" PRIu64 " s, locking (fail-closed).",
-		            w->key_arn, (now_ms - w->last_ok_ms) / SEC_MS);
+		          w->key_arn, (now_ms - w->last_ok_ms) / SEC_MS);
 		decide_lock(w, DMBYOK_KEYWATCH_REASON_FAIL_CLOSED, now_ms);
 	}
 
@@ -308,7 +308,7 @@ unsigned dmbyok_keywatch_on_probe(struct dmbyok_keywatch *w, int probe_result, b
 			w->revoked_streak++;
 		if (key_deleted) {
 			log_debug("Key %s: deleted, tearing its volumes down for good.",
-			            w->key_arn);
+			          w->key_arn);
 			if (!state_is_locked(w->state))
 				w->locked_at_ms = now_ms;
 			w->lock_reason = DMBYOK_KEYWATCH_REASON_DELETED;
@@ -319,9 +319,8 @@ unsigned dmbyok_keywatch_on_probe(struct dmbyok_keywatch *w, int probe_result, b
 			if (w->revoked_streak >= w->cfg.revoke_confirmations)
 				w->lock_reason = DMBYOK_KEYWATCH_REASON_REVOKED;
 		} else if (w->revoked_streak >= w->cfg.revoke_confirmations) {
-			log_debug(
-			    "Key %s: revoked (%s, %u answers in a row), locking its volumes.",
-			    w->key_arn, dmbyok_strerror(probe_result), w->revoked_streak);
+			log_debug("Key %s: revoked (%s, %u answers in a row), locking its volumes.",
+			          w->key_arn, dmbyok_strerror(probe_result), w->revoked_streak);
 			decide_lock(w, DMBYOK_KEYWATCH_REASON_REVOKED, now_ms);
 		} else
 			set_state(w, DMBYOK_KEYWATCH_SUSPECT);

@@ -28,7 +28,7 @@ struct audit_walk {
 static int parse_since(const char *s, uint64_t *ret_usec)
 {
 	static const char *const formats[] = { "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S",
-		                                "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d" };
+		                               "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d" };
 	struct tm tm;
 	char *end;
 	unsigned long long n;
@@ -46,8 +46,11 @@ static int parse_since(const char *s, uint64_t *ret_usec)
 	errno = 0;
 	n = strtoull(s, &end, 10);
 	if (!errno && end != s && *s != '-' && end[0] && !end[1]) {
-		unsigned long long unit = end[0] == 's' ? 1 : end[0] == 'm' ? 60 : end[0] == 'h' ? 3600 :
-		                          end[0] == 'd' ? 86400 : 0;
+		unsigned long long unit = end[0] == 's'   ? 1
+		                          : end[0] == 'm' ? 60
+		                          : end[0] == 'h' ? 3600
+		                          : end[0] == 'd' ? 86400
+		                                          : 0;
 		time_t now = time(NULL);
 
 		if (unit && n <= (unsigned long long)now / unit) {
@@ -55,8 +58,10 @@ static int parse_since(const char *s, uint64_t *ret_usec)
 			return 0;
 		}
 	}
-	return log_error_errno(EINVAL, "--since '%s': use YYYY-MM-DD[ HH:MM[:SS]] (UTC) or an age "
-	                               "such as 90s, 15m, 2h, 7d.", s);
+	return log_error_errno(EINVAL,
+	                       "--since '%s': use YYYY-MM-DD[ HH:MM[:SS]] (UTC) or an age "
+	                       "such as 90s, 15m, 2h, 7d.",
+	                       s);
 }
 
 static const char *member(json_object *o, const char *k)
@@ -64,8 +69,8 @@ static const char *member(json_object *o, const char *k)
 	json_object *v;
 
 	return json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string)
-	               ? json_object_get_string(v)
-	               : NULL;
+	           ? json_object_get_string(v)
+	           : NULL;
 }
 
 static long long member_int(json_object *o, const char *k)
@@ -86,8 +91,8 @@ static int on_entry(json_object *e, void *userdata)
 		return 0;
 	if (w->volume_uuid) {
 		const char *v = json_object_object_get_ex(e, "encryption_context", &ctx)
-		                        ? member(ctx, "dmbyok:volume")
-		                        : NULL;
+		                    ? member(ctx, "dmbyok:volume")
+		                    : NULL;
 
 		if (!v || strcmp(v, w->volume_uuid) != 0)
 			return 0;
@@ -104,8 +109,9 @@ static int on_entry(json_object *e, void *userdata)
 	}
 	key = member(e, "key_arn") ? member(e, "key_arn") : member(e, "key_id");
 	printf("%-24s %-8s %-15s %-17s %6lld ms  %s  %s\n", member(e, "time") ?: "-",
-	       member(e, "program") ?: "-", member(e, "operation") ?: "-", member(e, "result") ?: "-",
-	       member_int(e, "latency_ms"), key ?: "-", member(e, "request_id") ?: "-");
+	       member(e, "program") ?: "-", member(e, "operation") ?: "-",
+	       member(e, "result") ?: "-", member_int(e, "latency_ms"), key ?: "-",
+	       member(e, "request_id") ?: "-");
 	return 0;
 }
 
@@ -121,7 +127,8 @@ int verb_audit(struct cli *c)
 	if (c->since)
 		GUARD(parse_since(c->since, &w.since_usec));
 	if (c->volume) {
-		/* A mapping's name stands for its volume; anything else is taken as a LUKS2 UUID. */
+		/* A mapping's name stands for its volume; anything else is taken as a LUKS2 UUID.
+		 */
 		dmbyok_log_quiet_push();
 		r = dmbyok_status(c->volume, &st);
 		dmbyok_log_quiet_pop();
@@ -143,26 +150,32 @@ int verb_audit(struct cli *c)
 	if (s.file) {
 		r = dmbyok_audit_file_foreach(&s, on_entry, &w, &skipped);
 		if (r < 0) {
-			log_error_errno(r, "Cannot read the audit file %s: %s.", s.file, dmbyok_strerror(r));
+			log_error_errno(r, "Cannot read the audit file %s: %s.", s.file,
+			                dmbyok_strerror(r));
 			goto out;
 		}
 		if (skipped)
-			log_warning("%s: %u line(s) that are not JSON skipped (a writer killed mid-line?).",
-			            s.file, skipped);
+			log_warning(
+			    "%s: %u line(s) that are not JSON skipped (a writer killed mid-line?).",
+			    s.file, skipped);
 	} else {
 		r = dmbyok_audit_journal_foreach(w.since_usec, on_entry, &w);
 		if (r < 0) {
-			log_error_errno(r, "Cannot read the journal: %s. Configure an audit file in %s, or "
-			                   "run as root or a member of systemd-journal.",
-			                dmbyok_strerror(r), DMBYOK_AUDIT_CONF_PATH);
+			log_error_errno(
+			    r,
+			    "Cannot read the journal: %s. Configure an audit file in %s, or "
+			    "run as root or a member of systemd-journal.",
+			    dmbyok_strerror(r), DMBYOK_AUDIT_CONF_PATH);
 			goto out;
 		}
 	}
 	if (w.array)
-		printf("%s\n", json_object_to_json_string_ext(w.array, JSON_C_TO_STRING_PRETTY |
-		                                                           JSON_C_TO_STRING_NOSLASHESCAPE));
+		printf("%s\n",
+		       json_object_to_json_string_ext(w.array, JSON_C_TO_STRING_PRETTY |
+		                                                   JSON_C_TO_STRING_NOSLASHESCAPE));
 	else if (!w.n)
-		log_info("No KMS call recorded%s in %s.", c->since || c->volume ? " that matches" : "",
+		log_info("No KMS call recorded%s in %s.",
+		         c->since || c->volume ? " that matches" : "",
 		         s.file ? s.file : "the journal");
 	r = 0;
 out:

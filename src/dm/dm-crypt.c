@@ -229,8 +229,9 @@ static int reload_and_resume(const char *name, uint64_t length, const char *type
 		return -EINVAL;
 	r = run_with_udev(dmt, true);
 	if (r < 0)
-		return log_error_errno(r, "Cannot resume %s with its %s table: %s. Run `dmsetup "
-		                          "resume %s`.",
+		return log_error_errno(r,
+		                       "Cannot resume %s with its %s table: %s. Run `dmsetup "
+		                       "resume %s`.",
 		                       name, type, dmbyok_strerror(r), name);
 	return 0;
 }
@@ -284,8 +285,7 @@ int dmbyok_dm_cancel_deferred_remove(const char *name)
 	return r == -ENXIO ? 0 : r;
 }
 
-int dmbyok_dm_get_target(const char *name, char **ret_type, char **ret_dm_uuid,
-                         int *ret_open_count)
+int dmbyok_dm_get_target(const char *name, char **ret_type, char **ret_dm_uuid, int *ret_open_count)
 {
 	_cleanup_dm_task_ struct dm_task *dmt = NULL;
 	_cleanup_free_ char *type_copy = NULL, *uuid_copy = NULL;

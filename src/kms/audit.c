@@ -103,11 +103,12 @@ static int parse_keep(const char *v, unsigned *ret)
 
 int dmbyok_audit_settings_load(struct dmbyok_audit_settings *ret)
 {
-	const char *conf = secure_getenv("DMBYOK_AUDIT_CONF"), *over = secure_getenv("DMBYOK_AUDIT_FILE");
+	const char *conf = secure_getenv("DMBYOK_AUDIT_CONF"),
+	           *over = secure_getenv("DMBYOK_AUDIT_FILE");
 	_cleanup_(fclose_p) FILE *f = NULL;
 	struct dmbyok_audit_settings s = {
-	    .max_bytes = DMBYOK_AUDIT_DEFAULT_MAX_BYTES,
-	    .keep = DMBYOK_AUDIT_DEFAULT_KEEP,
+		.max_bytes = DMBYOK_AUDIT_DEFAULT_MAX_BYTES,
+		.keep = DMBYOK_AUDIT_DEFAULT_KEEP,
 	};
 	char line[1024];
 	unsigned n = 0;
@@ -140,7 +141,8 @@ int dmbyok_audit_settings_load(struct dmbyok_audit_settings *ret)
 		v = strip(eq + 1);
 		if (!strcmp(k, "file")) {
 			if (v[0] != '/') {
-				r = log_error_errno(EINVAL, "%s:%u: file must be an absolute path.", conf, n);
+				r = log_error_errno(EINVAL, "%s:%u: file must be an absolute path.",
+				                    conf, n);
 				goto out;
 			}
 			free(s.file);
@@ -151,19 +153,22 @@ int dmbyok_audit_settings_load(struct dmbyok_audit_settings *ret)
 			}
 		} else if (!strcmp(k, "max-size")) {
 			if (parse_size(v, &s.max_bytes) < 0) {
-				r = log_error_errno(EINVAL, "%s:%u: max-size '%s' is not a size from 4K to 1024G.",
-				                    conf, n, v);
+				r = log_error_errno(
+				    EINVAL, "%s:%u: max-size '%s' is not a size from 4K to 1024G.",
+				    conf, n, v);
 				goto out;
 			}
 		} else if (!strcmp(k, "keep")) {
 			if (parse_keep(v, &s.keep) < 0) {
-				r = log_error_errno(EINVAL, "%s:%u: keep '%s' is not a number from 1 to %u.", conf,
-				                    n, v, DMBYOK_AUDIT_MAX_KEEP);
+				r = log_error_errno(
+				    EINVAL, "%s:%u: keep '%s' is not a number from 1 to %u.", conf,
+				    n, v, DMBYOK_AUDIT_MAX_KEEP);
 				goto out;
 			}
 		} else {
-			r = log_error_errno(EINVAL, "%s:%u: unknown setting '%s' (file, max-size, keep).", conf,
-			                    n, k);
+			r = log_error_errno(EINVAL,
+			                    "%s:%u: unknown setting '%s' (file, max-size, keep).",
+			                    conf, n, k);
 			goto out;
 		}
 	}
@@ -393,14 +398,16 @@ static int audit_line(const struct kms_audit *a, char **ret)
 	ENSURE_ALLOC(o);
 	(void)clock_gettime(CLOCK_REALTIME, &ts);
 	(void)gmtime_r(&ts.tv_sec, &tm);
-	(void)snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-	               tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-	               ts.tv_nsec / 1000000L);
+	(void)snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
+	               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+	               tm.tm_sec, ts.tv_nsec / 1000000L);
 	if ((r = add_string(o, "time", when)) < 0 ||
 	    (r = add_string(o, "program", program_invocation_short_name)) < 0 ||
-	    (r = add_int(o, "pid", getpid())) < 0 || (r = add_string(o, "operation", a->operation)) < 0 ||
+	    (r = add_int(o, "pid", getpid())) < 0 ||
+	    (r = add_string(o, "operation", a->operation)) < 0 ||
 	    (r = add_string(o, "provider", a->provider)) < 0 ||
-	    (r = add_string(o, "region", a->region)) < 0 || (r = add_string(o, "key_id", a->key_id)) < 0 ||
+	    (r = add_string(o, "region", a->region)) < 0 ||
+	    (r = add_string(o, "key_id", a->key_id)) < 0 ||
 	    (r = add_string(o, "key_arn", a->key_arn)) < 0)
 		goto out;
 	if (a->context) {
@@ -412,7 +419,8 @@ static int audit_line(const struct kms_audit *a, char **ret)
 			goto out;
 		}
 	}
-	if ((r = add_string(o, "result", dmbyok_error_class_name(dmbyok_error_class(a->result)))) < 0 ||
+	if ((r = add_string(o, "result", dmbyok_error_class_name(dmbyok_error_class(a->result)))) <
+	        0 ||
 	    (r = add_int(o, "errno", a->result < 0 ? -a->result : 0)) < 0 ||
 	    (r = add_int(o, "latency_ms", (int64_t)a->latency_ms)) < 0 ||
 	    (r = add_string(o, "request_id", a->request_id)) < 0 ||
@@ -441,9 +449,10 @@ void dmbyok_kms_audit_file(const struct kms_audit *a)
 		r = dmbyok_audit_file_append(&settings, line);
 	/* The call itself stands: the journal has its entry. Say so once per process. */
 	if (r < 0 && !atomic_exchange(&warned, true))
-		log_warning_errno(r, "Cannot append to the audit file %s: %s. The journal still has each KMS call.",
-		                  settings.file ? settings.file : DMBYOK_AUDIT_CONF_PATH,
-		                  dmbyok_strerror(r));
+		log_warning_errno(
+		    r,
+		    "Cannot append to the audit file %s: %s. The journal still has each KMS call.",
+		    settings.file ? settings.file : DMBYOK_AUDIT_CONF_PATH, dmbyok_strerror(r));
 }
 
 /* ---- reading the journal's entries in the file's shape ---- */
@@ -476,12 +485,18 @@ static int entry_from_journal(sd_journal *j, json_object **ret)
 		const char *field, *key;
 		bool number;
 	} map[] = {
-	    { "SYSLOG_IDENTIFIER", "program", false }, { "_PID", "pid", true },
-	    { "OPERATION", "operation", false },       { "PROVIDER", "provider", false },
-	    { "REGION", "region", false },             { "KEY_ID", "key_id", false },
-	    { "KEY_ARN", "key_arn", false },           { "RESULT", "result", false },
-	    { "ERRNO", "errno", true },                { "LATENCY_MS", "latency_ms", true },
-	    { "REQUEST_ID", "request_id", false },     { "DETAIL", "detail", false },
+		{ "SYSLOG_IDENTIFIER", "program", false },
+		{ "_PID", "pid", true },
+		{ "OPERATION", "operation", false },
+		{ "PROVIDER", "provider", false },
+		{ "REGION", "region", false },
+		{ "KEY_ID", "key_id", false },
+		{ "KEY_ARN", "key_arn", false },
+		{ "RESULT", "result", false },
+		{ "ERRNO", "errno", true },
+		{ "LATENCY_MS", "latency_ms", true },
+		{ "REQUEST_ID", "request_id", false },
+		{ "DETAIL", "detail", false },
 	};
 	json_object *o = json_object_new_object();
 	char buf[4096], when[64];
@@ -495,16 +510,17 @@ static int entry_from_journal(sd_journal *j, json_object **ret)
 	if (sd_journal_get_realtime_usec(j, &usec) >= 0) {
 		secs = (time_t)(usec / 1000000ULL);
 		(void)gmtime_r(&secs, &tm);
-		(void)snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
-		               tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		               (unsigned)(usec % 1000000ULL / 1000ULL));
+		(void)snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ",
+		               tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+		               tm.tm_sec, (unsigned)(usec % 1000000ULL / 1000ULL));
 		r = add_string(o, "time", when);
 	}
 	for (size_t i = 0; r == 0 && i < ELEMENTSOF(map); i++) {
 		v = journal_field(j, map[i].field, buf, sizeof(buf));
 		if (!v)
 			continue;
-		r = map[i].number ? add_int(o, map[i].key, strtoll(v, NULL, 10)) : add_string(o, map[i].key, v);
+		r = map[i].number ? add_int(o, map[i].key, strtoll(v, NULL, 10))
+		                  : add_string(o, map[i].key, v);
 	}
 	if (r == 0 && (v = journal_field(j, "ENCRYPTION_CONTEXT", buf, sizeof(buf)))) {
 		json_object *c = json_tokener_parse(v);
@@ -560,7 +576,8 @@ int dmbyok_audit_entry_time(json_object *entry, uint64_t *ret_usec)
 	const char *s, *end;
 
 	ENSURE(entry && ret_usec, EINVAL);
-	if (!json_object_object_get_ex(entry, "time", &t) || !json_object_is_type(t, json_type_string))
+	if (!json_object_object_get_ex(entry, "time", &t) ||
+	    !json_object_is_type(t, json_type_string))
 		return -EINVAL;
 	s = json_object_get_string(t);
 	end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);

@@ -19,7 +19,6 @@
 #include "registry.h"
 #include "runtime.h"
 
-
 /* Explain a KMS failure in the operator's terms, with what to do; returns r. */
 static int log_kms_failure(struct kms_client *c, int r, const char *what)
 {
@@ -831,10 +830,11 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	dest = new_key_id ? new_key_id : v->token->key_id;
 	/* A re-wrap runs inside one KMS: a key of another provider needs a new volume. */
 	if (strcmp(dmbyok_kms_provider_for_key(dest), v->token->kms) != 0)
-		return log_error_errno(EINVAL,
-		                       "%s is a %s key but the volume's key is in %s: re-wrap within "
-		                       "one provider (or format a new volume and copy the data).",
-		                       dest, dmbyok_kms_provider_for_key(dest), v->token->kms);
+		return log_error_errno(
+		    EINVAL,
+		    "%s is a %s key but the volume's key is in %s: re-wrap within "
+		    "one provider (or format a new volume and copy the data).",
+		    dest, dmbyok_kms_provider_for_key(dest), v->token->kms);
 	dest_region = region_of_arn(dest);
 	/* ReEncrypt runs in one region: a blob cannot move to a key of another one this way. */
 	if (dest_region && v->token->region && strcmp(dest_region, v->token->region) != 0)
@@ -967,8 +967,10 @@ int dmbyok_probe_key_with(struct kms_client *c, const struct dmbyok_token *t, un
 	if (r < 0)
 		log_debug("Probe of %s: %s (%s)", t->key_arn, dmbyok_strerror(r),
 		          dmbyok_kms_last_error(c));
-	if ((describe & DMBYOK_PROBE_DESCRIBE_DELETED) && dmbyok_error_class(r) == DMBYOK_ERR_KEY_REVOKED) {
-		/* Revoked, or gone for good? Only a key that no longer exists is crypto-shredded. */
+	if ((describe & DMBYOK_PROBE_DESCRIBE_DELETED) &&
+	    dmbyok_error_class(r) == DMBYOK_ERR_KEY_REVOKED) {
+		/* Revoked, or gone for good? Only a key that no longer exists is crypto-shredded.
+		 */
 		q = dmbyok_kms_describe_key(c, t->key_arn, &info);
 		if (q == -ENOENT)
 			found |= DMBYOK_PROBE_KEY_DELETED;

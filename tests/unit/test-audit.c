@@ -82,7 +82,8 @@ static void test_settings(void **state)
 	assert_int_equal(s.max_bytes, DMBYOK_AUDIT_DEFAULT_MAX_BYTES);
 	assert_int_equal(s.keep, DMBYOK_AUDIT_DEFAULT_KEEP);
 
-	assert_int_equal(load("# audit\n file = /var/log/dmbyok/kms.jsonl \nmax-size = 64K\nkeep=3\n", &s), 0);
+	assert_int_equal(
+	    load("# audit\n file = /var/log/dmbyok/kms.jsonl \nmax-size = 64K\nkeep=3\n", &s), 0);
 	assert_string_equal(s.file, "/var/log/dmbyok/kms.jsonl");
 	assert_int_equal(s.max_bytes, 65536);
 	assert_int_equal(s.keep, 3);
@@ -99,8 +100,9 @@ static void test_settings(void **state)
 	unsetenv("DMBYOK_AUDIT_FILE");
 
 	static const char *const bad[] = {
-		"file = relative/path\n", "max-size = 1K\n", "max-size = -5\n", "max-size = 10X\n",
-		"keep = 0\n", "keep = 101\n", "keep = two\n", "colour = blue\n", "file /x\n",
+		"file = relative/path\n", "max-size = 1K\n", "max-size = -5\n",
+		"max-size = 10X\n",       "keep = 0\n",      "keep = 101\n",
+		"keep = two\n",           "colour = blue\n", "file /x\n",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		assert_int_equal(load(bad[i], &s), -EINVAL);
@@ -285,7 +287,8 @@ static int find_entry(json_object *e, void *userdata)
 static void test_kms_layer_line(void **state)
 {
 	struct dmbyok_audit_settings s = { .file = file, .max_bytes = 1 << 20, .keep = 1 };
-	json_object *ctx = json_tokener_parse("{\"dmbyok:volume\":\"5b0c6a9e-1111-4222-8333-444455556666\"}");
+	json_object *ctx =
+	    json_tokener_parse("{\"dmbyok:volume\":\"5b0c6a9e-1111-4222-8333-444455556666\"}");
 	json_object *got = NULL, *v;
 	uint64_t t;
 
@@ -323,7 +326,8 @@ static void test_kms_layer_line(void **state)
 	assert_true(json_object_object_get_ex(got, "program", &v));
 	assert_true(json_object_object_get_ex(got, "pid", &v));
 	assert_int_equal(dmbyok_audit_entry_time(got, &t), 0);
-	assert_true(t / 1000000ULL + 60 >= (uint64_t)time(NULL) && t / 1000000ULL <= (uint64_t)time(NULL));
+	assert_true(t / 1000000ULL + 60 >= (uint64_t)time(NULL) &&
+	            t / 1000000ULL <= (uint64_t)time(NULL));
 	json_object_put(got);
 	json_object_put(ctx);
 }
@@ -331,10 +335,8 @@ static void test_kms_layer_line(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_settings),
-		cmocka_unit_test(test_rotation),
-		cmocka_unit_test(test_concurrent_writers),
-		cmocka_unit_test(test_killed_writers),
+		cmocka_unit_test(test_settings),           cmocka_unit_test(test_rotation),
+		cmocka_unit_test(test_concurrent_writers), cmocka_unit_test(test_killed_writers),
 		cmocka_unit_test(test_kms_layer_line),
 	};
 

@@ -213,19 +213,20 @@ static int teardown_sysfs(void **state)
 	return system(cmd);
 }
 
-static const char mountinfo[] = "22 1 0:20 / / ro - 9p hostroot ro\n"
-                                "23 22 0:5 / /proc rw - proc proc rw\n"
-                                "24 22 0:30 / /tmp rw - tmpfs tmpfs rw\n"
-                                "25 22 253:0 / /srv/orders rw - ext4 /dev/mapper/orders rw\n"
-                                "26 25 254:17 / /srv/orders/plain rw - ext4 /dev/vdb1 rw\n"
-                                "27 25 253:2 / /srv/orders/lv rw - xfs /dev/mapper/vg-lv rw\n"
-                                "28 25 253:1 / /srv/orders/scratch rw - ext4 /dev/mapper/eswap rw\n"
-                                "29 25 253:3 / /srv/orders/luks rw - ext4 /dev/mapper/other rw\n"
-                                "30 25 7:0 / /srv/orders/loop0 rw - ext4 /dev/loop0 rw\n"
-                                "31 25 7:1 / /srv/orders/loop1 rw - ext4 /dev/loop1 rw\n"
-                                "32 25 253:4 / /srv/orders/lin rw - ext4 /dev/mapper/lin rw\n"
-                                "33 22 254:16 / /var rw - ext4 /dev/vdb rw\n"
-                                "34 25 0:31 / /srv/orders/mem rw - tmpfs tmpfs rw\n"
+static const char mountinfo[] =
+    "22 1 0:20 / / ro - 9p hostroot ro\n"
+    "23 22 0:5 / /proc rw - proc proc rw\n"
+    "24 22 0:30 / /tmp rw - tmpfs tmpfs rw\n"
+    "25 22 253:0 / /srv/orders rw - ext4 /dev/mapper/orders rw\n"
+    "26 25 254:17 / /srv/orders/plain rw - ext4 /dev/vdb1 rw\n"
+    "27 25 253:2 / /srv/orders/lv rw - xfs /dev/mapper/vg-lv rw\n"
+    "28 25 253:1 / /srv/orders/scratch rw - ext4 /dev/mapper/eswap rw\n"
+    "29 25 253:3 / /srv/orders/luks rw - ext4 /dev/mapper/other rw\n"
+    "30 25 7:0 / /srv/orders/loop0 rw - ext4 /dev/loop0 rw\n"
+    "31 25 7:1 / /srv/orders/loop1 rw - ext4 /dev/loop1 rw\n"
+    "32 25 253:4 / /srv/orders/lin rw - ext4 /dev/mapper/lin rw\n"
+    "33 22 254:16 / /var rw - ext4 /dev/vdb rw\n"
+    "34 25 0:31 / /srv/orders/mem rw - tmpfs tmpfs rw\n"
     "35 25 253:5 / /srv/orders/denied rw - ext4 /dev/mapper/denied rw\n";
 
 static const struct dmbyok_policy_finding *find(const struct dmbyok_policy_report *r,
