@@ -9,7 +9,9 @@
 
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define _cleanup_(f)         __attribute__((cleanup(f)))
 #define _unused_             __attribute__((unused))
@@ -46,6 +48,23 @@ static inline void freep(void *p)
 	free(*(void **)p);
 }
 #define _cleanup_free_ _cleanup_(freep)
+
+/* A descriptor or stream closed at scope exit; -1 / NULL mean "nothing to close". */
+static inline void closep(int *fd)
+{
+	if (*fd >= 0)
+		(void)close(*fd);
+	*fd = -1;
+}
+#define _cleanup_close_ _cleanup_(closep)
+
+static inline void fclosep(FILE **f)
+{
+	if (*f)
+		(void)fclose(*f);
+	*f = NULL;
+}
+#define _cleanup_fclose_ _cleanup_(fclosep)
 
 /* Propagate a negative errno from an expression. */
 #define GUARD(expr)                                                                                \

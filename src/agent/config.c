@@ -445,15 +445,9 @@ int dmbyok_agent_check_trusted_file(const char *path)
 	return r;
 }
 
-static void fclosep(FILE **f)
-{
-	if (*f)
-		fclose(*f);
-}
-
 int dmbyok_agent_config_load(struct dmbyok_agent_config *c, const char *path, bool must_exist)
 {
-	_cleanup_(fclosep) FILE *f = NULL;
+	_cleanup_fclose_ FILE *f = NULL;
 	_cleanup_free_ char *line = NULL;
 	unsigned seen[ELEMENTSOF(settings)] = { 0 };
 	unsigned line_no = 0;

@@ -273,16 +273,10 @@ static void put_result_histograms(FILE *f, const char *name, const char *help,
 	}
 }
 
-static void fclosep(FILE **f)
-{
-	if (*f)
-		fclose(*f);
-}
-
 int dmbyok_metrics_format(const struct dmbyok_metrics *m, const struct dmbyok_metrics_gauges *g,
                           char **ret, size_t *ret_len)
 {
-	_cleanup_(fclosep) FILE *f = NULL;
+	_cleanup_fclose_ FILE *f = NULL;
 	char *buf = NULL;
 	size_t len = 0;
 	int r;

@@ -33,18 +33,6 @@
 
 #define LINE_MAX_BYTES (64U * 1024U)
 
-static void close_fdp(int *fd)
-{
-	if (*fd >= 0)
-		(void)close(*fd);
-}
-
-static void fclose_p(FILE **f)
-{
-	if (*f)
-		(void)fclose(*f);
-}
-
 void dmbyok_audit_settings_done(struct dmbyok_audit_settings *s)
 {
 	if (!s)
@@ -105,7 +93,7 @@ int dmbyok_audit_settings_load(struct dmbyok_audit_settings *ret)
 {
 	const char *conf = secure_getenv("DMBYOK_AUDIT_CONF"),
 	           *over = secure_getenv("DMBYOK_AUDIT_FILE");
-	_cleanup_(fclose_p) FILE *f = NULL;
+	_cleanup_fclose_ FILE *f = NULL;
 	struct dmbyok_audit_settings s = {
 		.max_bytes = DMBYOK_AUDIT_DEFAULT_MAX_BYTES,
 		.keep = DMBYOK_AUDIT_DEFAULT_KEEP,
@@ -202,7 +190,7 @@ static int rotated_name(const char *file, unsigned i, char *buf, size_t size)
 static int open_locked(const char *file, int open_flags, int lock, int *ret_fd)
 {
 	for (int attempt = 0; attempt < 100; attempt++) {
-		_cleanup_(close_fdp) int fd = open(file, open_flags | O_CLOEXEC | O_NOFOLLOW, 0600);
+		_cleanup_close_ int fd = open(file, open_flags | O_CLOEXEC | O_NOFOLLOW, 0600);
 		struct stat a, b;
 
 		if (fd < 0)
@@ -256,7 +244,7 @@ static int make_parent(const char *file)
 
 int dmbyok_audit_file_append(const struct dmbyok_audit_settings *s, const char *line)
 {
-	_cleanup_(close_fdp) int fd = -1;
+	_cleanup_close_ int fd = -1;
 	_cleanup_free_ char *buf = NULL;
 	size_t len;
 	struct stat st;
@@ -269,13 +257,14 @@ int dmbyok_audit_file_append(const struct dmbyok_audit_settings *s, const char *
 	if (fstat(fd, &st) < 0)
 		return negative_errno();
 	if (st.st_size > 0 && (uint64_t)st.st_size + len + 1 > s->max_bytes) {
-		int old = fd;
+		int fresh = -1;
 
 		GUARD(rotate(s->file, s->keep));
-		/* The new file, locked before the old one's waiters see the rename. */
-		fd = -1;
-		GUARD(open_locked(s->file, O_WRONLY | O_APPEND | O_CREAT, LOCK_EX, &fd));
-		(void)close(old);
+		/* The new file is locked before the old one's waiters get their turn (they then
+		 * find the name moved and reopen). On failure the old one is closed by cleanup. */
+		GUARD(open_locked(s->file, O_WRONLY | O_APPEND | O_CREAT, LOCK_EX, &fresh));
+		closep(&fd);
+		fd = fresh;
 	}
 	/* One write of the whole line: O_APPEND places it whole at the end. */
 	buf = malloc(len + 1);
@@ -299,7 +288,7 @@ int dmbyok_audit_file_append(const struct dmbyok_audit_settings *s, const char *
 static int walk_one(const char *path, int (*fn)(json_object *, void *), void *userdata,
                     unsigned *skipped)
 {
-	_cleanup_(fclose_p) FILE *f = fopen(path, "re");
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
 	_cleanup_free_ char *line = NULL;
 	size_t cap = 0;
 	ssize_t n;
@@ -327,7 +316,7 @@ int dmbyok_audit_file_foreach(const struct dmbyok_audit_settings *s,
                               int (*fn)(json_object *entry, void *userdata), void *userdata,
                               unsigned *ret_skipped)
 {
-	_cleanup_(close_fdp) int fd = -1;
+	_cleanup_close_ int fd = -1;
 	char path[PATH_MAX];
 	unsigned skipped = 0;
 	int r;

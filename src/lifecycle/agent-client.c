@@ -23,13 +23,6 @@ int dmbyok_agent_socket_path(char **ret)
 	return 0;
 }
 
-static void closep_fd(int *fd)
-{
-	if (*fd >= 0)
-		close(*fd);
-	*fd = -1;
-}
-
 DEFINE_CLEANUP_FUNC(json_object *, json_object_put);
 DEFINE_CLEANUP_FUNC(json_tokener *, json_tokener_free);
 
@@ -165,7 +158,7 @@ int dmbyok_agent_query_at(const char *path, const char *command, const char *nam
 {
 	unsigned long long deadline = dmbyok_now_ms() + timeout_ms;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	_cleanup_(closep_fd) int fd = -1;
+	_cleanup_close_ int fd = -1;
 	_cleanup_free_ char *req = NULL;
 	json_object *answer = NULL, *err;
 	ssize_t n;
