@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Key hygiene verbs: shred, ephemeral, doctor --policy; and close, which also removes
- * ephemeral mappings. The lifecycle layer (include/dmbyok/hygiene.h) does the work.
+ * Key hygiene verbs: shred, ephemeral, and doctor --policy (verb_doctor hands it over;
+ * verb_close removes ephemeral mappings). The lifecycle layer (include/dmbyok/hygiene.h)
+ * does the work.
  */
 #include <stdio.h>
 #include <string.h>
