@@ -45,7 +45,10 @@ check "lock" $DMBYOK lock data --quiet
 t0=$(date +%s.%N)
 $DMBYOK unlock data --quiet &
 UNLOCK=$!
-sleep 1
+# The unlock holds the device lock from before its Decrypt; once the emulator
+# has taken that Decrypt (the one-shot fault is consumed), a lock must queue.
+no_faults_left() { [ "$("$CTL" --url "$KMS_URL" list-faults | jq '.faults | length')" = 0 ]; }
+check "the slow unlock's Decrypt reached the KMS" wait_quietly 20 no_faults_left
 # This lock arrives while unlock waits for the KMS: it must wait, then win.
 check "a lock issued during a slow unlock succeeds" $DMBYOK lock data --quiet
 check "the unlock it waited for succeeded too" wait $UNLOCK
