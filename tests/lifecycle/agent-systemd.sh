@@ -28,7 +28,7 @@ kms_audit_calls() { # KMS audit lines from line $1 on, by the host's principal
 }
 jq_true() { jq -e "$@" >/dev/null; }
 state() { $DMBYOK status "$1" --json 2>/dev/null | jq -r .state; }
-wait_state() { for _ in $(seq 200); do [ "$(state "$1")" = "$2" ] && return 0; sleep 0.1; done; return 1; }
+wait_state() { for _ in $(seq 600); do [ "$(state "$1")" = "$2" ] && return 0; sleep 0.1; done; return 1; }
 
 step "a volume under a customer key"
 start_kms
@@ -66,7 +66,7 @@ check "its probes are in the journal as they happen: MESSAGE_ID=$AUDIT_ID RESULT
 	wait_calls 2 RESULT=ok KEY_ARN="$KEY"
 kms_as customer DisableKey "{\"KeyId\":\"$KEY\"}" >/dev/null
 # Locked, then torn down at once if nobody holds it open (this one is not mounted).
-wait_locked() { for _ in $(seq 200); do case $(state "$1") in locked | torn-down) return 0 ;; esac; sleep 0.1; done; return 1; }
+wait_locked() { for _ in $(seq 600); do case $(state "$1") in locked | torn-down) return 0 ;; esac; sleep 0.1; done; return 1; }
 check "the sandboxed agent locks the volume of the disabled key" wait_locked svc
 check "no key left in the table" bash -c "! dmsetup table svc 2>/dev/null | grep -q ':logon:'"
 kms_as customer EnableKey "{\"KeyId\":\"$KEY\"}" >/dev/null

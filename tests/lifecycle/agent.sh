@@ -33,17 +33,20 @@ start_writer "$MNT/log"
 
 step "the agent adopts what exists and changes nothing"
 start_agent "${AGENT_OPTS[@]}"
-sleep 3
+# Its start-up line, then a first probe of each key: only then has it had its chance to act.
+check "the agent watches both keys" wait_quietly 60 grep -q "Watching 2 key" "$WORK/agent.log"
+probed_ok() { $DMBYOK status "$1" --json | jq -e '.agent.probes >= 1 and .agent.last_probe_class == "ok"' >/dev/null; }
+for n in a1 b1; do check "the agent probed $n's key" wait_quietly 60 probed_ok $n; done
 for n in a1 a2 b1; do check "$n stays active" test "$(state $n)" = active; done
-check "the agent watches both keys" grep -q "Watching 2 key" "$WORK/agent.log"
 
 step "the customer disables key A"
 kms_as customer DisableKey "{\"KeyId\":\"$KEY_A\"}" >/dev/null
 t=$(wait_state a1 locked 60) || { cat "$WORK/agent.log"; fail "a1 was not locked"; }
 echo "revocation -> a1 locked in $t s"
 check "a2 (key A, held by nobody) is locked and torn down at once" wait_quietly 30 eval '! dmsetup info a2'
-check "the agent's view: a1 locked because key A was revoked" bash -c "$DMBYOK status a1 --json | jq -e '.agent.state == \"locked\" and .agent.lock_reason == \"revoked\" and .agent.last_probe_class == \"key-revoked\"'"
-check "the agent's view: a2 torn down" bash -c "$DMBYOK status a2 --json | jq -e '.agent.state == \"torn-down\"'"
+# The agent's views follow its own bookkeeping: a2's once its rescan (on the removal's uevent) ran.
+check "the agent's view: a1 locked because key A was revoked" wait_quietly 30 bash -c "$DMBYOK status a1 --json | jq -e '.agent.state == \"locked\" and .agent.lock_reason == \"revoked\" and .agent.last_probe_class == \"key-revoked\"'"
+check "the agent's view: a2 torn down" wait_quietly 30 bash -c "$DMBYOK status a2 --json | jq -e '.agent.state == \"torn-down\"'"
 check "the agent's view: b1 active, its key answering" bash -c "$DMBYOK status b1 --json | jq -e '.agent.state == \"active\" and .agent.last_probe_class == \"ok\"'"
 check "b1 (key B) is not touched" test "$(state b1)" = active
 check "no key of A's volumes is in kernel memory" bash -c "! dmsetup table a1 | grep -q ':logon:' && ! dmsetup table a2 2>/dev/null | grep -q ':logon:'"
@@ -55,9 +58,9 @@ kms_as customer EnableKey "{\"KeyId\":\"$KEY_A\"}" >/dev/null
 t=$(wait_state a1 active 60) || { cat "$WORK/agent.log"; fail "a1 was not restored"; }
 echo "restore -> a1 active in $t s"
 check "a2 is mapped again too" wait_quietly 30 eval '[ "$(state a2)" = active ]'
-check "the agent's view: a1 active again, with the time it was restored" bash -c "$DMBYOK status a1 --json | jq -e '.agent.state == \"active\" and (.agent.restored_at | type) == \"string\"'"
-sleep 2
-check "the writer goes on ($A2 -> $(acked))" test "$(acked)" -gt "$A2"
+# restored_at is set when the restore's child has exited: after a2 is mapped again.
+check "the agent's view: a1 active again, with the time it was restored" wait_quietly 30 bash -c "$DMBYOK status a1 --json | jq -e '.agent.state == \"active\" and (.agent.restored_at | type) == \"string\"'"
+check "the writer goes on (more than $A2 acknowledged)" wait_quietly 30 eval '[ "$(acked)" -gt "$A2" ]'
 
 step "a KMS outage of 5 intervals locks nothing"
 stop_kms
@@ -81,9 +84,9 @@ wait $AGENT 2>/dev/null || true
 check "without the agent, status says so" bash -c "$DMBYOK status a1 --json | jq -e '.agent.running == false'"
 check "b1 stays torn down without the agent (its record)" jq -e .torn_down "$DMBYOK_RUNTIME_DIR/mappings/b1.json"
 start_agent "${AGENT_OPTS[@]}"
-sleep 3
+check "the new agent says it keeps b1 torn down" wait_quietly 60 grep -q "b1 is torn down: keeping it so" "$WORK/agent.log"
+check "the new agent probed key B and was denied" wait_quietly 60 bash -c "$DMBYOK status b1 --json | jq -e '.agent.probes >= 1 and .agent.last_probe_class == \"key-revoked\"'"
 check "the new agent keeps b1 torn down (the key is still denied)" bash -c "! dmsetup info b1 >/dev/null 2>&1"
-check "and says why" grep -q "b1 is torn down: keeping it so" "$WORK/agent.log"
 kms_as customer PutKeyPolicy "{\"KeyId\":\"$KEY_B\",\"PolicyName\":\"default\",\"Policy\":$(jq -Rs . <<<"$allow")}" >/dev/null
 t=$(wait_state b1 active 60) || { cat "$WORK/agent.log"; fail "b1 was not restored"; }
 echo "policy restored -> b1 mapped again and active in $t s (new agent)"

@@ -53,7 +53,8 @@ start_kms() {
 	"$EMULATOR" --listen "${KMS_LISTEN:-127.0.0.1:0}" --state "$WORK/kms.json" \
 		--audit-log "$WORK/audit.log" "${tls[@]}" >"$out" 2>"$WORK/kms.err" &
 	KMS_PID=$!
-	for _ in $(seq 600); do
+	# Its start (Python, its crypto) takes 10-25 s in a loaded guest: 120 s at least.
+	for _ in $(seq 1200); do
 		grep -q 'listening on' "$out" 2>/dev/null && break
 		kill -0 "$KMS_PID" 2>/dev/null || { cat "$WORK/kms.err" >&2; fail "KMS emulator died"; }
 		sleep 0.1
@@ -100,6 +101,20 @@ unwrap_dek_to() { # unwrap_dek_to DEVICE FILE
 	[ "$(stat -c %s "$2")" -eq 64 ] || fail "unwrapped DEK is not 64 bytes"
 }
 
+# Memory-scan controls: a process is known to hold the key only once it has read it.
+# has_read PID FILE: PID has FILE open and has read all of it (its offset is the file's size).
+has_read() {
+	local fd want
+	want=$(readlink -f "$2")
+	for fd in /proc/"$1"/fd/*; do
+		[ "$(readlink -f "$fd")" = "$want" ] &&
+			grep -qx "pos:[[:space:]]*$(stat -c %s "$2")" "/proc/$1/fdinfo/${fd##*/}" && return 0
+	done
+	return 1
+}
+# runs_as PID COMM: PID has exec'd COMM (a control's argv holds the key only after its exec).
+runs_as() { [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; }
+
 # Fingerprint of the first 16 MiB (the LUKS2 header area): "changes nothing" checks.
 header_sum() { head -c 16M "$1" | sha256sum | cut -d' ' -f1; }
 
@@ -108,21 +123,28 @@ header_sum() { head -c 16M "$1" | sha256sum | cut -d' ' -f1; }
 # last acknowledged one (fsync returned) is in $WORK/acked. Sets WRITER.
 start_writer() {
 	: >"$WORK/acked"
+	rm -f "$WORK/writer.stop"
 	(
 		i=0
-		while :; do
+		while [ ! -e "$WORK/writer.stop" ]; do
 			printf 'record %08d\n' $i | dd of="$1" oflag=append conv=notrunc,fsync status=none
-			echo $i >"$WORK/acked" # only after fsync returned: an acknowledged write
+			# Only after fsync returned: an acknowledged write. Renamed into place: a reader
+			# never sees the file truncated and not yet rewritten.
+			echo $i >"$WORK/acked.new" && mv -f "$WORK/acked.new" "$WORK/acked"
 			i=$((i + 1))
 		done
 	) &
 	WRITER=$!
 }
 acked() { cat "$WORK/acked"; }
-# The dd in flight first: killed, it ends the loop too, and holds the file no longer.
+# The writer stops after the record it is writing, so that no dd of it outlives it (one
+# would hold the file system: umount fails). One stuck on a stalled device is killed.
 stop_writer() {
-	pkill -P "$WRITER" 2>/dev/null || true
-	kill "$WRITER" 2>/dev/null || true
+	: >"$WORK/writer.stop"
+	if ! wait_quietly 60 eval '! kill -0 "$WRITER"'; then
+		pkill -P "$WRITER" 2>/dev/null || true
+		kill "$WRITER" 2>/dev/null || true
+	fi
 	wait "$WRITER" 2>/dev/null || true
 	ACKED=$(acked)
 }
@@ -153,12 +175,21 @@ wait_for() {
 wait_quietly() { wait_for "$@" >/dev/null; }
 # wait_state NAME STATE SECONDS: poll until NAME is in STATE; prints the time it took.
 wait_state() { wait_for "$3" eval "[ \"\$(state $1)\" = $2 ]"; }
-# start_agent [OPTIONS...]: dmbyokd in the background, its log in $WORK/agent.log.
+# start_agent [OPTIONS...]: dmbyokd in the background, its log in $WORK/agent.log; returns
+# once it has adopted what exists (its "Watching N key(s)" line, logged after that).
 start_agent() {
+	local from
+	from=$(wc -l 2>/dev/null <"$WORK/agent.log" || echo 0)
 	"$DMBYOKD" "$@" >>"$WORK/agent.log" 2>&1 &
 	AGENT=$!
-	sleep 1
-	kill -0 $AGENT 2>/dev/null || { cat "$WORK/agent.log" >&2; fail "dmbyokd died"; }
+	for _ in $(seq 600); do
+		awk -v from="$from" 'NR > from && /Watching [0-9]+ key\(s\)/ { found = 1 } END { exit !found }' \
+			"$WORK/agent.log" && return 0
+		kill -0 $AGENT 2>/dev/null || { cat "$WORK/agent.log" >&2; fail "dmbyokd died"; }
+		sleep 0.1
+	done
+	cat "$WORK/agent.log" >&2
+	fail "dmbyokd did not start (no \"Watching N key(s)\" within 60 s)"
 }
 
 # release_suspended: after a failure, a volume left locked (suspended, its file system's

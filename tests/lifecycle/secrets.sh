@@ -12,22 +12,23 @@ create_key alias/secrets >/dev/null
 check "format" $DMBYOK format $DISK --key alias/secrets
 unwrap_dek_to $DISK "$WORK/dek"
 
+
 step "positive control: the scanner finds a key a process holds"
 tail -c 64 -f "$WORK/dek" >/dev/null &
 CONTROL=$!
-sleep 0.5
+check "the control process has read the key" wait_quietly 60 has_read $CONTROL "$WORK/dek"
 expect_exit 1 "memscan finds the DEK in a process that read it" $MEMSCAN "$WORK/dek" --pid $CONTROL
 kill $CONTROL
 
 step "the scanner also finds the key's base64 and hex forms"
-(KEYB64=$(base64 -w0 "$WORK/dek"); exec -a "holder-$KEYB64" sleep 30) &
+(KEYB64=$(base64 -w0 "$WORK/dek"); exec -a "holder-$KEYB64" sleep 300) &
 CONTROL=$!
-sleep 0.3
+check "the control process holds the base64 form (argv)" wait_quietly 60 runs_as $CONTROL sleep
 expect_exit 1 "memscan finds the base64 form" $MEMSCAN "$WORK/dek" --pid $CONTROL
 kill $CONTROL
-(KEYHEX=$(od -An -tx1 "$WORK/dek" | tr -d ' \n'); exec -a "holder-$KEYHEX" sleep 30) &
+(KEYHEX=$(od -An -tx1 "$WORK/dek" | tr -d ' \n'); exec -a "holder-$KEYHEX" sleep 300) &
 CONTROL=$!
-sleep 0.3
+check "the control process holds the hex form (argv)" wait_quietly 60 runs_as $CONTROL sleep
 expect_exit 1 "memscan finds the hex form" $MEMSCAN "$WORK/dek" --pid $CONTROL
 kill $CONTROL
 

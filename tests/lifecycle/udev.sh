@@ -12,8 +12,10 @@ step "format, open, lock, unlock, close with udev"
 start_kms
 create_key alias/udev >/dev/null
 check "format" $DMBYOK format $DISK --key alias/udev
+# udev learns of the new header from its inotify watch (a change event it makes itself on the
+# close after format's writes): settle alone may return before that event is queued.
 check "udev sees the dmbyok header (crypto_LUKS)" \
-	bash -c "udevadm settle; udevadm info --query=property --name=$DISK | grep -qx 'ID_FS_TYPE=crypto_LUKS'"
+	wait_quietly 60 bash -c "udevadm settle; udevadm info --query=property --name=$DISK | grep -qx 'ID_FS_TYPE=crypto_LUKS'"
 check "open returns (udev cookie released)" timeout 60 $DMBYOK open $DISK data
 check "/dev/mapper/data exists" test -b /dev/mapper/data
 check "udev made the by-id link for the dm UUID" \

@@ -188,7 +188,7 @@ check "dpkg -r succeeds" dpkg_ok dpkg -r dmbyok
 check "dpkg: deinstall ok config-files" bash -c "[ \"\$(dpkg-query -W -f='\${Status}' dmbyok)\" = 'deinstall ok config-files' ]"
 check "the agent is stopped: no dmbyokd process" bash -c "! systemctl is-active --quiet $UNIT && ! pgrep -x dmbyokd"
 check "it stopped cleanly (journal: deactivated successfully)" \
-	bash -c "journalctl -u $UNIT --no-pager -o cat | tail -n 5 | grep -q 'Deactivated successfully'"
+	bash -c "journalctl --sync && journalctl -u $UNIT --no-pager -o cat | tail -n 5 | grep -q 'Deactivated successfully'"
 check "systemd no longer knows the unit" bash -c "[ \"\$(systemctl show -P LoadState $UNIT)\" = not-found ]"
 check "no file of the package is left" bash -c "while read -r f; do [ -d \"\$f\" ] || [ ! -e \"\$f\" ] || { echo \"left: \$f\"; exit 1; }; done <'$WORK/files'"
 check "the journal catalog has no dmbyok entry" test "$(dmbyok_catalog_entries)" -eq 0

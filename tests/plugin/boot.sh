@@ -47,6 +47,9 @@ check "the data written through dmbyok before the boot reads back" \
 	test "$(cat /srv/bootdata/hello)" = "written through dmbyok before the boot"
 # The plugin's entries, by the PID of the unit's systemd-cryptsetup (_PID comes with the
 # message itself; _SYSTEMD_UNIT may be missing for a process that exited at once).
+# --sync: journald has stored what the units sent before it returns (it reads them
+# asynchronously).
+journalctl --sync
 journalctl -b -o json SYSLOG_IDENTIFIER=dmbyok-token >"$WORK/plugin.journal"
 jq -c '{pid: ._PID, unit: ._SYSTEMD_UNIT, op: .OPERATION, result: .RESULT, msg: .MESSAGE}' "$WORK/plugin.journal"
 DATA_PID=$(prop $DATA_UNIT ExecMainPID)

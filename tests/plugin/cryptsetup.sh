@@ -102,7 +102,7 @@ expect_exit 0 "no DEK (raw, either half, base64, hex) in its memory" \
 	$MEMSCAN "$WORK/dek" --pid $OPENER_PID
 tail -c 64 -f "$WORK/dek" >/dev/null &
 CONTROL=$!
-sleep 0.5
+check "the control process has read the DEK" wait_quietly 60 has_read $CONTROL "$WORK/dek"
 expect_exit 1 "positive control: the scanner finds the DEK in a process that read it" \
 	$MEMSCAN "$WORK/dek" --pid $CONTROL
 kill $CONTROL
