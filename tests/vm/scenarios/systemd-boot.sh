@@ -22,6 +22,8 @@ links=(/dev/disk/by-path/*virtio*)
 [ -L "${links[0]}" ] || die "udev made no /dev/disk/by-path link for the virtio disk"
 touch /etc/dmbyok-overlay-write-test || die "the root overlay is not writable"
 mountpoint -q /srv/prepared || die "the fstab line written by --prepare was not mounted at boot"
+# WantedBy=basic.target: it may still be starting beside this unit.
+for _ in $(seq 600); do systemctl is-active --quiet prepared.service && break; sleep 0.1; done
 systemctl is-active --quiet prepared.service || die "the unit enabled by --prepare did not start at boot"
 [ "$(cat /srv/prepared/proof)" = booted ] || die "prepared.service did not run after its mount"
 echo "failed units: $(systemctl list-units --failed --plain --no-legend | awk '{ print $1 }' | tr '\n' ' ')"
