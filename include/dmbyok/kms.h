@@ -74,6 +74,48 @@ int dmbyok_kms_describe_key(struct kms_client *c, const char *key_id, struct kms
 void dmbyok_kms_key_info_done(struct kms_key_info *info);
 
 /*
+ * Per-volume grants (AWS KMS). A volume's grant lets `grantee` (a principal ARN) Decrypt and
+ * ReEncrypt blobs of `key_id` only under an encryption context equal to `context`
+ * (EncryptionContextEquals), and names the grantee its retiring principal, so that the
+ * customer can revoke one volume and the host can retire what it no longer needs. `name`
+ * (the volume's UUID) makes a retried create idempotent. `context` needs at least one pair
+ * and `key_id` must be a key id or ARN, not an alias (CreateGrant takes none): else -EINVAL.
+ * Providers without grants (Cloud
+ * KMS, Key Vault: access there is per key, by IAM) return -EOPNOTSUPP.
+ */
+int dmbyok_kms_create_grant(struct kms_client *c, const char *key_id, const char *grantee,
+                            json_object *context, const char *name, char **ret_grant_id);
+/*
+ * RetireGrant (key_arn: the key's ARN); -ENOENT when the key has no such grant (already
+ * retired or revoked, or the key is deleted).
+ */
+int dmbyok_kms_retire_grant(struct kms_client *c, const char *key_arn, const char *grant_id);
+
+/*
+ * What dmbyok accepts as a grant id, from the KMS and in tokens and records: 1 to 128
+ * letters and digits (AWS gives 64 hex digits). It ends up in logs, paths and JSON.
+ */
+bool dmbyok_kms_grant_id_valid(const char *id);
+
+struct kms_grant_info {
+	char *grant_id;
+	char *grantee;
+	char *retiring_principal;    /* NULL when the grant names none */
+	char **operations;           /* NULL-terminated: "Decrypt", "ReEncryptFrom", ... */
+	json_object *context_equals; /* the EncryptionContextEquals constraint, or NULL */
+};
+/* ListGrants for one grant id (needs kms:ListGrants): -ENOENT when the key has no such grant. */
+int dmbyok_kms_find_grant(struct kms_client *c, const char *key_arn, const char *grant_id,
+                          struct kms_grant_info *ret);
+void dmbyok_kms_grant_info_done(struct kms_grant_info *info);
+
+/*
+ * The principal this client's credentials act as, as a grant names it: sts:GetCallerIdentity,
+ * an assumed-role session given as its role's ARN. -EOPNOTSUPP for providers without grants.
+ */
+int dmbyok_kms_caller_principal(struct kms_client *c, char **ret_arn);
+
+/*
  * The region named by a key ARN (a Cloud KMS name: its location; a Key Vault identifier: the
  * vault's host), else -EINVAL.
  */

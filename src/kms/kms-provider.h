@@ -28,6 +28,16 @@ struct kms_provider_ops {
 	                 const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
 	int (*describe_key)(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
 	const char *(*region)(struct kms_client *c);
+	/*
+	 * Per-volume grants (kms.h), optional: a provider whose access is per key (by IAM)
+	 * leaves them NULL and kms.c answers -EOPNOTSUPP. kms.c has checked the arguments.
+	 */
+	int (*create_grant)(struct kms_client *c, const char *key_id, const char *grantee,
+	                    json_object *context, const char *name, char **ret_grant_id);
+	int (*retire_grant)(struct kms_client *c, const char *key_arn, const char *grant_id);
+	int (*find_grant)(struct kms_client *c, const char *key_arn, const char *grant_id,
+	                  struct kms_grant_info *ret);
+	int (*caller_principal)(struct kms_client *c, char **ret_arn);
 };
 
 struct kms_client {
@@ -45,10 +55,12 @@ void dmbyok_kms_set_last_error(struct kms_client *c, const char *fmt, ...) _prin
  * logged is here, by construction: no plaintext, no wrapped key, no credential.
  */
 struct kms_audit {
-	const char *operation; /* "Decrypt", "GenerateDataKey", "ReEncrypt", "DescribeKey" */
+	/* "Decrypt", "GenerateDataKey", "ReEncrypt", "DescribeKey", "CreateGrant", "RetireGrant",
+	 * "ListGrants", "GetCallerIdentity" */
+	const char *operation;
 	const char *provider;
 	const char *region;     /* NULL: unknown */
-	const char *key_id;     /* as asked; NULL when the blob names its key */
+	const char *key_id;     /* as asked; NULL when the blob names its key, or no key */
 	const char *key_arn;    /* as answered; NULL on failure */
 	json_object *context;   /* encryption context, or NULL */
 	const char *request_id; /* the KMS's, of the last attempt, or NULL */

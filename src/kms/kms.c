@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -174,6 +175,11 @@ void dmbyok_kms_audit_log(const struct kms_audit *a)
 	struct log_fields f = {};
 	const char *key = a->key_arn ? a->key_arn : a->key_id;
 
+	/* A call about no key (GetCallerIdentity) has none; Decrypt's blob names its own. */
+	if (!key)
+		key = strcmp(a->operation, "GetCallerIdentity") ? "(key named by the blob)"
+		                                                : "(no key)";
+
 	/*
 	 * An audit trail belongs in the journal whatever the outcome: info there. On a terminal
 	 * it would double every command's output (failures are reported by the caller): debug.
@@ -181,8 +187,7 @@ void dmbyok_kms_audit_log(const struct kms_audit *a)
 	(void)dmbyok_kms_audit_fields(a, &f);
 	(void)log_struct_errno(
 	    dmbyok_log_to_journal() ? LOG_LEVEL_INFO : LOG_LEVEL_DEBUG, a->result,
-	    DMBYOK_MESSAGE_KMS_CALL, f.field, "KMS %s %s: %s in %llu ms.", a->operation,
-	    key ? key : "(key named by the blob)",
+	    DMBYOK_MESSAGE_KMS_CALL, f.field, "KMS %s %s: %s in %llu ms.", a->operation, key,
 	    dmbyok_error_class_name(dmbyok_error_class(a->result)), a->latency_ms);
 	dmbyok_kms_audit_file(a);
 }
@@ -303,6 +308,122 @@ void dmbyok_kms_key_info_done(struct kms_key_info *info)
 	free(info->key_arn);
 	free(info->key_state);
 	*info = (struct kms_key_info){};
+}
+
+/* ---- per-volume grants: AWS KMS's; the other providers grant per key, by IAM ---- */
+
+static int grants_unsupported(struct kms_client *c)
+{
+	dmbyok_kms_set_last_error(c,
+	                          "per-volume grants are an AWS KMS feature; %s grants access "
+	                          "per key through IAM",
+	                          dmbyok_kms_client_provider_title(c));
+	return log_error_errno(EOPNOTSUPP,
+	                       "Per-volume grants are an AWS KMS feature; %s grants "
+	                       "access per key through IAM.",
+	                       dmbyok_kms_client_provider_title(c));
+}
+
+int dmbyok_kms_create_grant(struct kms_client *c, const char *key_id, const char *grantee,
+                            json_object *context, const char *name, char **ret_grant_id)
+{
+	_cleanup_free_ char *id = NULL;
+	unsigned long long t0;
+	int r;
+
+	ENSURE(c && key_id && *key_id && grantee && *grantee && ret_grant_id, EINVAL);
+	ENSURE(!name || *name, EINVAL);
+	/* Without a context the grant would open every blob of the key to the grantee. */
+	ENSURE(context && json_object_is_type(context, json_type_object) &&
+	           json_object_object_length(context) > 0,
+	       EINVAL);
+	GUARD(context_check(context));
+	if (!c->ops->create_grant)
+		return grants_unsupported(c);
+	t0 = call_begin(c);
+	r = c->ops->create_grant(c, key_id, grantee, context, name, &id);
+	call_end(c, "CreateGrant", key_id, NULL, context, r, t0);
+	if (r >= 0)
+		*ret_grant_id = TAKE_PTR(id);
+	return r;
+}
+
+int dmbyok_kms_retire_grant(struct kms_client *c, const char *key_arn, const char *grant_id)
+{
+	unsigned long long t0;
+	int r;
+
+	ENSURE(c && key_arn && *key_arn && grant_id && *grant_id, EINVAL);
+	if (!c->ops->retire_grant)
+		return grants_unsupported(c);
+	t0 = call_begin(c);
+	r = c->ops->retire_grant(c, key_arn, grant_id);
+	call_end(c, "RetireGrant", key_arn, key_arn, NULL, r, t0);
+	return r;
+}
+
+int dmbyok_kms_find_grant(struct kms_client *c, const char *key_arn, const char *grant_id,
+                          struct kms_grant_info *ret)
+{
+	_cleanup_(dmbyok_kms_grant_info_done) struct kms_grant_info info = {};
+	unsigned long long t0;
+	int r;
+
+	ENSURE(c && key_arn && *key_arn && grant_id && *grant_id && ret, EINVAL);
+	if (!c->ops->find_grant)
+		return grants_unsupported(c);
+	t0 = call_begin(c);
+	r = c->ops->find_grant(c, key_arn, grant_id, &info);
+	/* Not finding the grant is an answer about the key, like DescribeKey's -ENOENT. */
+	call_end(c, "ListGrants", key_arn, key_arn, NULL, r, t0);
+	if (r >= 0) {
+		*ret = info;
+		info = (struct kms_grant_info){};
+	}
+	return r;
+}
+
+bool dmbyok_kms_grant_id_valid(const char *id)
+{
+	size_t n = id ? strnlen(id, 129) : 0;
+
+	if (n < 1 || n > 128)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)id[i]))
+			return false;
+	return true;
+}
+
+void dmbyok_kms_grant_info_done(struct kms_grant_info *info)
+{
+	if (!info)
+		return;
+	free(info->grant_id);
+	free(info->grantee);
+	free(info->retiring_principal);
+	for (char **o = info->operations; o && *o; o++)
+		free(*o);
+	free(info->operations);
+	json_object_put(info->context_equals);
+	*info = (struct kms_grant_info){};
+}
+
+int dmbyok_kms_caller_principal(struct kms_client *c, char **ret_arn)
+{
+	_cleanup_free_ char *arn = NULL;
+	unsigned long long t0;
+	int r;
+
+	ENSURE(c && ret_arn, EINVAL);
+	if (!c->ops->caller_principal)
+		return grants_unsupported(c);
+	t0 = call_begin(c);
+	r = c->ops->caller_principal(c, &arn);
+	call_end(c, "GetCallerIdentity", NULL, NULL, NULL, r, t0);
+	if (r >= 0)
+		*ret_arn = TAKE_PTR(arn);
+	return r;
 }
 
 const char *dmbyok_kms_client_region(struct kms_client *c)

@@ -153,6 +153,36 @@ class PolicyTest(unittest.TestCase):
                                              {"vol": "v1", "x": "y"}))
         self.assertFalse(policy.grant_allows(grant, self.HOST, "Encrypt", {"vol": "v1"}))
 
+    def test_grant_constraints_as_aws_documents_them(self):
+        session = "arn:aws:sts::111122223333:assumed-role/h/i-0123"
+        grant = {"GranteePrincipal": self.HOST,
+                 "Operations": ["Decrypt", "DescribeKey", "RetireGrant", "CreateGrant"],
+                 "Constraints": {"EncryptionContextEquals": {"Vol": "v1"}}}
+        # a grant naming a role covers the role's sessions
+        self.assertTrue(policy.grant_allows(grant, session, "Decrypt", {"Vol": "v1"}))
+        self.assertFalse(policy.grant_allows(
+            grant, "arn:aws:sts::111122223333:assumed-role/other/i-0123", "Decrypt",
+            {"Vol": "v1"}))
+        # keys compare without case, values with it
+        self.assertTrue(policy.grant_allows(grant, self.HOST, "Decrypt", {"vol": "v1"}))
+        self.assertFalse(policy.grant_allows(grant, self.HOST, "Decrypt", {"Vol": "V1"}))
+        # the constraint does not bind operations without an encryption context
+        self.assertTrue(policy.grant_allows(grant, self.HOST, "DescribeKey", None))
+        self.assertTrue(policy.grant_allows(grant, self.HOST, "RetireGrant", None))
+        # CreateGrant through it: an equally strict or stricter constraint only
+        equal = {"EncryptionContextEquals": {"vol": "v1"}}
+        for new, ok in ((equal, True), (None, False),
+                        ({"EncryptionContextEquals": {"Vol": "v2"}}, False),
+                        ({"EncryptionContextSubset": {"Vol": "v1"}}, False)):
+            self.assertEqual(policy.grant_allows(grant, self.HOST, "CreateGrant", None, new),
+                             ok, new)
+        subset = dict(grant, Constraints={"EncryptionContextSubset": {"vol": "v1"}})
+        for new, ok in (({"EncryptionContextSubset": {"vol": "v1", "x": "y"}}, True),
+                        ({"EncryptionContextEquals": {"vol": "v1", "x": "y"}}, True),
+                        ({"EncryptionContextSubset": {"x": "y"}}, False), (None, False)):
+            self.assertEqual(policy.grant_allows(subset, self.HOST, "CreateGrant", None, new),
+                             ok, new)
+
     def test_malformed(self):
         for text in ("nope", "{}", '{"Statement": [{"Effect": "Maybe"}]}'):
             with self.assertRaises(KMSError):

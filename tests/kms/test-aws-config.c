@@ -506,6 +506,163 @@ static void test_sts_endpoint_and_xml(void **state)
 	assert_int_equal(dmbyok_aws_xml_text("<E></E>", "Code", &url), -ENOENT);
 }
 
+/* GetCallerIdentity's ARN as a grant names it: a session becomes its role. */
+static void test_grantee_from_caller_arn(void **state)
+{
+	static const struct {
+		const char *in, *out; /* out NULL: -EINVAL */
+	} cases[] = {
+		{ "arn:aws:sts::111122223333:assumed-role/dmbyok-host/i-0abc",
+		  "arn:aws:iam::111122223333:role/dmbyok-host" },
+		{ "arn:aws:sts::111122223333:assumed-role/r+=,.@_-/s@x.example",
+		  "arn:aws:iam::111122223333:role/r+=,.@_-" },
+		{ "arn:aws-cn:sts::123456789012:assumed-role/app/sess",
+		  "arn:aws-cn:iam::123456789012:role/app" },
+		{ "arn:aws-us-gov:sts::123456789012:assumed-role/app/sess",
+		  "arn:aws-us-gov:iam::123456789012:role/app" },
+		/* other principals are named as they are */
+		{ "arn:aws:iam::111122223333:user/customer-admin",
+		  "arn:aws:iam::111122223333:user/customer-admin" },
+		{ "arn:aws:iam::111122223333:role/path/to/app",
+		  "arn:aws:iam::111122223333:role/path/to/app" },
+		{ "arn:aws:iam::111122223333:root", "arn:aws:iam::111122223333:root" },
+		{ "arn:aws:sts::111122223333:federated-user/bob",
+		  "arn:aws:sts::111122223333:federated-user/bob" },
+		/* not principal ARNs, or sessions we cannot read */
+		{ "arn:aws:sts::111122223333:assumed-role/app", NULL },
+		{ "arn:aws:sts::111122223333:assumed-role//sess", NULL },
+		{ "arn:aws:sts::111122223333:assumed-role/app/", NULL },
+		{ "arn:aws:sts::111122223333:assumed-role/app/a/b", NULL },
+		{ "arn:aws:sts::1111:assumed-role/app/sess", NULL },
+		{ "arn:aws:sts:us-east-1:111122223333:assumed-role/app/sess", NULL },
+		{ "arn:aws:kms:us-east-1:111122223333:key/1234", NULL },
+		{ "arn::iam::111122223333:root", NULL },
+		{ "arn:aws:iam::111122223333:", NULL },
+		{ "role/app", NULL },
+		{ "", NULL },
+	};
+
+	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+		char *out = NULL;
+		int r = dmbyok_aws_grantee_from_caller_arn(cases[i].in, &out);
+
+		if (!cases[i].out) {
+			if (r != -EINVAL)
+				fail_msg("%s: want -EINVAL, got %d (%s)", cases[i].in, r,
+				         out ? out : "");
+			continue;
+		}
+		if (r < 0)
+			fail_msg("%s: %s", cases[i].in, dmbyok_strerror(r));
+		assert_string_equal(out, cases[i].out);
+		free(out);
+	}
+}
+
+static struct secret *body_of(const char *text)
+{
+	struct secret *s = NULL;
+	size_t n = strlen(text);
+
+	assert_int_equal(dmbyok_secret_new(n + 1, &s), 0);
+	memcpy(s->data, text, n + 1);
+	s->size = n;
+	return s;
+}
+
+#define GID "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+/* CreateGrant's and ListGrants' answers, as AWS documents them, and malformed ones. */
+static void test_grant_parsers(void **state)
+{
+	static const char *const bad_lists[] = {
+		"{}",
+		"{\"Grants\":{}}",
+		"{\"Grants\":[],\"Truncated\":\"false\"}",
+		"{\"Grants\":[],\"Truncated\":true}",
+		"{\"Grants\":[1]}",
+		"{\"Grants\":[{\"GranteePrincipal\":\"x\"}]}",
+		"{\"Grants\":[{\"GrantId\":\"" GID "\",\"Operations\":[\"Decrypt\"]}]}",
+		"{\"Grants\":[{\"GrantId\":\"" GID "\",\"GranteePrincipal\":\"g\"}]}",
+		"{\"Grants\":[{\"GrantId\":\"" GID "\",\"GranteePrincipal\":\"g\","
+		"\"Operations\":[\"Decrypt\",7]}]}",
+		"{\"Grants\":[{\"GrantId\":\"" GID "\",\"GranteePrincipal\":\"g\","
+		"\"Operations\":[],\"Constraints\":{\"EncryptionContextEquals\":{\"a\":1}}}]}",
+		"{\"Grants\":[{\"GrantId\":\"" GID "\",\"GranteePrincipal\":\"g\","
+		"\"Operations\":[],\"Constraints\":[]}]}",
+		"{\"Grants\":[]} trailing",
+	};
+	struct kms_grant_info info = {};
+	struct secret *b;
+	char *id = NULL, *marker = NULL, why[256];
+
+	b = body_of("{\"GrantToken\":\"AQpAtoken\",\"GrantId\":\"" GID "\"}");
+	assert_int_equal(dmbyok_aws_parse_create_grant(b, &id, why, sizeof(why)), 0);
+	assert_string_equal(id, GID);
+	free(id);
+	dmbyok_secret_free(b);
+	b = body_of("{\"GrantId\":\"a b\"}");
+	assert_int_equal(dmbyok_aws_parse_create_grant(b, &id, why, sizeof(why)), -EPROTO);
+	dmbyok_secret_free(b);
+	b = body_of("{\"GrantToken\":\"t\"}");
+	assert_int_equal(dmbyok_aws_parse_create_grant(b, &id, why, sizeof(why)), -EPROTO);
+	dmbyok_secret_free(b);
+
+	b = body_of("{\"Grants\":[{\"GrantId\":\"other\",\"GranteePrincipal\":7},"
+	            "{\"KeyId\":\"arn:aws:kms:us-east-1:111122223333:key/k\",\"GrantId\":\"" GID
+	            "\",\"Name\":\"vol\",\"CreationDate\":1.7e9,"
+	            "\"GranteePrincipal\":\"arn:aws:iam::111122223333:role/h\","
+	            "\"RetiringPrincipal\":\"arn:aws:iam::111122223333:role/h\","
+	            "\"IssuingAccount\":\"arn:aws:iam::111122223333:root\","
+	            "\"Operations\":[\"Decrypt\",\"ReEncryptFrom\",\"ReEncryptTo\"],"
+	            "\"Constraints\":{\"EncryptionContextEquals\":{\"dmbyok:volume\":\"v1\"}}}],"
+	            "\"Truncated\":false}");
+	assert_int_equal(dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)), 0);
+	dmbyok_secret_free(b);
+	assert_string_equal(info.grant_id, GID);
+	assert_string_equal(info.grantee, "arn:aws:iam::111122223333:role/h");
+	assert_string_equal(info.retiring_principal, "arn:aws:iam::111122223333:role/h");
+	assert_string_equal(info.operations[0], "Decrypt");
+	assert_string_equal(info.operations[2], "ReEncryptTo");
+	assert_null(info.operations[3]);
+	assert_string_equal(
+	    json_object_to_json_string_ext(info.context_equals, JSON_C_TO_STRING_PLAIN),
+	    "{\"dmbyok:volume\":\"v1\"}");
+	dmbyok_kms_grant_info_done(&info);
+	dmbyok_kms_grant_info_done(&info); /* zeroed: done again is harmless */
+
+	/* no retiring principal, no constraints */
+	b = body_of("{\"Grants\":[{\"GrantId\":\"" GID "\",\"GranteePrincipal\":\"g\","
+	            "\"Operations\":[\"DescribeKey\"]}]}");
+	assert_int_equal(dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)), 0);
+	dmbyok_secret_free(b);
+	assert_null(info.retiring_principal);
+	assert_null(info.context_equals);
+	dmbyok_kms_grant_info_done(&info);
+
+	/* not on this page: the next page's marker, or none on the last */
+	b = body_of("{\"Grants\":[],\"Truncated\":true,\"NextMarker\":\"m2\"}");
+	assert_int_equal(dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)),
+	                 -ENOENT);
+	dmbyok_secret_free(b);
+	assert_string_equal(marker, "m2");
+	free(marker);
+	b = body_of("{\"Grants\":[]}");
+	assert_int_equal(dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)),
+	                 -ENOENT);
+	dmbyok_secret_free(b);
+	assert_null(marker);
+
+	for (size_t i = 0; i < ELEMENTSOF(bad_lists); i++) {
+		b = body_of(bad_lists[i]);
+		if (dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)) !=
+		    -EPROTO)
+			fail_msg("accepted: %s", bad_lists[i]);
+		dmbyok_secret_free(b);
+		assert_null(info.grant_id);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -523,6 +680,8 @@ int main(void)
 		cmocka_unit_test(test_client_options),
 		cmocka_unit_test(test_split_command),
 		cmocka_unit_test(test_sts_endpoint_and_xml),
+		cmocka_unit_test(test_grantee_from_caller_arn),
+		cmocka_unit_test(test_grant_parsers),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -21,6 +21,7 @@
 #include <curl/curl.h>
 
 #include "dmbyok/error.h"
+#include "aws-test-env.h"
 #include "dmbyok/kms.h"
 #include "dmbyok/log.h"
 #include "../../src/kms/aws/aws.h"
@@ -34,50 +35,11 @@ static const char *endpoint, *ca, *other_ca, *audit_path, *test_dir;
 static struct kms_client *admin;
 static char *key_a, *key_b; /* ARNs */
 
-static const char *need_env(const char *name)
-{
-	const char *v = getenv(name);
-
-	if (!v || !*v) {
-		fprintf(stderr, "%s is not set: run this test through run-with-emulator.\n", name);
-		exit(1);
-	}
-	return v;
-}
-
 /* A clean AWS environment for each test: the emulator, its CA, and no credentials. */
 static void env_reset(void)
 {
-	static const char *const vars[] = {
-		"AWS_ACCESS_KEY_ID",
-		"AWS_SECRET_ACCESS_KEY",
-		"AWS_SESSION_TOKEN",
-		"AWS_PROFILE",
-		"AWS_DEFAULT_PROFILE",
-		"AWS_CONTAINER_CREDENTIALS_FULL_URI",
-		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-		"AWS_CONTAINER_AUTHORIZATION_TOKEN",
-		"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-		"AWS_EC2_METADATA_SERVICE_ENDPOINT",
-		"AWS_ENDPOINT_URL",
-		"AWS_DEFAULT_REGION",
-		"AWS_ENDPOINT_URL_STS",
-		"AWS_ROLE_ARN",
-		"AWS_WEB_IDENTITY_TOKEN_FILE",
-		"AWS_ROLE_SESSION_NAME",
-	};
-	char path[512];
-
-	for (size_t i = 0; i < ELEMENTSOF(vars); i++)
-		unsetenv(vars[i]);
-	setenv("AWS_EC2_METADATA_DISABLED", "true", 1);
-	setenv("AWS_REGION", "us-east-1", 1);
-	setenv("AWS_ENDPOINT_URL_KMS", endpoint, 1);
-	setenv("AWS_CA_BUNDLE", ca, 1);
-	snprintf(path, sizeof(path), "%s/no-such-credentials", test_dir);
-	setenv("AWS_SHARED_CREDENTIALS_FILE", path, 1);
-	snprintf(path, sizeof(path), "%s/no-such-config", test_dir);
-	setenv("AWS_CONFIG_FILE", path, 1);
+	aws_test_env_reset(
+	    &(struct aws_test_env){ .endpoint = endpoint, .ca = ca, .dir = test_dir });
 }
 
 static void env_creds(const char *akid, const char *secret, const char *token)
@@ -1118,11 +1080,11 @@ static int group_setup(void **state)
 {
 	json_object *resp;
 
-	endpoint = need_env("DMBYOK_TEST_ENDPOINT");
-	ca = need_env("DMBYOK_TEST_CA");
-	other_ca = need_env("DMBYOK_TEST_OTHER_CA");
-	audit_path = need_env("DMBYOK_TEST_AUDIT");
-	test_dir = need_env("DMBYOK_TEST_DIR");
+	endpoint = aws_test_need_env("DMBYOK_TEST_ENDPOINT");
+	ca = aws_test_need_env("DMBYOK_TEST_CA");
+	other_ca = aws_test_need_env("DMBYOK_TEST_OTHER_CA");
+	audit_path = aws_test_need_env("DMBYOK_TEST_AUDIT");
+	test_dir = aws_test_need_env("DMBYOK_TEST_DIR");
 	dmbyok_log_setup("test-aws-kms");
 
 	env_reset();

@@ -109,13 +109,9 @@ static int error_response(struct kms_client *c, const char *operation,
 	return dmbyok_aws_error_to_errno(*ret_code, resp->status);
 }
 
-/*
- * One KMS operation with the standard retry policy. The response body is returned in
- * locked memory, untouched, since it may carry plaintext. After an error response,
- * *ret_error_code (optional) is the bare AWS error code, or NULL.
- */
-static int kms_call(struct kms_client *c, const char *operation, const char *key_id,
-                    json_object *request, struct secret **ret_body, char **ret_error_code)
+/* The response body stays untouched in locked memory, since it may carry plaintext. */
+int dmbyok_aws_kms_request(struct kms_client *c, const char *operation, const char *key_id,
+                           json_object *request, struct secret **ret_body, char **ret_error_code)
 {
 	struct aws_kms *k = aws_of(c);
 	_cleanup_free_ char *region = NULL, *url = NULL, *sigv4 = NULL, *target = NULL;
@@ -237,7 +233,7 @@ static int protocol_error(char *why, size_t why_size, const char *fmt, ...)
  * extensions (comments, single quotes) could make it read other fields than
  * dmbyok_aws_json_take_string() did.
  */
-static int parse_object(const struct secret *body, json_object **ret)
+int dmbyok_aws_parse_object(const struct secret *body, json_object **ret)
 {
 	_cleanup_(json_tokener_freep) json_tokener *tok = NULL;
 	json_object *j;
@@ -261,9 +257,8 @@ static int parse_object(const struct secret *body, json_object **ret)
 	return 0;
 }
 
-/* A string member; NULL in *ret when optional and absent. */
-static int member_string(json_object *o, const char *operation, const char *field, bool required,
-                         char **ret, char *why, size_t why_size)
+int dmbyok_aws_member_string(json_object *o, const char *operation, const char *field,
+                             bool required, char **ret, char *why, size_t why_size)
 {
 	json_object *v;
 
@@ -316,7 +311,7 @@ static int member_key_arn(json_object *o, const char *operation, const char *fie
 	_cleanup_free_ char *v = NULL;
 	char buf[SHOWN_MAX];
 
-	GUARD(member_string(o, operation, field, required, &v, why, why_size));
+	GUARD(dmbyok_aws_member_string(o, operation, field, required, &v, why, why_size));
 	if (v && !dmbyok_aws_is_key_arn(v))
 		return protocol_error(why, why_size,
 		                      "%s: %s \"%s\" in the response is not a key ARN", operation,
@@ -333,7 +328,7 @@ static int member_ciphertext(json_object *o, const char *operation, char **ret, 
 	_cleanup_free_ uint8_t *raw = NULL;
 	size_t len;
 
-	GUARD(member_string(o, operation, "CiphertextBlob", true, &v, why, why_size));
+	GUARD(dmbyok_aws_member_string(o, operation, "CiphertextBlob", true, &v, why, why_size));
 	len = strlen(v);
 	raw = malloc(len / 4 * 3 + 1);
 	ENSURE_ALLOC(raw);
@@ -392,7 +387,7 @@ static int parse_common(struct secret *body, const char *operation, bool plainte
 	/* The key comes out of the locked body before json-c copies the document. */
 	if (plaintext)
 		GUARD(take_plaintext(body, operation, &res.plaintext, why, why_size));
-	r = parse_object(body, &j);
+	r = dmbyok_aws_parse_object(body, &j);
 	if (r == -EPROTO)
 		return protocol_error(why, why_size, "%s: malformed response", operation);
 	if (r < 0)
@@ -441,7 +436,7 @@ int dmbyok_aws_parse_describe_key(const struct secret *body, struct kms_key_info
 	json_object *md, *enabled;
 	int r;
 
-	r = parse_object(body, &j);
+	r = dmbyok_aws_parse_object(body, &j);
 	if (r == -EPROTO)
 		return protocol_error(why, why_size, "DescribeKey: malformed response");
 	if (r < 0)
@@ -450,7 +445,8 @@ int dmbyok_aws_parse_describe_key(const struct secret *body, struct kms_key_info
 	    !json_object_is_type(md, json_type_object))
 		return protocol_error(why, why_size, "DescribeKey: the response lacks KeyMetadata");
 	GUARD(member_key_arn(md, "DescribeKey", "Arn", true, &info.key_arn, why, why_size));
-	GUARD(member_string(md, "DescribeKey", "KeyState", true, &info.key_state, why, why_size));
+	GUARD(dmbyok_aws_member_string(md, "DescribeKey", "KeyState", true, &info.key_state, why,
+	                               why_size));
 	if (json_object_object_get_ex(md, "Enabled", &enabled)) {
 		/* json-c would read "false" as true */
 		if (!json_object_is_type(enabled, json_type_boolean))
@@ -466,8 +462,7 @@ int dmbyok_aws_parse_describe_key(const struct secret *body, struct kms_key_info
 	return 0;
 }
 
-/* A success response the parser refused: say so, as a protocol error. */
-static int response_failed(struct kms_client *c, const char *operation, int r, const char *why)
+int dmbyok_aws_response_failed(struct kms_client *c, const char *operation, int r, const char *why)
 {
 	if (r == -EPROTO)
 		dmbyok_kms_set_last_error(c, "%s", *why ? why : "malformed response from the KMS");
@@ -475,7 +470,7 @@ static int response_failed(struct kms_client *c, const char *operation, int r, c
 	                       *why ? why : dmbyok_strerror(r));
 }
 
-static int add_string(json_object *o, const char *k, const char *v)
+int dmbyok_aws_add_string(json_object *o, const char *k, const char *v)
 {
 	json_object *s = json_object_new_string(v);
 
@@ -487,7 +482,7 @@ static int add_string(json_object *o, const char *k, const char *v)
 	return 0;
 }
 
-static int add_object(json_object *o, const char *k, json_object *v)
+int dmbyok_aws_add_object(json_object *o, const char *k, json_object *v)
 {
 	if (!v)
 		return 0;
@@ -511,12 +506,12 @@ static int aws_generate_data_key(struct kms_client *c, const char *key_id, json_
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
-	GUARD(add_string(req, "KeyId", key_id));
+	GUARD(dmbyok_aws_add_string(req, "KeyId", key_id));
 	if (json_object_object_add(req, "NumberOfBytes", json_object_new_int((int)n_bytes)) < 0)
 		return -ENOMEM;
-	GUARD(add_object(req, "EncryptionContext", context));
+	GUARD(dmbyok_aws_add_object(req, "EncryptionContext", context));
 
-	r = kms_call(c, "GenerateDataKey", key_id, req, &body, &code);
+	r = dmbyok_aws_kms_request(c, "GenerateDataKey", key_id, req, &body, &code);
 	if (r == -EKEYREVOKED && code && !strcmp(code, "NotFoundException")) {
 		char said[sizeof(c->last_error)];
 
@@ -530,7 +525,7 @@ static int aws_generate_data_key(struct kms_client *c, const char *key_id, json_
 		return r;
 	r = dmbyok_aws_parse_generate_data_key(body, &res, why, sizeof(why));
 	if (r < 0)
-		return response_failed(c, "GenerateDataKey", r, why);
+		return dmbyok_aws_response_failed(c, "GenerateDataKey", r, why);
 	if (res.plaintext->size != n_bytes) {
 		dmbyok_kms_set_last_error(c, "GenerateDataKey: got %zu bytes of key, asked for %zu",
 		                          res.plaintext->size, n_bytes);
@@ -555,15 +550,15 @@ static int aws_decrypt(struct kms_client *c, const char *key_id, const char *cip
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
-	GUARD(add_string(req, "CiphertextBlob", ciphertext_b64));
+	GUARD(dmbyok_aws_add_string(req, "CiphertextBlob", ciphertext_b64));
 	if (key_id)
-		GUARD(add_string(req, "KeyId", key_id));
-	GUARD(add_object(req, "EncryptionContext", context));
+		GUARD(dmbyok_aws_add_string(req, "KeyId", key_id));
+	GUARD(dmbyok_aws_add_object(req, "EncryptionContext", context));
 
-	GUARD(kms_call(c, "Decrypt", key_id, req, &body, NULL));
+	GUARD(dmbyok_aws_kms_request(c, "Decrypt", key_id, req, &body, NULL));
 	r = dmbyok_aws_parse_decrypt(body, &res, why, sizeof(why));
 	if (r < 0)
-		return response_failed(c, "Decrypt", r, why);
+		return dmbyok_aws_response_failed(c, "Decrypt", r, why);
 	*ret_plaintext = TAKE_PTR(res.plaintext);
 	if (ret_key_arn)
 		*ret_key_arn = TAKE_PTR(res.key_arn);
@@ -576,10 +571,10 @@ int dmbyok_aws_kms_call(struct kms_client *c, const char *operation, const char 
 	_cleanup_secret_ struct secret *body = NULL;
 	int r;
 
-	GUARD(kms_call(c, operation, key_id, request, &body, NULL));
-	r = parse_object(body, ret_response);
+	GUARD(dmbyok_aws_kms_request(c, operation, key_id, request, &body, NULL));
+	r = dmbyok_aws_parse_object(body, ret_response);
 	if (r < 0)
-		return response_failed(c, operation, r, "");
+		return dmbyok_aws_response_failed(c, operation, r, "");
 	return 0;
 }
 
@@ -594,16 +589,16 @@ static int aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
-	GUARD(add_string(req, "CiphertextBlob", ciphertext_b64));
-	GUARD(add_string(req, "DestinationKeyId", dest_key_id));
-	GUARD(add_object(req, "SourceEncryptionContext", context));
-	GUARD(add_object(req, "DestinationEncryptionContext", context));
+	GUARD(dmbyok_aws_add_string(req, "CiphertextBlob", ciphertext_b64));
+	GUARD(dmbyok_aws_add_string(req, "DestinationKeyId", dest_key_id));
+	GUARD(dmbyok_aws_add_object(req, "SourceEncryptionContext", context));
+	GUARD(dmbyok_aws_add_object(req, "DestinationEncryptionContext", context));
 
 	/* The call goes to the destination key's region. */
-	GUARD(kms_call(c, "ReEncrypt", dest_key_id, req, &body, NULL));
+	GUARD(dmbyok_aws_kms_request(c, "ReEncrypt", dest_key_id, req, &body, NULL));
 	r = dmbyok_aws_parse_reencrypt(body, &res, why, sizeof(why));
 	if (r < 0)
-		return response_failed(c, "ReEncrypt", r, why);
+		return dmbyok_aws_response_failed(c, "ReEncrypt", r, why);
 	*ret_ciphertext_b64 = TAKE_PTR(res.ciphertext_b64);
 	if (ret_key_arn)
 		*ret_key_arn = TAKE_PTR(res.key_arn);
@@ -620,8 +615,8 @@ static int aws_describe_key(struct kms_client *c, const char *key_id, struct kms
 
 	req = json_object_new_object();
 	ENSURE_ALLOC(req);
-	GUARD(add_string(req, "KeyId", key_id));
-	r = kms_call(c, "DescribeKey", key_id, req, &body, &code);
+	GUARD(dmbyok_aws_add_string(req, "KeyId", key_id));
+	r = dmbyok_aws_kms_request(c, "DescribeKey", key_id, req, &body, &code);
 	/* No such key (never created, or its deletion completed): not a revocation of access. */
 	if (r == -EKEYREVOKED && code && !strcmp(code, "NotFoundException"))
 		return log_debug_errno(ENOENT, "DescribeKey: no key %s.", key_id);
@@ -629,7 +624,7 @@ static int aws_describe_key(struct kms_client *c, const char *key_id, struct kms
 		return r;
 	r = dmbyok_aws_parse_describe_key(body, ret, why, sizeof(why));
 	if (r < 0)
-		return response_failed(c, "DescribeKey", r, why);
+		return dmbyok_aws_response_failed(c, "DescribeKey", r, why);
 	return 0;
 }
 
@@ -680,6 +675,33 @@ static int aws_client_new(struct kms_client *c, const struct kms_options *opts)
 	return 0;
 }
 
+/* Who these credentials are, named as a grant's grantee (aws-grants.c). */
+static int aws_caller_principal(struct kms_client *c, char **ret_arn)
+{
+	struct aws_kms *k = aws_of(c);
+	_cleanup_free_ char *arn = NULL;
+	const struct aws_credentials *cr;
+	char why[512] = "", buf[SHOWN_MAX];
+	int r;
+
+	r = dmbyok_aws_credentials_get(&k->creds, k->http, &cr, why, sizeof(why));
+	/* STS in the client's region (explicit, environment or profile), as the CLI does. */
+	if (r >= 0)
+		r = dmbyok_aws_sts_get_caller_identity(k->http, k->region, cr, &arn, NULL, why,
+		                                       sizeof(why));
+	if (r < 0) {
+		dmbyok_kms_set_last_error(c, "%s", why);
+		return log_debug_errno(r, "GetCallerIdentity: %s", why);
+	}
+	r = dmbyok_aws_grantee_from_caller_arn(arn, ret_arn);
+	if (r == -EINVAL) {
+		dmbyok_kms_set_last_error(c, "STS GetCallerIdentity: \"%s\" is not a principal ARN",
+		                          shown(arn, buf));
+		return log_debug_errno(EPROTO, "%s", dmbyok_kms_last_error(c));
+	}
+	return r;
+}
+
 static const char *aws_region(struct kms_client *c)
 {
 	return aws_of(c)->region;
@@ -695,4 +717,8 @@ const struct kms_provider_ops dmbyok_aws_kms_provider_ops = {
 	.reencrypt = aws_reencrypt,
 	.describe_key = aws_describe_key,
 	.region = aws_region,
+	.create_grant = dmbyok_aws_create_grant,
+	.retire_grant = dmbyok_aws_retire_grant,
+	.find_grant = dmbyok_aws_find_grant,
+	.caller_principal = aws_caller_principal,
 };

@@ -219,6 +219,23 @@ int dmbyok_aws_error_code(const char *type, char **ret);
 int dmbyok_aws_error_to_errno(const char *error_code, long status);
 
 /*
+ * One signed KMS call with the standard retry policy: the response body in locked memory.
+ * After an error response, *ret_error_code (optional) is the bare AWS error code, or NULL.
+ */
+int dmbyok_aws_kms_request(struct kms_client *c, const char *operation, const char *key_id,
+                           json_object *request, struct secret **ret_body, char **ret_error_code);
+/* A success response as strict JSON (what AWS sends), and an object; else -EPROTO. */
+int dmbyok_aws_parse_object(const struct secret *body, json_object **ret);
+/* A string member, non-empty, without NULs; NULL in *ret when optional and absent. */
+int dmbyok_aws_member_string(json_object *o, const char *operation, const char *field,
+                             bool required, char **ret, char *why, size_t why_size);
+/* A success response the parser refused (r, with why): recorded as the client's last error. */
+int dmbyok_aws_response_failed(struct kms_client *c, const char *operation, int r, const char *why);
+/* Request members; a NULL object is left out. */
+int dmbyok_aws_add_string(json_object *o, const char *k, const char *v);
+int dmbyok_aws_add_object(json_object *o, const char *k, json_object *v);
+
+/*
  * One signed KMS call (with retries) returning the parsed response. For tests and admin
  * tooling; the response must not carry plaintext (use the typed operations for those).
  */
@@ -257,3 +274,30 @@ int dmbyok_aws_parse_error(const struct secret *body, char **ret_code, char **re
 
 /* Whether s is a KMS key ARN: "arn:PARTITION:kms:REGION:ACCOUNT:key/KEY-ID". */
 bool dmbyok_aws_is_key_arn(const char *s);
+
+/* ---- aws-grants.c: per-volume grants (kms.h) ---- */
+
+/* The operations a volume's grant allows: what unlocking and rewrapping need, no more. */
+#define AWS_GRANT_OPERATIONS "Decrypt", "ReEncryptFrom", "ReEncryptTo"
+
+int dmbyok_aws_create_grant(struct kms_client *c, const char *key_id, const char *grantee,
+                            json_object *context, const char *name, char **ret_grant_id);
+int dmbyok_aws_retire_grant(struct kms_client *c, const char *key_arn, const char *grant_id);
+int dmbyok_aws_find_grant(struct kms_client *c, const char *key_arn, const char *grant_id,
+                          struct kms_grant_info *ret);
+/* CreateGrant's answer: its GrantId. */
+int dmbyok_aws_parse_create_grant(const struct secret *body, char **ret_grant_id, char *why,
+                                  size_t why_size);
+/*
+ * One ListGrants page: the entry for grant_id into *ret, else -ENOENT with *ret_next_marker
+ * the page's NextMarker when it is Truncated (NULL on the last page).
+ */
+int dmbyok_aws_parse_list_grants(const struct secret *body, const char *grant_id,
+                                 struct kms_grant_info *ret, char **ret_next_marker, char *why,
+                                 size_t why_size);
+/*
+ * The principal a grant names for GetCallerIdentity's ARN: an assumed-role session
+ * (arn:P:sts::ACCOUNT:assumed-role/ROLE/SESSION) becomes its role (arn:P:iam::ACCOUNT:role/ROLE),
+ * any other principal ARN stays as it is. -EINVAL when arn is not a principal ARN.
+ */
+int dmbyok_aws_grantee_from_caller_arn(const char *arn, char **ret);

@@ -123,10 +123,10 @@ class Kms:
         call.key_arn = self.key_arn(key["KeyId"])
         return key
 
-    def authorize(self, call, key, operation, context=None):
+    def authorize(self, call, key, operation, context=None, new_constraints=None):
         grants = [g for g in call.data["grants"].values() if g["KeyId"] == key["KeyId"]]
         policy.authorize(key["Policy"], grants, call.principal, operation,
-                         self.key_arn(key["KeyId"]), context)
+                         self.key_arn(key["KeyId"]), context, new_constraints)
 
     def usable(self, key, allow_disabled=False):
         """Raise the AWS error for a key that cannot be used right now."""
@@ -518,8 +518,19 @@ class Kms:
 
     # -- grants ----------------------------------------------------------------
 
+    # Grant operations a symmetric encryption key does not support (AWS: "you cannot
+    # create a grant for a symmetric encryption KMS key that allows the Sign
+    # operation ... KMS returns a ValidationError exception").
+    NOT_SYMMETRIC = frozenset(("Sign", "Verify", "GetPublicKey", "GenerateMac",
+                               "VerifyMac", "DeriveSharedSecret"))
+
+    @staticmethod
+    def _grant_tokens(grant):
+        return [grant["GrantToken"]] + grant.get("GrantTokens", [])
+
     def _grant_view(self, grant):
-        out = {k: v for k, v in grant.items() if k != "GrantToken" and v is not None}
+        out = {k: v for k, v in grant.items()
+               if k not in ("GrantToken", "GrantTokens") and v is not None}
         out["KeyId"] = self.key_arn(grant["KeyId"])
         out["IssuingAccount"] = f"arn:aws:iam::{self.account}:root"
         return out
@@ -530,19 +541,35 @@ class Kms:
             if field in p and not p[field].startswith("arn:aws:"):
                 raise KMSError("ValidationException",
                                f"{field} is invalid: {p[field]}")
-        self.authorize(call, key, "CreateGrant")
+        unsupported = sorted(set(p["Operations"]) & self.NOT_SYMMETRIC)
+        if unsupported:
+            raise KMSError("ValidationException",
+                           f"Grant operations {unsupported} are not supported by "
+                           f"{self.key_arn(key['KeyId'])}: it is a symmetric "
+                           "encryption KMS key.")
+        constraints = p.get("Constraints")
+        for kind, pairs in (constraints or {}).items():
+            if len(pairs) > 8 or any(len(v) > 384 for v in pairs.values()):
+                raise KMSError("ValidationException",
+                               f"{kind} holds at most 8 pairs, each value at most "
+                               "384 characters.")
+        self.authorize(call, key, "CreateGrant", new_constraints=constraints)
         self.usable(key, allow_disabled=True)
         wanted = {"KeyId": key["KeyId"], "GranteePrincipal": p["GranteePrincipal"],
                   "RetiringPrincipal": p.get("RetiringPrincipal"),
-                  "Operations": p["Operations"], "Constraints": p.get("Constraints"),
+                  "Operations": p["Operations"], "Constraints": constraints,
                   "Name": p.get("Name")}
-        # AWS: a repeated CreateGrant with the same name and content is idempotent.
+        token = "AQpA" + base64.urlsafe_b64encode(os.urandom(48)).decode()
+        # AWS: a repeated CreateGrant with the same name and content returns the
+        # original GrantId; "the returned grant token is unique with every CreateGrant
+        # request ... All grant tokens for the same grant ID can be used interchangeably."
         for grant in call.data["grants"].values():
             if wanted["Name"] and all(grant.get(k) == v for k, v in wanted.items()):
-                return {"GrantToken": grant["GrantToken"], "GrantId": grant["GrantId"]}
+                grant.setdefault("GrantTokens", []).append(token)
+                call.txn.dirty = True
+                return {"GrantToken": token, "GrantId": grant["GrantId"]}
         grant_id = secrets.token_hex(32)
-        grant = dict(wanted, GrantId=grant_id, CreationDate=call.now,
-                     GrantToken="AQpA" + base64.urlsafe_b64encode(os.urandom(48)).decode())
+        grant = dict(wanted, GrantId=grant_id, CreationDate=call.now, GrantToken=token)
         call.data["grants"][grant_id] = grant
         call.txn.dirty = True
         return {"GrantToken": grant["GrantToken"], "GrantId": grant_id}
@@ -573,7 +600,7 @@ class Kms:
         grant = None
         if "GrantToken" in p:
             grant = next((g for g in call.data["grants"].values()
-                          if g["GrantToken"] == p["GrantToken"]), None)
+                          if p["GrantToken"] in self._grant_tokens(g)), None)
             if grant is None:
                 raise KMSError("InvalidGrantTokenException", "Invalid grant token")
         elif "KeyId" in p and "GrantId" in p:
@@ -588,9 +615,10 @@ class Kms:
         key = call.data["keys"][grant["KeyId"]]
         call.key_arn = self.key_arn(key["KeyId"])
         # AWS: the retiring principal, a grantee holding RetireGrant, or a
-        # principal the key policy allows kms:RetireGrant may retire a grant.
-        if call.principal != grant.get("RetiringPrincipal") and not (
-                call.principal == grant["GranteePrincipal"]
+        # principal the key policy allows kms:RetireGrant may retire a grant. A grant
+        # naming a role covers the role's sessions, as in AWS.
+        if not policy.is_principal(grant.get("RetiringPrincipal"), call.principal) and not (
+                policy.is_principal(grant["GranteePrincipal"], call.principal)
                 and "RetireGrant" in grant["Operations"]):
             policy.authorize(key["Policy"], [], call.principal, "RetireGrant",
                              call.key_arn)

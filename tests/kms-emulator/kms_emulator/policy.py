@@ -153,24 +153,74 @@ def evaluate(doc, principal_arn, action, key_arn, context):
     return verdict
 
 
-def grant_allows(grant, principal_arn, operation, context):
-    """True if `grant` lets `principal_arn` call `operation` with `context`."""
-    if grant.get("GranteePrincipal") != principal_arn:
-        return False
-    if operation not in grant.get("Operations", []):
-        return False
-    constraints = grant.get("Constraints") or {}
-    context = context or {}
+# The grant operations that take an encryption context: only these are bound by a
+# grant's EncryptionContextEquals/Subset (AWS: "Grants with grant constraints can
+# include the DescribeKey and RetireGrant operations, but the constraint doesn't
+# apply to these operations"; CreateGrant has its own rule, below).
+CONTEXT_OPERATIONS = frozenset((
+    "Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
+    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext",
+    "ReEncryptFrom", "ReEncryptTo"))
+
+
+def is_principal(named_arn, principal_arn):
+    """Whether a grant's principal names the caller: itself, or its session's role."""
+    return named_arn is not None and (
+        named_arn == principal_arn or named_arn == _session_role(principal_arn))
+
+
+def _folded(context):
+    # AWS: in a grant constraint the keys are not case sensitive, the values are.
+    return {k.lower(): v for k, v in (context or {}).items()}
+
+
+def constraints_hold(constraints, context):
+    """Whether an encryption context satisfies a grant's constraints."""
+    constraints = constraints or {}
+    context = _folded(context)
     equals = constraints.get("EncryptionContextEquals")
-    if equals is not None and equals != context:
+    if equals is not None and _folded(equals) != context:
         return False
     subset = constraints.get("EncryptionContextSubset")
-    if subset is not None and any(context.get(k) != v for k, v in subset.items()):
+    if subset is not None and any(context.get(k) != v
+                                  for k, v in _folded(subset).items()):
         return False
     return True
 
 
-def authorize(policy_text, grants, principal_arn, operation, key_arn, context=None):
+def constraints_as_strict(new, parent):
+    """AWS: a grant created through a constrained grant's CreateGrant needs "an
+    equally strict or stricter encryption context constraint"."""
+    parent, new = parent or {}, new or {}
+    p_equals, p_subset = parent.get("EncryptionContextEquals"), parent.get(
+        "EncryptionContextSubset")
+    n_equals, n_subset = new.get("EncryptionContextEquals"), new.get(
+        "EncryptionContextSubset")
+    if p_equals is not None:
+        return n_equals is not None and _folded(n_equals) == _folded(p_equals)
+    if p_subset is not None:
+        narrowed = n_equals if n_equals is not None else n_subset
+        return narrowed is not None and all(
+            _folded(narrowed).get(k) == v for k, v in _folded(p_subset).items())
+    return True
+
+
+def grant_allows(grant, principal_arn, operation, context, new_constraints=None):
+    """True if `grant` lets `principal_arn` call `operation` with `context`
+    (for CreateGrant: create a grant with `new_constraints`)."""
+    if not is_principal(grant.get("GranteePrincipal"), principal_arn):
+        return False
+    if operation not in grant.get("Operations", []):
+        return False
+    if operation == "CreateGrant":
+        return constraints_as_strict(new_constraints, grant.get("Constraints"))
+    if operation not in CONTEXT_OPERATIONS:
+        return True
+    return constraints_hold(grant.get("Constraints"), context)
+
+
+def authorize(policy_text, grants, principal_arn, operation, key_arn, context=None,
+              new_constraints=None):
     """Raise AccessDeniedException unless the caller may run `operation`."""
     action = f"kms:{operation}"
     try:
@@ -185,7 +235,8 @@ def authorize(policy_text, grants, principal_arn, operation, key_arn, context=No
                        "in a resource-based policy")
     if verdict == "Allow":
         return
-    if any(grant_allows(g, principal_arn, operation, context) for g in grants):
+    if any(grant_allows(g, principal_arn, operation, context, new_constraints)
+           for g in grants):
         return
     raise KMSError("AccessDeniedException",
                    f"User: {principal_arn} is not authorized to perform: "
