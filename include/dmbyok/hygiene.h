@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #pragma once
 
+#include "dmbyok/kms.h"
+
 /*
  * Key hygiene: what keeps data from outliving the customer's key.
  *
@@ -38,9 +40,13 @@ struct dmbyok_shred_plan {
 	char *header;      /* the detached header file, or NULL */
 	char *volume_uuid; /* the LUKS2 UUID; NULL when the header no longer loads (--force) */
 	char *key_arn;     /* the customer key that wrapped the DEK; NULL when unknown */
-	bool damaged;      /* the header no longer loads: what is left of it is wiped (--force) */
-	char **forgotten;  /* runtime records of this device (torn down by dmbyokd), forgotten */
-	size_t n_ranges;   /* in disk order; the wipe goes backwards (see shred.c) */
+	char *region;      /* the token's KMS region, or NULL */
+	char *grant_id;    /* the volume's own KMS grant (format --grant), or NULL */
+	/* what became of it: "retired", "gone" (revoked or retired before), "kept", or NULL */
+	const char *grant_outcome;
+	bool damaged;     /* the header no longer loads: what is left of it is wiped (--force) */
+	char **forgotten; /* runtime records of this device (torn down by dmbyokd), forgotten */
+	size_t n_ranges;  /* in disk order; the wipe goes backwards (see shred.c) */
 	struct dmbyok_shred_range ranges[DMBYOK_SHRED_RANGES_MAX];
 };
 void dmbyok_shred_plan_done(struct dmbyok_shred_plan *p);
@@ -56,6 +62,12 @@ struct dmbyok_shred_options {
 	 * shred, or any damaged header), or a LUKS header without a dmbyok token.
 	 */
 	bool force;
+	/*
+	 * A volume with its own KMS grant has it retired before the first write; when that
+	 * fails, nothing is changed unless keep_grant (then the record names the grant).
+	 */
+	const struct kms_options *kms;
+	bool keep_grant;
 	dmbyok_shred_confirm_fn confirm; /* NULL: no confirmation (the caller asked already) */
 	void *userdata;
 };

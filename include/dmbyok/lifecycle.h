@@ -29,6 +29,12 @@ struct format_options {
 	size_t n_context;
 	bool force;
 	uint32_t perf_flags; /* persisted DM_CRYPT_* flags */
+	/*
+	 * AWS: create a grant for this volume alone (docs/grants.md), to `grantee` or, when
+	 * NULL, to the principal this host's credentials act as.
+	 */
+	bool grant;
+	const char *grantee;
 };
 
 struct open_options {
@@ -93,6 +99,7 @@ struct mapping_status {
 	char *volume_uuid;
 	char *key_id;
 	char *key_arn;
+	char *grant_id; /* the per-volume grant the DEK is unwrapped through, or NULL */
 };
 void dmbyok_mapping_status_done(struct mapping_status *s);
 /* "active", "locked", or "suspended-keyed" (an interrupted lock). */

@@ -8,9 +8,11 @@
  */
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define _cleanup_(f)         __attribute__((cleanup(f)))
@@ -83,6 +85,12 @@ static inline void fclosep(FILE **f)
 
 /* Allocation failure is the one error we do not log at each site. */
 #define ENSURE_ALLOC(p) ENSURE((p) != NULL, ENOMEM)
+
+/* Equal strings, or both NULL. */
+static inline bool streq_ptr(const char *a, const char *b)
+{
+	return a && b ? strcmp(a, b) == 0 : a == b;
+}
 
 static inline int negative_errno(void)
 {

@@ -41,6 +41,8 @@ struct dmbyok_token {
 	char *binding; /* v2: "sha256:<hex>" of the header binding (dmbyok_volume_binding) */
 	char *created;
 	char *rewrapped; /* NULL until the first re-wrap */
+	/* AWS: the per-volume grant this host unwraps through (format --grant), or NULL */
+	char *grant_id;
 };
 
 void dmbyok_token_free(struct dmbyok_token *t);

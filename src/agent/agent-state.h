@@ -45,6 +45,12 @@ struct vol {
 struct key {
 	struct agent *agent;
 	struct dmbyok_keywatch watch;
+	/*
+	 * The per-volume grant its volumes unwrap through, or NULL. A watch is per (key, grant):
+	 * a customer who revokes one volume's grant must see exactly that volume locked.
+	 */
+	char *grant_id;
+	char *label; /* for people: the key ARN, and " through grant ID" when there is one */
 	struct dmbyok_token *token; /* one of its volumes' tokens: what a probe decrypts */
 	struct vol *vols;           /* as of the last scan */
 	size_t n_vols;
@@ -52,11 +58,11 @@ struct key {
 	sd_event_source *timer;
 	struct dmbyok_prober *prober; /* created at the first probe */
 	pid_t action_pid, rewrap_pid;
-	unsigned action;          /* the volume action action_pid performs */
+	unsigned action;             /* the volume action action_pid performs */
 	unsigned probes_to_describe; /* probes until the next DescribeKey */
-	unsigned describe;        /* DMBYOK_PROBE_DESCRIBE_* the running probe may add */
-	bool rewrap_due;          /* the alias moved: re-wrap once no action runs */
-	bool unreachable;         /* the last answer was transient (logged once per outage) */
+	unsigned describe;           /* DMBYOK_PROBE_DESCRIBE_* the running probe may add */
+	bool rewrap_due;             /* the alias moved: re-wrap once no action runs */
+	bool unreachable;            /* the last answer was transient (logged once per outage) */
 	uint64_t probe_started_ms, last_latency_ms, action_started_ms;
 	uint64_t locked_at_us, restored_at_us; /* CLOCK_REALTIME, for status; 0: never */
 };
@@ -75,10 +81,9 @@ struct agent {
 	 * child runs (after SIGTERM), and rescan the mappings shortly. */
 	void (*exit_when_idle)(struct agent *a);
 	void (*rescan_soon)(struct agent *a);
-	uint64_t started_us;            /* CLOCK_REALTIME */
-	bool stopping; /* SIGTERM: start nothing new, exit once running children are done */
+	uint64_t started_us; /* CLOCK_REALTIME */
+	bool stopping;       /* SIGTERM: start nothing new, exit once running children are done */
 };
-
 
 /*
  * attach.c: attaches the volumes of the table at start, then sends READY=1 (see there);

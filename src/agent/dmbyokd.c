@@ -9,8 +9,9 @@
  * runs in a child process the loop watches: each key's probes in its own long-lived
  * prober (prober.c: one KMS client per key, reused), each lock, teardown, unlock or re-wrap
  * in a child of its own. So a KMS call hanging for one key never delays another key's
- * probe or lock, and the watchdog keeps being fed. Mappings are found by a rescan on every device-mapper uevent
- * (and once a minute, in case an event was lost); torn-down volumes by their records.
+ * probe or lock, and the watchdog keeps being fed. Mappings are found by a rescan on every
+ * device-mapper uevent (and once a minute, in case an event was lost); torn-down volumes by their
+ * records.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -38,14 +39,18 @@
 /* A lock killed half-way would leave its volume suspended with its key: let children finish. */
 static void exit_when_idle(struct agent *a)
 {
+	/*
+	 * A probe in flight too: killed, its prober could not log the KMS call the KMS has
+	 * already seen (the audit trail would miss it). Bounded by DMBYOK_PROBER_DEADLINE_MS.
+	 */
 	for (size_t i = 0; i < a->n_keys; i++)
-		if (a->keys[i]->action_pid || a->keys[i]->rewrap_pid)
+		if (a->keys[i]->action_pid || a->keys[i]->rewrap_pid ||
+		    dmbyok_prober_busy(a->keys[i]->prober))
 			return;
 	if (dmbyok_agent_attach_busy(a))
 		return;
 	(void)sd_event_exit(a->event, 0);
 }
-
 
 static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata)
 {
@@ -83,6 +88,8 @@ static void key_free(struct key *k)
 	dmbyok_keywatch_done(&k->watch);
 	dmbyok_token_free(k->token);
 	vols_free(k->vols, k->n_vols);
+	free(k->grant_id);
+	free(k->label);
 	free(k);
 }
 
@@ -120,7 +127,6 @@ static int child_result(const siginfo_t *si)
 	return si->si_code == CLD_EXITED ? -si->si_status : -EINTR;
 }
 
-
 static void start_rewrap(struct key *k);
 
 /*
@@ -129,8 +135,7 @@ static void start_rewrap(struct key *k);
  * probe answer and its LATENCY_MS, and one more field if `name` is given.
  */
 static void key_event(const struct key *k, enum log_level level, const char *message_id,
-                      const char *name, const char *value, const char *fmt, ...)
-    _printf_(6, 7);
+                      const char *name, const char *value, const char *fmt, ...) _printf_(6, 7);
 static void key_event(const struct key *k, enum log_level level, const char *message_id,
                       const char *name, const char *value, const char *fmt, ...)
 {
@@ -142,6 +147,8 @@ static void key_event(const struct key *k, enum log_level level, const char *mes
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	(void)dmbyok_log_field(&f, "KEY_ARN", "%s", k->watch.key_arn);
+	if (k->grant_id)
+		(void)dmbyok_log_field(&f, "GRANT_ID", "%s", k->grant_id);
 	if (k->watch.probes) {
 		(void)dmbyok_log_field(&f, "CLASS", "%s",
 		                       dmbyok_error_class_name(k->watch.last_class));
@@ -164,7 +171,6 @@ static void report_actions(struct key *k, unsigned actions, int r)
 			(void)dmbyok_keywatch_action_done(&k->watch, bit, r, now_ms());
 }
 
-
 /* A probe's answer, from the key's prober (or a probe that could not be started). */
 static void on_probe_answer(int r, unsigned found, void *userdata)
 {
@@ -172,14 +178,16 @@ static void on_probe_answer(int r, unsigned found, void *userdata)
 	uint64_t t = now_ms();
 	bool deleted = false;
 
-	if (k->agent->stopping)
+	if (k->agent->stopping) {
+		exit_when_idle(k->agent); /* that was the last probe it waited for, perhaps */
 		return;
+	}
 	if (found & DMBYOK_PROBE_KEY_DELETED && k->watch.state != DMBYOK_KEYWATCH_KEY_DELETED) {
 		deleted = true;
 		key_event(k, LOG_LEVEL_ERROR, DMBYOK_MESSAGE_KEY_DELETED, NULL, NULL,
 		          "The customer key %s no longer exists: its %zu volume(s) are torn down "
 		          "for good. Their data is unrecoverable (crypto-shredded).",
-		          k->watch.key_arn, k->n_vols);
+		          k->label, k->n_vols);
 	}
 	/* An outage is logged once as it starts (and never locks). */
 	if (dmbyok_error_class(r) == DMBYOK_ERR_KMS_TRANSIENT && !k->unreachable) {
@@ -188,18 +196,18 @@ static void on_probe_answer(int r, unsigned found, void *userdata)
 		          dmbyok_strerror(r),
 		          "The KMS does not answer for %s (%s): nothing is locked for that; "
 		          "probing on.",
-		          k->watch.key_arn, dmbyok_strerror(r));
+		          k->label, dmbyok_strerror(r));
 	} else if (dmbyok_error_class(r) != DMBYOK_ERR_KMS_TRANSIENT && k->unreachable) {
 		k->unreachable = false;
-		log_notice("The KMS answers for %s again.", k->watch.key_arn);
+		log_notice("The KMS answers for %s again.", k->label);
 	}
 	if (r == 0 && (found & DMBYOK_PROBE_ALIAS_MOVED))
 		k->rewrap_due = true;
 	k->last_latency_ms = t - k->probe_started_ms;
 	if (k->agent->metrics)
-		(void)dmbyok_metrics_probe_done(k->agent->metrics, k->watch.key_arn, r,
+		(void)dmbyok_metrics_probe_done(k->agent->metrics, k->watch.key_arn, k->grant_id, r,
 		                                k->last_latency_ms);
-	log_debug("Probe of %s: %s in %llu ms.", k->watch.key_arn,
+	log_debug("Probe of %s: %s in %llu ms.", k->label,
 	          dmbyok_error_class_name(dmbyok_error_class(r)),
 	          (unsigned long long)k->last_latency_ms);
 	perform(k, dmbyok_keywatch_on_probe(&k->watch, r, deleted, t));
@@ -236,15 +244,15 @@ static int on_action_exit(sd_event_source *s, const siginfo_t *si, void *userdat
 	k->action_pid = 0;
 	k->action = 0;
 	if (r < 0)
-		log_error("Could not %s the volumes of %s: %s. Retrying.",
-		          action_name(action), k->watch.key_arn, dmbyok_strerror(r));
+		log_error("Could not %s the volumes of %s: %s. Retrying.", action_name(action),
+		          k->label, dmbyok_strerror(r));
 	else {
 		key_event(k, LOG_LEVEL_NOTICE,
 		          action & DMBYOK_KEYWATCH_TEARDOWN ? DMBYOK_MESSAGE_TORN_DOWN
 		          : action & DMBYOK_KEYWATCH_LOCK   ? DMBYOK_MESSAGE_VOLUMES_LOCKED
 		                                            : DMBYOK_MESSAGE_RESTORED,
 		          "ACTION", action_name(action), "%s the %zu volume(s) of %s.",
-		          action_done_verb(action), k->n_vols, k->watch.key_arn);
+		          action_done_verb(action), k->n_vols, k->label);
 		if (action & DMBYOK_KEYWATCH_LOCK)
 			k->locked_at_us = dmbyok_agent_realtime_us();
 		else if (action & (DMBYOK_KEYWATCH_UNLOCK | DMBYOK_KEYWATCH_REPROVISION))
@@ -272,7 +280,7 @@ static int on_action_exit(sd_event_source *s, const siginfo_t *si, void *userdat
 
 /* In a child: an on-revoke/on-restore hook, bounded. Its exit status is its result. */
 struct hook_args {
-	const char *program, *event, *key_arn;
+	const char *program, *event, *key_arn, *grant_id;
 	const struct vol *vol;
 };
 
@@ -283,9 +291,11 @@ static int exec_hook(void *userdata)
 
 	if (asprintf(&node, "/dev/mapper/%s", h->vol->name) < 0)
 		return -ENOMEM;
-	if (setenv("DMBYOK_EVENT", h->event, 1) < 0 || setenv("DMBYOK_VOLUME", h->vol->name, 1) < 0 ||
-	    setenv("DMBYOK_MAPPER", node, 1) < 0 || setenv("DMBYOK_DEVICE", h->vol->device, 1) < 0 ||
-	    setenv("DMBYOK_KEY_ARN", h->key_arn, 1) < 0)
+	if (setenv("DMBYOK_EVENT", h->event, 1) < 0 ||
+	    setenv("DMBYOK_VOLUME", h->vol->name, 1) < 0 || setenv("DMBYOK_MAPPER", node, 1) < 0 ||
+	    setenv("DMBYOK_DEVICE", h->vol->device, 1) < 0 ||
+	    setenv("DMBYOK_KEY_ARN", h->key_arn, 1) < 0 ||
+	    (h->grant_id && setenv("DMBYOK_GRANT_ID", h->grant_id, 1) < 0))
 		return -ENOMEM;
 	execl(h->program, h->program, h->event, h->vol->name, (char *)NULL);
 	return -errno;
@@ -334,6 +344,7 @@ static void run_hook(struct key *k, bool revoke, const struct vol *v)
 	                       &(struct hook_args){ .program = program,
 	                                            .event = event,
 	                                            .key_arn = k->watch.key_arn,
+	                                            .grant_id = k->grant_id,
 	                                            .vol = v },
 	                       HOOK_TIMEOUT_MS);
 	if (r == -ETIMEDOUT)
@@ -357,7 +368,8 @@ static int lock_volumes(struct key *k)
 		if (k->vols[i].torn_down)
 			continue;
 		q = dmbyok_lock(k->vols[i].name, k->agent->conf.lock_timeout_ms);
-		/* Every volume is tried; the action is reported failed (and redone) if one fails. */
+		/* Every volume is tried; the action is reported failed (and redone) if one fails.
+		 */
 		if (q < 0 && r == 0)
 			r = q;
 	}
@@ -502,7 +514,7 @@ static void start_rewrap(struct key *k)
 
 static void perform(struct key *k, unsigned acts)
 {
-	const char *arn = k->watch.key_arn;
+	const char *arn = k->label;
 	int r;
 
 	if (acts & DMBYOK_KEYWATCH_ALERT_CREDENTIALS)
@@ -515,12 +527,14 @@ static void perform(struct key *k, unsigned acts)
 		const char *reason = dmbyok_keywatch_lock_reason_name(k->watch.lock_reason);
 
 		if (k->watch.lock_reason == DMBYOK_KEYWATCH_REASON_FAIL_CLOSED)
-			key_event(k, LOG_LEVEL_WARNING, DMBYOK_MESSAGE_KEY_REVOKED, "REASON", reason,
+			key_event(k, LOG_LEVEL_WARNING, DMBYOK_MESSAGE_KEY_REVOKED, "REASON",
+			          reason,
 			          "Locking the %zu volume(s) of %s (fail-closed): no good answer "
 			          "for %" PRIu64 " s.",
 			          k->n_vols, arn, (now_ms() - k->watch.last_ok_ms) / 1000);
 		else
-			key_event(k, LOG_LEVEL_WARNING, DMBYOK_MESSAGE_KEY_REVOKED, "REASON", reason,
+			key_event(k, LOG_LEVEL_WARNING, DMBYOK_MESSAGE_KEY_REVOKED, "REASON",
+			          reason,
 			          "Locking the %zu volume(s) of %s: the customer revoked the key "
 			          "(%s, %u answers in a row).",
 			          k->n_vols, arn, dmbyok_strerror(k->watch.last_result),
@@ -546,35 +560,37 @@ static void perform(struct key *k, unsigned acts)
 
 	if (acts & DMBYOK_KEYWATCH_PROBE) {
 		k->probe_started_ms = now_ms();
-		k->describe = k->probes_to_describe == 0 ? DMBYOK_PROBE_DESCRIBE_ALIAS |
-		                                               DMBYOK_PROBE_DESCRIBE_DELETED
-		                                         : 0;
-		if (k->watch.state == DMBYOK_KEYWATCH_ACTIVE || k->watch.state == DMBYOK_KEYWATCH_SUSPECT)
+		k->describe = k->probes_to_describe == 0
+		                  ? DMBYOK_PROBE_DESCRIBE_ALIAS | DMBYOK_PROBE_DESCRIBE_DELETED
+		                  : 0;
+		if (k->watch.state == DMBYOK_KEYWATCH_ACTIVE ||
+		    k->watch.state == DMBYOK_KEYWATCH_SUSPECT)
 			k->describe |= DMBYOK_PROBE_DESCRIBE_DELETED;
-		k->probes_to_describe = k->probes_to_describe == 0 ? DESCRIBE_EVERY - 1
-		                                                   : k->probes_to_describe - 1;
+		k->probes_to_describe =
+		    k->probes_to_describe == 0 ? DESCRIBE_EVERY - 1 : k->probes_to_describe - 1;
 		r = k->prober ? 0
 		              : dmbyok_prober_new(k->agent->event, k->token, &k->agent->kms,
 		                                  on_probe_answer, k, &k->prober);
 		if (r >= 0)
 			r = dmbyok_prober_probe(k->prober, k->describe);
 		if (r < 0) {
-			log_warning("Cannot probe %s: %s", k->watch.key_arn, dmbyok_strerror(r));
+			log_warning("Cannot probe %s: %s", k->label, dmbyok_strerror(r));
 			/* Reported as a transient answer, as keywatch requires. */
 			perform(k, dmbyok_keywatch_on_probe(&k->watch, -EAGAIN, false, now_ms()));
 		}
 	}
 }
 
-static struct key *key_find(struct agent *a, const char *arn)
+static struct key *key_find(struct agent *a, const char *arn, const char *grant_id)
 {
 	for (size_t i = 0; i < a->n_keys; i++)
-		if (!strcmp(a->keys[i]->watch.key_arn, arn))
+		if (!strcmp(a->keys[i]->watch.key_arn, arn) &&
+		    streq_ptr(a->keys[i]->grant_id, grant_id))
 			return a->keys[i];
 	return NULL;
 }
 
-static int key_new(struct agent *a, const char *key_arn, struct key **ret)
+static int key_new(struct agent *a, const char *key_arn, const char *grant_id, struct key **ret)
 {
 	struct key *k, **l;
 	int r;
@@ -582,7 +598,15 @@ static int key_new(struct agent *a, const char *key_arn, struct key **ret)
 	k = calloc(1, sizeof(*k));
 	ENSURE_ALLOC(k);
 	k->agent = a;
-	r = dmbyok_keywatch_init(&k->watch, key_arn, &a->conf.watch, now_ms());
+	k->grant_id = grant_id ? strdup(grant_id) : NULL;
+	r = grant_id && !k->grant_id ? -ENOMEM : 0;
+	if (r >= 0 && (grant_id ? asprintf(&k->label, "%s through grant %s", key_arn, grant_id)
+	                        : asprintf(&k->label, "%s", key_arn)) < 0) {
+		k->label = NULL;
+		r = -ENOMEM;
+	}
+	if (r >= 0)
+		r = dmbyok_keywatch_init(&k->watch, key_arn, &a->conf.watch, now_ms());
 	if (r >= 0)
 		r = sd_event_add_time(a->event, &k->timer, CLOCK_MONOTONIC, 0, 1000, on_timer, k);
 	l = r >= 0 ? realloc(a->keys, (a->n_keys + 1) * sizeof(*l)) : NULL;
@@ -621,14 +645,18 @@ static int vol_add(struct key *k, const struct mapping_status *s)
 /* Adds one volume found by a scan to its key's watch (a new watch for a new key). */
 static void adopt(struct agent *a, const struct mapping_status *s)
 {
-	struct key *k = key_find(a, s->key_arn);
+	struct key *k = key_find(a, s->key_arn, s->grant_id);
 	bool new_key = false;
 
 	if (!k) {
-		if (key_new(a, s->key_arn, &k) < 0)
+		if (key_new(a, s->key_arn, s->grant_id, &k) < 0)
 			return;
 		new_key = true;
-		log_info("Watching key %s.", s->key_arn);
+		if (s->grant_id)
+			log_info("Watching key %s through grant %s (%s's own).", s->key_arn,
+			         s->grant_id, s->dm.name);
+		else
+			log_info("Watching key %s.", s->key_arn);
 	}
 	if (vol_add(k, s) < 0)
 		return;
@@ -697,7 +725,7 @@ static int rescan(struct agent *a)
 			i++;
 			continue;
 		}
-		log_info("No volume uses %s any more: no longer watching it.", k->watch.key_arn);
+		log_info("No volume uses %s any more: no longer watching it.", k->label);
 		key_free(k);
 		a->keys[i] = a->keys[--a->n_keys];
 	}
@@ -891,6 +919,18 @@ static int on_control_request(json_object *request, json_object **ret, void *use
 	if (json_object_object_get_ex(request, "command", &cmd) &&
 	    !strcmp(json_object_get_string(cmd), "attach"))
 		return dmbyok_agent_attach_command(userdata, request, ret);
+	/* A change no uevent announces (shred forgot a torn-down volume): look again soon. */
+	if (json_object_object_get_ex(request, "command", &cmd) &&
+	    !strcmp(json_object_get_string(cmd), "rescan")) {
+		struct agent *a = userdata;
+
+		a->rescan_soon(a);
+		*ret = json_object_new_object();
+		if (!*ret ||
+		    json_object_object_add(*ret, "rescan", json_object_new_string("scheduled")) < 0)
+			return -ENOMEM;
+		return 0;
+	}
 	return dmbyok_agent_status(request, ret, userdata);
 }
 

@@ -43,6 +43,7 @@ struct histogram {
 
 struct key_series {
 	char *key_arn;
+	char *grant_id;
 	uint64_t probes[_DMBYOK_ERR_CLASS_MAX];
 };
 
@@ -88,6 +89,7 @@ static void key_series_free(struct key_series *k)
 	if (!k)
 		return;
 	free(k->key_arn);
+	free(k->grant_id);
 	free(k);
 }
 
@@ -103,10 +105,11 @@ struct dmbyok_metrics *dmbyok_metrics_free(struct dmbyok_metrics *m)
 }
 
 static struct key_series *key_find(const struct dmbyok_metrics *m, const char *key_arn,
-                                   size_t *ret_index)
+                                   const char *grant_id, size_t *ret_index)
 {
 	for (size_t i = 0; i < m->n_keys; i++)
-		if (!strcmp(m->keys[i]->key_arn, key_arn)) {
+		if (!strcmp(m->keys[i]->key_arn, key_arn) &&
+		    streq_ptr(m->keys[i]->grant_id, grant_id)) {
 			if (ret_index)
 				*ret_index = i;
 			return m->keys[i];
@@ -114,13 +117,14 @@ static struct key_series *key_find(const struct dmbyok_metrics *m, const char *k
 	return NULL;
 }
 
-static int key_get(struct dmbyok_metrics *m, const char *key_arn, struct key_series **ret)
+static int key_get(struct dmbyok_metrics *m, const char *key_arn, const char *grant_id,
+                   struct key_series **ret)
 {
 	struct key_series *k;
 
-	if (!key_arn || !key_arn[0])
+	if (!key_arn || !key_arn[0] || (grant_id && !grant_id[0]))
 		return -EINVAL;
-	k = key_find(m, key_arn, NULL);
+	k = key_find(m, key_arn, grant_id, NULL);
 	if (k) {
 		*ret = k;
 		return 0;
@@ -136,8 +140,9 @@ static int key_get(struct dmbyok_metrics *m, const char *key_arn, struct key_ser
 	k = calloc(1, sizeof(*k));
 	ENSURE_ALLOC(k);
 	k->key_arn = strdup(key_arn);
-	if (!k->key_arn) {
-		free(k);
+	k->grant_id = grant_id ? strdup(grant_id) : NULL;
+	if (!k->key_arn || (grant_id && !k->grant_id)) {
+		key_series_free(k);
 		return -ENOMEM;
 	}
 	m->keys[m->n_keys++] = k;
@@ -145,17 +150,17 @@ static int key_get(struct dmbyok_metrics *m, const char *key_arn, struct key_ser
 	return 0;
 }
 
-int dmbyok_metrics_watch_key(struct dmbyok_metrics *m, const char *key_arn)
+int dmbyok_metrics_watch_key(struct dmbyok_metrics *m, const char *key_arn, const char *grant_id)
 {
 	struct key_series *k;
 
-	return key_get(m, key_arn, &k);
+	return key_get(m, key_arn, grant_id, &k);
 }
 
-void dmbyok_metrics_forget_key(struct dmbyok_metrics *m, const char *key_arn)
+void dmbyok_metrics_forget_key(struct dmbyok_metrics *m, const char *key_arn, const char *grant_id)
 {
 	size_t i;
-	struct key_series *k = key_arn ? key_find(m, key_arn, &i) : NULL;
+	struct key_series *k = key_arn ? key_find(m, key_arn, grant_id, &i) : NULL;
 
 	if (!k)
 		return;
@@ -186,12 +191,12 @@ void dmbyok_metrics_kms_error(struct dmbyok_metrics *m, int result)
 		m->kms_errors[c]++;
 }
 
-int dmbyok_metrics_probe_done(struct dmbyok_metrics *m, const char *key_arn, int result,
-                              uint64_t latency_ms)
+int dmbyok_metrics_probe_done(struct dmbyok_metrics *m, const char *key_arn, const char *grant_id,
+                              int result, uint64_t latency_ms)
 {
 	struct key_series *k;
 
-	GUARD(key_get(m, key_arn, &k));
+	GUARD(key_get(m, key_arn, grant_id, &k));
 	k->probes[dmbyok_error_class(result)]++;
 	observe(&m->probe_latency, probe_buckets, ELEMENTSOF(probe_buckets), latency_ms);
 	dmbyok_metrics_kms_error(m, result);
@@ -273,6 +278,17 @@ static void put_result_histograms(FILE *f, const char *name, const char *help,
 	}
 }
 
+/* key="ARN" and, for a volume's own grant, grant="ID": one series per watch. */
+static void put_key_labels(FILE *f, const char *key_arn, const char *grant_id)
+{
+	fputs("key=", f);
+	put_label_value(f, key_arn);
+	if (grant_id) {
+		fputs(",grant=", f);
+		put_label_value(f, grant_id);
+	}
+}
+
 int dmbyok_metrics_format(const struct dmbyok_metrics *m, const struct dmbyok_metrics_gauges *g,
                           char **ret, size_t *ret_len)
 {
@@ -302,8 +318,8 @@ int dmbyok_metrics_format(const struct dmbyok_metrics *m, const struct dmbyok_me
 	           "1 for the state dmbyokd decided for the key, 0 for the others.");
 	for (size_t i = 0; i < g->n_keys; i++)
 		for (int s = 0; s < _DMBYOK_KEYWATCH_STATE_MAX; s++) {
-			fputs("dmbyok_key_state{key=", f);
-			put_label_value(f, g->keys[i].key_arn);
+			fputs("dmbyok_key_state{", f);
+			put_key_labels(f, g->keys[i].key_arn, g->keys[i].grant_id);
 			fprintf(f, ",state=\"%s\"} %d\n", dmbyok_keywatch_state_name(s),
 			        (int)g->keys[i].state == s);
 		}
@@ -313,8 +329,8 @@ int dmbyok_metrics_format(const struct dmbyok_metrics *m, const struct dmbyok_me
 	for (size_t i = 0; i < g->n_keys; i++) {
 		if (!g->keys[i].last_ok_unix_s)
 			continue; /* absent, not 1970: "never" must not look like "long ago" */
-		fputs("dmbyok_key_last_successful_probe_timestamp_seconds{key=", f);
-		put_label_value(f, g->keys[i].key_arn);
+		fputs("dmbyok_key_last_successful_probe_timestamp_seconds{", f);
+		put_key_labels(f, g->keys[i].key_arn, g->keys[i].grant_id);
 		fprintf(f, "} %" PRIu64 "\n", g->keys[i].last_ok_unix_s);
 	}
 
@@ -322,8 +338,8 @@ int dmbyok_metrics_format(const struct dmbyok_metrics *m, const struct dmbyok_me
 	           "Probes of the key by result class (ok, key-revoked, kms-unreachable, ...).");
 	for (size_t i = 0; i < m->n_keys; i++)
 		for (int c = 0; c < _DMBYOK_ERR_CLASS_MAX; c++) {
-			fputs("dmbyok_probes_total{key=", f);
-			put_label_value(f, m->keys[i]->key_arn);
+			fputs("dmbyok_probes_total{", f);
+			put_key_labels(f, m->keys[i]->key_arn, m->keys[i]->grant_id);
 			fprintf(f, ",class=\"%s\"} %" PRIu64 "\n", dmbyok_error_class_name(c),
 			        m->keys[i]->probes[c]);
 		}

@@ -51,15 +51,17 @@ DEFINE_CLEANUP_FUNC(struct dmbyok_metrics *, dmbyok_metrics_free);
 #define _cleanup_metrics_ _cleanup_(dmbyok_metrics_freep)
 
 /*
- * A probe of key_arn finished with `result` (0 or a negative errno, classified by
- * dmbyok_error_class()) after latency_ms. Counts dmbyok_probes_total{key,class}, the
+ * A probe of key_arn (through grant_id, a volume's own grant, or NULL) finished with
+ * `result` (0 or a negative errno, classified by dmbyok_error_class()) after latency_ms.
+ * Each (key, grant) is its own series: label grant="ID" beside key="ARN" when there is one.
+ * Counts dmbyok_probes_total{key,class}, the
  * latency histogram, and, when it failed, dmbyok_kms_errors_total{class}. A key not seen
  * before gets its series here. 0, -EINVAL (no key_arn), -ENOMEM (nothing counted).
  */
-int dmbyok_metrics_probe_done(struct dmbyok_metrics *m, const char *key_arn, int result,
-                              uint64_t latency_ms);
+int dmbyok_metrics_probe_done(struct dmbyok_metrics *m, const char *key_arn, const char *grant_id,
+                              int result, uint64_t latency_ms);
 /* The daemon starts watching key_arn: its per-key counters appear, at 0. -EINVAL, -ENOMEM. */
-int dmbyok_metrics_watch_key(struct dmbyok_metrics *m, const char *key_arn);
+int dmbyok_metrics_watch_key(struct dmbyok_metrics *m, const char *key_arn, const char *grant_id);
 /* A KMS call other than a probe (an unlock's Decrypt) failed: dmbyok_kms_errors_total. */
 void dmbyok_metrics_kms_error(struct dmbyok_metrics *m, int result);
 /* A lock of a key's volumes finished: result 0 counts as "ok", anything else "failed". */
@@ -67,7 +69,7 @@ void dmbyok_metrics_lock_done(struct dmbyok_metrics *m, uint64_t duration_ms, in
 /* An unlock or reprovision finished: result 0 counts as "ok", anything else "failed". */
 void dmbyok_metrics_restore_done(struct dmbyok_metrics *m, uint64_t duration_ms, int result);
 /* The key is no longer watched: its series go (and its memory). Unknown keys are ignored. */
-void dmbyok_metrics_forget_key(struct dmbyok_metrics *m, const char *key_arn);
+void dmbyok_metrics_forget_key(struct dmbyok_metrics *m, const char *key_arn, const char *grant_id);
 
 /* Volume states of dmbyok_volumes{state}; the daemon counts its volumes into these. */
 enum dmbyok_metrics_volume_state {
@@ -87,6 +89,7 @@ struct dmbyok_metrics_key {
 	const char *key_arn;
 	enum dmbyok_keywatch_state state;
 	uint64_t last_ok_unix_s; /* unix time of the last successful probe; 0: none yet */
+	const char *grant_id;    /* the watch's per-volume grant; NULL: none */
 };
 
 /* The gauges at write time. */

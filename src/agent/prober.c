@@ -181,6 +181,11 @@ int dmbyok_prober_probe(struct dmbyok_prober *p, unsigned describe)
 	return sd_event_source_set_enabled(p->deadline, SD_EVENT_ONESHOT);
 }
 
+bool dmbyok_prober_busy(const struct dmbyok_prober *p)
+{
+	return p && p->outstanding;
+}
+
 struct dmbyok_prober *dmbyok_prober_free(struct dmbyok_prober *p)
 {
 	if (!p)

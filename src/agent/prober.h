@@ -30,5 +30,7 @@ int dmbyok_prober_new(sd_event *event, const struct dmbyok_token *token,
                       struct dmbyok_prober **ret);
 /* Starts one probe; `done` is called from the loop. -EBUSY while one is outstanding. */
 int dmbyok_prober_probe(struct dmbyok_prober *p, unsigned describe); /* DMBYOK_PROBE_DESCRIBE_* */
+/* Whether a probe is outstanding (its answer, or the deadline, is still to come). */
+bool dmbyok_prober_busy(const struct dmbyok_prober *p);
 /* Kills the child. NULL-safe. */
 struct dmbyok_prober *dmbyok_prober_free(struct dmbyok_prober *p);

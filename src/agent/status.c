@@ -35,7 +35,8 @@ static json_object *rfc3339(uint64_t wall_us)
 	time_t t = (time_t)(wall_us / 1000000ULL);
 	struct tm tm;
 
-	if (!wall_us || !gmtime_r(&t, &tm) || !strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm))
+	if (!wall_us || !gmtime_r(&t, &tm) ||
+	    !strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm))
 		return NULL; /* JSON null */
 	return json_object_new_string(buf);
 }
@@ -104,14 +105,17 @@ static json_object *key_json(const struct key *k)
 	if (!o || !vols)
 		goto oom;
 	ADD(o, "key_arn", json_object_new_string(w->key_arn));
+	ADD(o, "grant_id", k->grant_id ? json_object_new_string(k->grant_id) : NULL);
 	if (k->token && k->token->key_id)
 		ADD(o, "key_id", json_object_new_string(k->token->key_id));
 	ADD(o, "state", json_object_new_string(dmbyok_keywatch_state_name(w->state)));
-	ADD(o, "lock_reason", json_object_new_string(dmbyok_keywatch_lock_reason_name(w->lock_reason)));
+	ADD(o, "lock_reason",
+	    json_object_new_string(dmbyok_keywatch_lock_reason_name(w->lock_reason)));
 	ADD(o, "last_probe", w->probes ? rfc3339(wall_us_of(w->last_probe_ms)) : NULL);
 	ADD(o, "last_probe_class",
 	    w->probes ? json_object_new_string(dmbyok_error_class_name(w->last_class)) : NULL);
-	ADD(o, "last_probe_latency_ms", w->probes ? json_object_new_int64(k->last_latency_ms) : NULL);
+	ADD(o, "last_probe_latency_ms",
+	    w->probes ? json_object_new_int64(k->last_latency_ms) : NULL);
 	ADD(o, "last_ok", w->probes_ok ? rfc3339(wall_us_of(w->last_ok_ms)) : NULL);
 	ADD(o, "next_probe_in_ms",
 	    next == UINT64_MAX ? NULL : json_object_new_int64(next > now ? next - now : 0));
@@ -137,6 +141,7 @@ static json_object *volume_json(const struct key *k, const struct vol *v)
 		return NULL;
 	ADD(o, "name", json_object_new_string(v->name));
 	ADD(o, "key_arn", json_object_new_string(k->watch.key_arn));
+	ADD(o, "grant_id", k->grant_id ? json_object_new_string(k->grant_id) : NULL);
 	ADD(o, "state", json_object_new_string(volume_state(k, v)));
 	ADD(o, "device", json_object_new_string(v->device));
 	return o;
@@ -199,6 +204,7 @@ void dmbyok_agent_write_metrics(struct agent *a)
 
 		keys[i] = (struct dmbyok_metrics_key){
 			.key_arn = k->watch.key_arn,
+			.grant_id = k->grant_id,
 			.state = k->watch.state,
 			.last_ok_unix_s =
 			    k->watch.probes_ok ? wall_us_of(k->watch.last_ok_ms) / 1000000ULL : 0,

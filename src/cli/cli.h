@@ -28,6 +28,9 @@ struct cli {
 	uint32_t sector_size; /* ephemeral --sector-size; 0: the default */
 	const char *since;    /* audit --since */
 	const char *volume;   /* audit --volume */
+	bool grant;           /* format --grant */
+	const char *grantee;  /* format --grantee ARN (implies --grant) */
+	bool keep_grant;      /* shred --keep-grant */
 	struct kms_options kms;
 };
 

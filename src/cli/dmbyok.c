@@ -19,7 +19,8 @@ static const struct {
 	const char *help;
 } verbs[] = {
 	{ "format", verb_format,
-	  "DEVICE --key KEY_ID [--context k=v]... [--header FILE] [--force]" },
+	  "DEVICE --key KEY_ID [--context k=v]... [--grant [--grantee ARN]] [--header FILE] "
+	  "[--force]" },
 	{ "open", verb_open, "DEVICE NAME [--header FILE] [--perf FLAGS]" },
 	{ "close", verb_close, "NAME  (a dmbyok volume or an ephemeral mapping)" },
 	{ "lock", verb_lock, "NAME [--timeout SECONDS]" },
@@ -32,7 +33,7 @@ static const struct {
 	{ "volumes", verb_volumes, "[list|check|add NAME DEVICE [OPTIONS]|remove NAME] [--json]" },
 	{ "attach", verb_attach, "DEVICE  (a disk of /etc/dmbyok/volumes appeared)" },
 	{ "detach", verb_detach, "[KERNEL_NAME]  (a disk went away)" },
-	{ "shred", verb_shred, "DEVICE [--yes] [--header FILE] [--force] [--json]" },
+	{ "shred", verb_shred, "DEVICE [--yes] [--header FILE] [--force] [--keep-grant] [--json]" },
 	{ "ephemeral", verb_ephemeral, "DEVICE NAME [--sector-size BYTES] [--force]" },
 	{ "audit", verb_audit, "[--since WHEN] [--volume NAME|UUID] [--json]" },
 };
@@ -78,6 +79,9 @@ int main(int argc, char **argv)
 		ARG_SECTOR_SIZE,
 		ARG_SINCE,
 		ARG_VOLUME,
+		ARG_GRANT,
+		ARG_GRANTEE,
+		ARG_KEEP_GRANT,
 	};
 	static const struct option options[] = {
 		{ "key", required_argument, NULL, 'k' },
@@ -97,6 +101,9 @@ int main(int argc, char **argv)
 		{ "sector-size", required_argument, NULL, ARG_SECTOR_SIZE },
 		{ "since", required_argument, NULL, ARG_SINCE },
 		{ "volume", required_argument, NULL, ARG_VOLUME },
+		{ "grant", no_argument, NULL, ARG_GRANT },
+		{ "grantee", required_argument, NULL, ARG_GRANTEE },
+		{ "keep-grant", no_argument, NULL, ARG_KEEP_GRANT },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "debug", no_argument, NULL, ARG_DEBUG },
 		{ "help", no_argument, NULL, 'h' },
@@ -169,6 +176,16 @@ int main(int argc, char **argv)
 			break;
 		case ARG_VOLUME:
 			c.volume = optarg;
+			break;
+		case ARG_GRANT:
+			c.grant = true;
+			break;
+		case ARG_GRANTEE:
+			c.grant = true;
+			c.grantee = optarg;
+			break;
+		case ARG_KEEP_GRANT:
+			c.keep_grant = true;
 			break;
 		case ARG_SECTOR_SIZE: {
 			unsigned v = 0;

@@ -28,6 +28,8 @@ static void print_plan(FILE *f, const struct dmbyok_shred_plan *p)
 		        (unsigned long long)p->ranges[i].length, p->ranges[i].what);
 	for (char **n = p->forgotten; n && *n; n++)
 		fprintf(f, "  and forgets %s, which dmbyokd tore down\n", *n);
+	if (p->grant_id)
+		fprintf(f, "  after retiring the volume's KMS grant %s\n", p->grant_id);
 	fprintf(f, "The data on %s can never be decrypted again, whatever happens to the key.\n",
 	        p->device);
 }
@@ -69,6 +71,8 @@ static void print_shredded(const struct cli *c, const struct dmbyok_shred_plan *
 			       (unsigned long long)p->ranges[i].length, p->ranges[i].what);
 		for (char **n = p->forgotten; n && *n; n++)
 			printf("forgot    %s\n", *n);
+		if (p->grant_id)
+			printf("grant     %s %s\n", p->grant_id, p->grant_outcome);
 		return;
 	}
 	o = json_object_new_object();
@@ -81,6 +85,13 @@ static void print_shredded(const struct cli *c, const struct dmbyok_shred_plan *
 	json_object_object_add(o, "key_arn",
 	                       p->key_arn ? json_object_new_string(p->key_arn) : NULL);
 	json_object_object_add(o, "damaged", json_object_new_boolean(p->damaged));
+	if (p->grant_id) {
+		json_object *g = json_object_new_object();
+
+		json_object_object_add(g, "id", json_object_new_string(p->grant_id));
+		json_object_object_add(g, "outcome", json_object_new_string(p->grant_outcome));
+		json_object_object_add(o, "grant", g);
+	}
 	for (size_t i = 0; i < p->n_ranges; i++) {
 		json_object *r = json_object_new_object();
 
@@ -105,12 +116,15 @@ int verb_shred(struct cli *c)
 {
 	struct dmbyok_shred_plan done = { 0 };
 
-	GUARD(cli_require_args(c, 1, 1, "shred DEVICE [--yes] [--header FILE] [--force]"));
+	GUARD(cli_require_args(c, 1, 1,
+	                       "shred DEVICE [--yes] [--header FILE] [--force] [--keep-grant]"));
 	GUARD(dmbyok_shred(
 	    &(struct dmbyok_shred_options){
 	        .device = c->args[0],
 	        .header = c->header,
 	        .force = c->force,
+	        .kms = &c->kms,
+	        .keep_grant = c->keep_grant,
 	        .confirm = confirm,
 	        .userdata = c,
 	    },

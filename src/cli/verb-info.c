@@ -65,6 +65,25 @@ static json_object *agent_find(const struct agent_view *a, const char *array, co
 	return NULL;
 }
 
+/* The agent's watch of (key, grant): a volume's own grant is watched apart from its key. */
+static json_object *agent_find_key(const struct agent_view *a, const char *key_arn,
+                                   const char *grant_id)
+{
+	json_object *l;
+
+	if (a->r < 0 || !key_arn || !json_object_object_get_ex(a->status, "keys", &l) ||
+	    !json_object_is_type(l, json_type_array))
+		return NULL;
+	for (size_t i = 0; i < json_object_array_length(l); i++) {
+		json_object *e = json_object_array_get_idx(l, i);
+
+		if (streq_ptr(member_str(e, "key_arn"), key_arn) &&
+		    streq_ptr(member_str(e, "grant_id"), grant_id))
+			return e;
+	}
+	return NULL;
+}
+
 /* A volume the agent reports without a mapping to show for it: torn down, key deleted... */
 static bool agent_only(json_object *vol)
 {
@@ -100,7 +119,7 @@ static json_object *agent_json(const struct agent_view *a, const char *name)
 	json_object_object_foreach (vol, vk, vv) {
 		json_object_object_add(o, vk, json_object_get(vv));
 	}
-	key = agent_find(a, "keys", "key_arn", member_str(vol, "key_arn"));
+	key = agent_find_key(a, member_str(vol, "key_arn"), member_str(vol, "grant_id"));
 	if (!key)
 		return o;
 	json_object_object_foreach (key, kk, kv) {
@@ -292,6 +311,7 @@ static json_object *status_json(const struct mapping_status *s)
 	ADD_STR("volume_uuid", s->volume_uuid);
 	ADD_STR("key_id", s->key_id);
 	ADD_STR("key_arn", s->key_arn);
+	ADD_STR("grant_id", s->grant_id);
 	ADD_STR("cipher", s->dm.cipher);
 	json_object_object_add(o, "sector_size", json_object_new_int((int)s->dm.sector_size));
 	json_object_object_add(o, "offset_sectors", json_object_new_int64((int64_t)s->dm.offset));
@@ -322,6 +342,8 @@ static void status_print(const struct mapping_status *s, const struct agent_view
 		printf("  volume:      %s\n", s->volume_uuid);
 	if (s->key_arn)
 		printf("  key:         %s (%s)\n", s->key_id ? s->key_id : "-", s->key_arn);
+	if (s->grant_id)
+		printf("  grant:       %s\n", s->grant_id);
 	printf("  cipher:      %s, %u-byte sectors\n", s->dm.cipher, s->dm.sector_size);
 	printf("  offset:      %" PRIu64 " sectors\n  size:        %" PRIu64 " sectors\n",
 	       s->dm.offset, s->dm.length);
@@ -483,6 +505,9 @@ int verb_dump(struct cli *c)
 	printf("  key:          %s\n  key ARN:      %s\n", str(o, "token", "key_id"),
 	       str(o, "token", "key_arn"));
 	printf("  context:      %s\n", str(o, "token", "context"));
+	if (strcmp(str(o, "token", "grant_id"), "-") != 0)
+		printf("  grant:        %s (this volume's own; its context only)\n",
+		       str(o, "token", "grant_id"));
 	printf("  key check:    %s (token version %s)\n", str(o, "token", "key_check"),
 	       str(o, "token", "version"));
 	if (strcmp(str(o, "token", "binding"), "-") != 0)

@@ -13,7 +13,9 @@ int verb_format(struct cli *c)
 	_cleanup_free_ char *uuid = NULL;
 	int r;
 
-	GUARD(cli_require_args(c, 1, 1, "format DEVICE --key KEY_ID [--context k=v]..."));
+	GUARD(cli_require_args(c, 1, 1,
+	                       "format DEVICE --key KEY_ID [--context k=v]... [--grant "
+	                       "[--grantee ARN]]"));
 	if (!c->key_id)
 		return log_error_errno(EINVAL, "format needs --key KEY_ID (key id, ARN or alias).");
 	r = dmbyok_format(
@@ -25,6 +27,8 @@ int verb_format(struct cli *c)
 	        .n_context = c->n_context,
 	        .force = c->force,
 	        .perf_flags = c->perf_set ? c->perf_flags : DMBYOK_DEFAULT_PERF_FLAGS,
+	        .grant = c->grant,
+	        .grantee = c->grantee,
 	    },
 	    &c->kms, &uuid);
 	if (r == 0)

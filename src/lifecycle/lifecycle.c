@@ -126,6 +126,10 @@ int dmbyok_unwrap_dek_with(struct kms_client *c, struct volume *v, struct secret
 	log_debug("Unwrapping the data key of %s under %s.", v->device, v->token->key_arn);
 	r = dmbyok_kms_decrypt(c, v->token->key_arn, v->token->ciphertext, v->token->context, &dek,
 	                       NULL);
+	if (r == -EKEYREVOKED && v->token->grant_id)
+		log_notice("%s is reached through its own grant %s: the key owner may have revoked "
+		           "just that grant (`dmbyok dump` shows it).",
+		           v->device, v->token->grant_id);
 	if (r < 0)
 		return log_kms_failure(c, r, "unwrap the data key");
 	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid, v->binding));
@@ -196,6 +200,69 @@ static void warn_if_not_accelerated(void)
 		log_debug("xts(aes) is implemented by %s.", driver);
 }
 
+/* Creates the grant that lets `grantee` (NULL: this host) unwrap this volume's DEK only. */
+static int volume_grant_create(struct kms_client *c, const char *key_arn, const char *grantee,
+                               json_object *context, const char *volume_uuid, char **ret_grant_id)
+{
+	_cleanup_free_ char *self = NULL;
+	int r;
+
+	if (!grantee) {
+		r = dmbyok_kms_caller_principal(c, &self);
+		if (r < 0)
+			return log_kms_failure(c, r, "find this host's principal for the grant");
+		grantee = self;
+	}
+	log_info("Creating a grant on %s for %s, for this volume's encryption context only...",
+	         key_arn, grantee);
+	r = dmbyok_kms_create_grant(c, key_arn, grantee, context, volume_uuid, ret_grant_id);
+	if (r < 0)
+		return log_kms_failure(c, r, "create the volume's grant");
+	log_info("Grant %s created.", *ret_grant_id);
+	return 0;
+}
+
+/* Best effort: a grant nothing uses any more is retired, or the operator is told how. */
+static void volume_grant_retire(struct kms_client *c, const char *key_arn, const char *grant_id)
+{
+	int r = dmbyok_kms_retire_grant(c, key_arn, grant_id);
+
+	if (r < 0 && r != -ENOENT)
+		log_warning("Could not retire grant %s on %s (%s): retire it with `aws kms "
+		            "retire-grant --key-id %s --grant-id %s`.",
+		            grant_id, key_arn, dmbyok_strerror(r), key_arn, grant_id);
+}
+
+/*
+ * The volume's grant on the key `dest` names (nothing when that is the key it has): to the
+ * old grant's grantee if this host may list grants, else to this host. Sets *ret_key_arn.
+ */
+static int rewrap_grant(struct kms_client *c, const struct dmbyok_token *old, const char *dest,
+                        const char *volume_uuid, char **ret_key_arn, char **ret_grant_id)
+{
+	struct kms_key_info info = { 0 };
+	struct kms_grant_info g = { 0 };
+	int r;
+
+	r = dmbyok_kms_describe_key(c, dest, &info);
+	if (r < 0)
+		return log_kms_failure(c, r, "look up the new key for the volume's grant");
+	if (!strcmp(info.key_arn, old->key_arn)) {
+		dmbyok_kms_key_info_done(&info);
+		return 0; /* the same key: its grant stays */
+	}
+	dmbyok_log_quiet_push();
+	r = dmbyok_kms_find_grant(c, old->key_arn, old->grant_id, &g);
+	dmbyok_log_quiet_pop();
+	r = volume_grant_create(c, info.key_arn, r >= 0 ? g.grantee : NULL, old->context,
+	                        volume_uuid, ret_grant_id);
+	dmbyok_kms_grant_info_done(&g);
+	if (r >= 0)
+		*ret_key_arn = TAKE_PTR(info.key_arn);
+	dmbyok_kms_key_info_done(&info);
+	return r;
+}
+
 int dmbyok_format(const struct format_options *o, const struct kms_options *kms, char **ret_uuid)
 {
 	_cleanup_kms_client_ struct kms_client *c = NULL;
@@ -210,6 +277,15 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	assert(o->device && o->key_id);
 	if (!*o->key_id)
 		return log_error_errno(EINVAL, "The key id is empty.");
+	if (o->grant && strcmp(dmbyok_kms_provider_for_key(o->key_id), "aws") != 0)
+		return log_error_errno(EINVAL,
+		                       "--grant is for AWS KMS keys; Google Cloud and Azure grant "
+		                       "access per key through IAM. Nothing was written.");
+	if (o->grantee && (strncmp(o->grantee, "arn:", 4) != 0 || strpbrk(o->grantee, " \t\n")))
+		return log_error_errno(EINVAL,
+		                       "--grantee \"%.80s\" is not a principal ARN "
+		                       "(arn:aws:iam::ACCOUNT:role/NAME). Nothing was written.",
+		                       o->grantee);
 	/* Two formats (or a format and an open) of one device must not interleave. */
 	GUARD(dmbyok_device_lock_path(o->device, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock));
 	GUARD(dmbyok_volume_check_blank(o->device, o->force));
@@ -239,17 +315,26 @@ int dmbyok_format(const struct format_options *o, const struct kms_options *kms,
 	t->region = region_of_arn(t->key_arn);
 	ENSURE(t->kms && t->key_id && t->region, ENOMEM);
 	GUARD(dmbyok_timestamp_now(&t->created));
+	if (o->grant)
+		GUARD(
+		    volume_grant_create(c, t->key_arn, o->grantee, t->context, uuid, &t->grant_id));
 
 	log_info("Writing the LUKS2 header (" DMBYOK_DM_CIPHER ", 512-bit key) to %s...",
 	         o->header ? o->header : o->device);
-	GUARD(dmbyok_volume_format(&(struct volume_format_params){
+	r = dmbyok_volume_format(&(struct volume_format_params){
 	    .device = o->device,
 	    .header = o->header,
 	    .uuid = uuid,
 	    .dek = dek,
 	    .token = t,
 	    .activation_flags = o->perf_flags,
-	}));
+	});
+	if (r < 0) {
+		/* Nothing on disk names the grant: it must not outlive this failure. */
+		if (t->grant_id)
+			volume_grant_retire(c, t->key_arn, t->grant_id);
+		return r;
+	}
 	log_info("Formatted %s as dmbyok volume %s, data key wrapped by %s.", o->device, uuid,
 	         t->key_arn);
 	if (ret_uuid) {
@@ -345,6 +430,7 @@ int dmbyok_open_finish(struct open_job *j)
 		.volume_uuid = (char *)j->v->uuid,
 		.key_id = j->v->token->key_id,
 		.key_arn = j->v->token->key_arn,
+		.grant_id = j->v->token->grant_id,
 	};
 	r = dmbyok_registry_save(&entry);
 	if (r < 0)
@@ -373,6 +459,7 @@ void dmbyok_mapping_status_done(struct mapping_status *s)
 	free(s->volume_uuid);
 	free(s->key_id);
 	free(s->key_arn);
+	free(s->grant_id);
 	*s = (struct mapping_status){ 0 };
 }
 
@@ -481,11 +568,16 @@ int dmbyok_read_mapping(const char *name, bool read_header, struct mapping_statu
 	s.volume_uuid = strdup(uuid);
 	s.key_id = v ? strdup(v->token->key_id) : TAKE_PTR(e.key_id);
 	s.key_arn = v ? strdup(v->token->key_arn) : TAKE_PTR(e.key_arn);
+	s.grant_id =
+	    v ? (v->token->grant_id ? strdup(v->token->grant_id) : NULL) : TAKE_PTR(e.grant_id);
 	s.frozen = e.frozen;
-	if (v && e.key_arn && strcmp(e.key_arn, v->token->key_arn) != 0)
+	if (v && e.key_arn &&
+	    (strcmp(e.key_arn, v->token->key_arn) != 0 ||
+	     !streq_ptr(e.grant_id, v->token->grant_id)))
 		s.record = "stale"; /* re-wrapped since it was written */
 	dmbyok_registry_entry_done(&e);
-	if (!s.device || !s.volume_uuid || (v && (!s.key_id || !s.key_arn))) {
+	if (!s.device || !s.volume_uuid || (v && (!s.key_id || !s.key_arn)) ||
+	    (v && v->token->grant_id && !s.grant_id)) {
 		dmbyok_mapping_status_done(&s);
 		return -ENOMEM;
 	}
@@ -570,7 +662,7 @@ int dmbyok_lock_mapping(const char *name, unsigned timeout_ms, struct dmbyok_dev
 /* Remembers whether the file system is frozen by us, for unlock (and after a crash). */
 /* Rewrites the record of a mapping from what status found, with the given key and freeze. */
 static int save_record(const struct mapping_status *s, const char *key_id, const char *key_arn,
-                       bool frozen)
+                       const char *grant_id, bool frozen)
 {
 	return dmbyok_registry_save(&(struct registry_entry){
 	    .name = s->dm.name,
@@ -579,6 +671,7 @@ static int save_record(const struct mapping_status *s, const char *key_id, const
 	    .volume_uuid = s->volume_uuid,
 	    .key_id = (char *)key_id,
 	    .key_arn = (char *)key_arn,
+	    .grant_id = (char *)grant_id,
 	    .frozen = frozen,
 	});
 }
@@ -589,7 +682,7 @@ static void record_frozen(const struct mapping_status *s, bool frozen)
 
 	if (!s->key_id || !s->key_arn)
 		return; /* no record and no header read: thaw_after_resume covers that case */
-	r = save_record(s, s->key_id, s->key_arn, frozen);
+	r = save_record(s, s->key_id, s->key_arn, s->grant_id, frozen);
 	if (r < 0)
 		log_warning("Could not record the freeze of %s (%s).", s->dm.name,
 		            dmbyok_strerror(r));
@@ -787,7 +880,8 @@ out:
 }
 
 /* After a re-wrap, open mappings of the volume must name the key that now wraps it. */
-static void update_records(const char *volume_uuid, const char *key_id, const char *key_arn)
+static void update_records(const char *volume_uuid, const char *key_id, const char *key_arn,
+                           const char *grant_id)
 {
 	struct mapping_status *l = NULL;
 	size_t n = 0;
@@ -804,7 +898,7 @@ static void update_records(const char *volume_uuid, const char *key_id, const ch
 		return;
 	for (size_t i = 0; i < n; i++)
 		if (!strcmp(l[i].volume_uuid, volume_uuid) &&
-		    save_record(&l[i], key_id, key_arn, l[i].frozen) < 0)
+		    save_record(&l[i], key_id, key_arn, grant_id, l[i].frozen) < 0)
 			log_warning("Could not update the record of %s.", l[i].dm.name);
 	dmbyok_mapping_status_list_free(l, n);
 }
@@ -817,7 +911,7 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	_cleanup_kms_client_ struct kms_client *c = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
 	_cleanup_free_ char *ciphertext = NULL, *arn = NULL, *now = NULL, *dest_region = NULL,
-	                    *arn_region = NULL;
+	                    *arn_region = NULL, *grant_id = NULL, *grant_key = NULL;
 	struct dmbyok_token t;
 	const char *dest;
 	int r;
@@ -849,19 +943,39 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 		                       kms->region, v->token->key_arn, v->token->region);
 	GUARD(kms_connect(kms, v->token->kms, dest_region ? dest_region : v->token->region, &c));
 
+	/*
+	 * A volume with its own grant gets one on the new key first (ReEncrypt needs it there
+	 * when the key policy gives this host nothing); the old grant goes after the write.
+	 */
+	if (v->token->grant_id)
+		GUARD(rewrap_grant(c, v->token, dest, v->uuid, &grant_key, &grant_id));
+
 	log_info("Re-wrapping the data key of %s from %s under %s...", device, v->token->key_arn,
 	         dest);
 	r = dmbyok_kms_reencrypt(c, v->token->ciphertext, v->token->context, dest, &ciphertext,
 	                         &arn);
-	if (r < 0)
-		return log_kms_failure(c, r, "re-wrap the data key");
+	if (r < 0) {
+		r = log_kms_failure(c, r, "re-wrap the data key");
+		goto fail;
+	}
+	if (grant_id && strcmp(arn, grant_key) != 0) {
+		r = log_error_errno(EAGAIN,
+		                    "%s moved from %s to %s during the re-wrap: nothing was "
+		                    "changed; run it again.",
+		                    dest, grant_key, arn);
+		goto fail;
+	}
 
 	/* Never write a token we could not open: unwrap the new blob and check it first. */
 	r = dmbyok_kms_decrypt(c, arn, ciphertext, v->token->context, &dek, NULL);
+	if (r >= 0)
+		r = dmbyok_token_verify_dek(v->token, dek, v->uuid, v->binding);
+	else
+		r = log_kms_failure(c, r, "verify the re-wrapped data key");
+	if (r >= 0)
+		r = dmbyok_timestamp_now(&now);
 	if (r < 0)
-		return log_kms_failure(c, r, "verify the re-wrapped data key");
-	GUARD(dmbyok_token_verify_dek(v->token, dek, v->uuid, v->binding));
-	GUARD(dmbyok_timestamp_now(&now));
+		goto fail;
 
 	t = *v->token;
 	t.key_id = (char *)dest;
@@ -874,10 +988,20 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 	}
 	t.region = dest_region ? dest_region : v->token->region;
 	t.rewrapped = now;
-	GUARD(dmbyok_volume_update_token(v, &t));
-	update_records(v->uuid, dest, arn);
+	if (grant_id)
+		t.grant_id = grant_id;
+	r = dmbyok_volume_update_token(v, &t);
+	if (r < 0)
+		goto fail;
+	update_records(v->uuid, dest, arn, t.grant_id);
 	log_info("Re-wrapped %s: data key now wrapped by %s.", device, arn);
+	if (grant_id)
+		volume_grant_retire(c, v->token->key_arn, v->token->grant_id);
 	return 0;
+fail:
+	if (grant_id)
+		volume_grant_retire(c, grant_key, grant_id);
+	return r;
 }
 
 int dmbyok_check_kernel(void)

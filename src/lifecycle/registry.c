@@ -9,6 +9,7 @@
 #include <json-c/json.h>
 
 #include "dmbyok/log.h"
+#include "dmbyok/kms.h"
 #include "registry.h"
 #include "runtime.h"
 
@@ -28,6 +29,7 @@ void dmbyok_registry_entry_done(struct registry_entry *e)
 	free(e->volume_uuid);
 	free(e->key_id);
 	free(e->key_arn);
+	free(e->grant_id);
 	*e = (struct registry_entry){ 0 };
 }
 
@@ -52,6 +54,8 @@ int dmbyok_registry_save(const struct registry_entry *e)
 	json_object_object_add(o, "volume_uuid", json_object_new_string(e->volume_uuid));
 	json_object_object_add(o, "key_id", json_object_new_string(e->key_id));
 	json_object_object_add(o, "key_arn", json_object_new_string(e->key_arn));
+	if (e->grant_id)
+		json_object_object_add(o, "grant_id", json_object_new_string(e->grant_id));
 	if (e->frozen)
 		json_object_object_add(o, "frozen", json_object_new_boolean(1));
 	if (e->torn_down) {
@@ -108,6 +112,13 @@ int dmbyok_registry_load(const char *name, struct registry_entry *ret)
 	e.volume_uuid = dup_member(o, "volume_uuid");
 	e.key_id = dup_member(o, "key_id");
 	e.key_arn = dup_member(o, "key_arn");
+	e.grant_id = dup_member(o, "grant_id");
+	if (e.grant_id && !dmbyok_kms_grant_id_valid(e.grant_id)) {
+		dmbyok_registry_entry_done(&e);
+		json_object_put(o);
+		return log_warning_errno(EUCLEAN, "Ignoring record %s: a malformed grant id.",
+		                         path);
+	}
 	e.frozen = json_object_object_get_ex(o, "frozen", &v) && json_object_get_boolean(v);
 	e.torn_down = json_object_object_get_ex(o, "torn_down", &v) && json_object_get_boolean(v);
 	if (json_object_object_get_ex(o, "flags", &v))

@@ -19,7 +19,8 @@ struct registry_entry {
 	char *volume_uuid;
 	char *key_id;
 	char *key_arn;
-	bool frozen; /* `lock` froze the mapping's file systems: `unlock` thaws them */
+	char *grant_id; /* the token's per-volume grant, or NULL */
+	bool frozen;    /* `lock` froze the mapping's file systems: `unlock` thaws them */
 	/* dmbyokd tore the mapping down (key revoked): reprovision re-creates it from this */
 	bool torn_down;
 	uint32_t flags; /* DM_CRYPT_* of the torn-down mapping */

@@ -22,6 +22,7 @@
 
 #include <libcryptsetup.h>
 
+#include "dmbyok/agent.h"
 #include "dmbyok/hygiene.h"
 #include "dmbyok/log.h"
 #include "dmbyok/message-ids.h"
@@ -43,6 +44,8 @@ void dmbyok_shred_plan_done(struct dmbyok_shred_plan *p)
 	free(p->header);
 	free(p->volume_uuid);
 	free(p->key_arn);
+	free(p->region);
+	free(p->grant_id);
 	dmbyok_strv_free(p->forgotten);
 	for (size_t i = 0; i < p->n_ranges; i++)
 		free(p->ranges[i].path);
@@ -110,8 +113,11 @@ static int refuse_holders(dev_t devno, const char *device)
 	return r;
 }
 
-/* The dmbyok token's key ARN, or NULL: a LUKS2 header dmbyok did not make has none. */
-static char *token_key_arn(struct crypt_device *cd)
+/*
+ * The dmbyok token's key ARN (and its region and grant, when it parses), or NULL: a LUKS2
+ * header dmbyok did not make has none.
+ */
+static char *token_key_arn(struct crypt_device *cd, struct dmbyok_shred_plan *p)
 {
 	for (int i = 0; i < crypt_token_max(CRYPT_LUKS2); i++) {
 		_cleanup_token_ struct dmbyok_token *t = NULL;
@@ -126,6 +132,10 @@ static char *token_key_arn(struct crypt_device *cd)
 			t = NULL;
 		dmbyok_log_quiet_pop();
 		/* A damaged token still makes this a dmbyok volume: what matters is its ARN. */
+		if (t) {
+			p->region = TAKE_PTR(t->region);
+			p->grant_id = TAKE_PTR(t->grant_id);
+		}
 		return strdup(t && t->key_arn ? t->key_arn : "unknown");
 	}
 	return NULL;
@@ -219,7 +229,7 @@ static int read_header(const struct dmbyok_shred_options *o, int fd, struct dmby
 	r = crypt_load(cd, CRYPT_LUKS2, NULL);
 	if (r == 0 && crypt_get_metadata_size(cd, &metadata, &keyslots) == 0 && metadata) {
 		p->volume_uuid = strdup(crypt_get_uuid(cd) ? crypt_get_uuid(cd) : "");
-		p->key_arn = token_key_arn(cd);
+		p->key_arn = token_key_arn(cd, p);
 		end = 2 * metadata + keyslots;
 		if (!o->header)
 			end = MAX(end, crypt_get_data_offset(cd) * 512);
@@ -403,6 +413,9 @@ void dmbyok_shred_log(const struct dmbyok_shred_plan *p)
 		(void)dmbyok_log_field(&f, "WIPED", "%s %llu+%llu %s", p->ranges[i].path,
 		                       (unsigned long long)p->ranges[i].offset,
 		                       (unsigned long long)p->ranges[i].length, p->ranges[i].what);
+	if (p->grant_id)
+		(void)dmbyok_log_field(&f, "GRANT_ID", "%s %s", p->grant_id,
+		                       p->grant_outcome ? p->grant_outcome : "unknown");
 	if (p->damaged)
 		(void)dmbyok_log_field(&f, "DAMAGED", "1");
 	for (char **n = p->forgotten; n && *n; n++)
@@ -425,6 +438,56 @@ void dmbyok_shred_log(const struct dmbyok_shred_plan *p)
 		    "the disk; no data key can be recovered from it.",
 		    p->device, p->header ? " file" : "");
 	dmbyok_log_set_max_level(level);
+}
+
+/* dmbyokd, if it runs, drops the forgotten volumes now rather than at its backstop rescan. */
+static void tell_agent(void)
+{
+	json_object *answer = NULL;
+
+	dmbyok_log_quiet_push();
+	(void)dmbyok_agent_query("rescan", NULL, &answer);
+	dmbyok_log_quiet_pop();
+	json_object_put(answer);
+}
+
+/*
+ * Before the wipe, so that a KMS failure changes nothing: a grant left behind would let
+ * this host unwrap a copy of the header (a backup) for as long as the key lives.
+ */
+static int retire_grant(const struct dmbyok_shred_options *o, struct dmbyok_shred_plan *p)
+{
+	struct kms_options kms = o->kms ? *o->kms : (struct kms_options){ 0 };
+	_cleanup_kms_client_ struct kms_client *c = NULL;
+	int r;
+
+	kms.provider = "aws";
+	if (!kms.region)
+		kms.region = p->region;
+	r = dmbyok_kms_client_new(&kms, &c);
+	if (r >= 0)
+		r = dmbyok_kms_retire_grant(c, p->key_arn, p->grant_id);
+	if (r >= 0 || r == -ENOENT) {
+		p->grant_outcome = r >= 0 ? "retired" : "gone";
+		log_info("Grant %s on %s: %s.", p->grant_id, p->key_arn,
+		         r >= 0 ? "retired" : "already gone (revoked or retired)");
+		return 0;
+	}
+	if (o->keep_grant) {
+		p->grant_outcome = "kept";
+		log_warning("Could not retire grant %s on %s (%s%s%s): shredding anyway "
+		            "(--keep-grant); retire it with `aws kms retire-grant --key-id %s "
+		            "--grant-id %s`.",
+		            p->grant_id, p->key_arn, dmbyok_strerror(r), c ? ": " : "",
+		            c ? dmbyok_kms_last_error(c) : "", p->key_arn, p->grant_id);
+		return 0;
+	}
+	return log_error_errno(r,
+	                       "Cannot retire the volume's grant %s on %s (%s%s%s). Nothing "
+	                       "was changed: run again when the KMS answers, or with "
+	                       "--keep-grant to shred now and retire the grant later.",
+	                       p->grant_id, p->key_arn, dmbyok_strerror(r), c ? ": " : "",
+	                       c ? dmbyok_kms_last_error(c) : "");
 }
 
 int dmbyok_shred(const struct dmbyok_shred_options *o, struct dmbyok_shred_plan *ret)
@@ -479,12 +542,18 @@ int dmbyok_shred(const struct dmbyok_shred_options *o, struct dmbyok_shred_plan 
 			goto out;
 	}
 
+	if (p.grant_id) {
+		r = retire_grant(o, &p);
+		if (r < 0)
+			goto out;
+	}
 	r = wipe(&p);
 	if (r < 0)
 		goto out;
 	for (char **n = p.forgotten; *n; n++)
 		forget_record(*n);
-	/* Retiring this host's KMS grant for the volume's key goes here (key hygiene: grants). */
+	if (p.forgotten[0])
+		tell_agent();
 	dmbyok_shred_log(&p);
 	*ret = p;
 	p = (struct dmbyok_shred_plan){ 0 };

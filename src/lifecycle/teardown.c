@@ -11,8 +11,8 @@
 #include "internal.h"
 #include "registry.h"
 
-static int save_torn_down(const struct mapping_status *s, const char *key_id,
-                          const char *key_arn, bool torn_down)
+static int save_torn_down(const struct mapping_status *s, const char *key_id, const char *key_arn,
+                          const char *grant_id, bool torn_down)
 {
 	return dmbyok_registry_save(&(struct registry_entry){
 	    .name = s->dm.name,
@@ -21,6 +21,7 @@ static int save_torn_down(const struct mapping_status *s, const char *key_id,
 	    .volume_uuid = s->volume_uuid,
 	    .key_id = (char *)key_id,
 	    .key_arn = (char *)key_arn,
+	    .grant_id = (char *)grant_id,
 	    .frozen = s->frozen,
 	    .torn_down = torn_down,
 	    .flags = s->dm.flags,
@@ -33,7 +34,7 @@ int dmbyok_teardown(const char *name, unsigned timeout_ms, bool error_if_in_use)
 	_cleanup_volume_ struct volume *v = NULL;
 	_cleanup_free_ char *mp = NULL;
 	struct mapping_status s = { 0 };
-	const char *key_id, *key_arn;
+	const char *key_id, *key_arn, *grant_id;
 	int r;
 
 	/* Never tear down a keyed mapping: lock it first unless it is. */
@@ -44,7 +45,8 @@ int dmbyok_teardown(const char *name, unsigned timeout_ms, bool error_if_in_use)
 		return r;
 	GUARD(dmbyok_lock_mapping(name, DMBYOK_DEVICE_LOCK_TIMEOUT_MS, &lock, &s));
 	if (!s.locked) {
-		r = log_error_errno(EAGAIN, "%s was unlocked meanwhile: not tearing it down.", name);
+		r = log_error_errno(EAGAIN, "%s was unlocked meanwhile: not tearing it down.",
+		                    name);
 		goto out;
 	}
 	if (s.dm.open_count > 0 && !error_if_in_use) {
@@ -54,6 +56,7 @@ int dmbyok_teardown(const char *name, unsigned timeout_ms, bool error_if_in_use)
 	/* The record must name the key, so the agent keeps watching it while nothing is mapped. */
 	key_id = s.key_id;
 	key_arn = s.key_arn;
+	grant_id = s.grant_id;
 	if (!key_arn) {
 		v = dmbyok_load_header_quietly(s.device, s.header);
 		if (!v) {
@@ -65,8 +68,9 @@ int dmbyok_teardown(const char *name, unsigned timeout_ms, bool error_if_in_use)
 		}
 		key_id = v->token->key_id;
 		key_arn = v->token->key_arn;
+		grant_id = v->token->grant_id;
 	}
-	r = save_torn_down(&s, key_id, key_arn, true);
+	r = save_torn_down(&s, key_id, key_arn, grant_id, true);
 	if (r < 0) {
 		log_error("Cannot record %s as torn down (%s): it stays locked.", name,
 		          dmbyok_strerror(r));
@@ -76,7 +80,7 @@ int dmbyok_teardown(const char *name, unsigned timeout_ms, bool error_if_in_use)
 	if (s.dm.open_count == 0) {
 		r = dmbyok_dm_crypt_remove(name);
 		if (r < 0) {
-			(void)save_torn_down(&s, key_id, key_arn, false);
+			(void)save_torn_down(&s, key_id, key_arn, grant_id, false);
 			goto out;
 		}
 		log_info("Tore down %s: removed (nobody held it open).", name);
@@ -90,7 +94,7 @@ int dmbyok_teardown(const char *name, unsigned timeout_ms, bool error_if_in_use)
 	 */
 	r = dmbyok_dm_replace_with_error(name, s.dm.length);
 	if (r < 0) {
-		(void)save_torn_down(&s, key_id, key_arn, false);
+		(void)save_torn_down(&s, key_id, key_arn, grant_id, false);
 		goto out;
 	}
 	if (s.frozen && dmbyok_fs_mountpoint(s.dm.major, s.dm.minor, &mp) > 0)
@@ -182,9 +186,12 @@ int dmbyok_reprovision(const char *name, const struct kms_options *kms)
 	e.frozen = false;
 	free(e.key_id);
 	free(e.key_arn);
+	free(e.grant_id);
 	e.key_id = strdup(v->token->key_id);
 	e.key_arn = strdup(v->token->key_arn);
-	if (!e.key_id || !e.key_arn || dmbyok_registry_save(&e) < 0)
+	e.grant_id = v->token->grant_id ? strdup(v->token->grant_id) : NULL;
+	if (!e.key_id || !e.key_arn || (v->token->grant_id && !e.grant_id) ||
+	    dmbyok_registry_save(&e) < 0)
 		log_warning("Reprovisioned %s but could not update its record.", name);
 	log_info("Reprovisioned %s from %s as it was before its teardown.", name, e.device);
 	r = 0;
@@ -223,6 +230,7 @@ int dmbyok_list_torn_down(struct mapping_status **ret, size_t *ret_n)
 			s->volume_uuid = TAKE_PTR(e.volume_uuid);
 			s->key_id = TAKE_PTR(e.key_id);
 			s->key_arn = TAKE_PTR(e.key_arn);
+			s->grant_id = TAKE_PTR(e.grant_id);
 			n++;
 		}
 		dmbyok_registry_entry_done(&e);

@@ -30,6 +30,7 @@ void dmbyok_token_free(struct dmbyok_token *t)
 	free(t->binding);
 	free(t->created);
 	free(t->rewrapped);
+	free(t->grant_id);
 	free(t);
 }
 
@@ -119,8 +120,13 @@ int dmbyok_token_from_json(const char *json, struct dmbyok_token **ret)
 	    (r = get_string(o, "key_check", 1, &t->key_check)) < 0 ||
 	    (r = get_string(o, "binding", t->version >= 2, &t->binding)) < 0 ||
 	    (r = get_string(o, "created", 0, &t->created)) < 0 ||
-	    (r = get_string(o, "rewrapped", 0, &t->rewrapped)) < 0)
+	    (r = get_string(o, "rewrapped", 0, &t->rewrapped)) < 0 ||
+	    (r = get_string(o, "grant_id", 0, &t->grant_id)) < 0)
 		goto out;
+	if (t->grant_id && !dmbyok_kms_grant_id_valid(t->grant_id)) {
+		r = log_error_errno(EUCLEAN, "dmbyok token's \"grant_id\" is not a KMS grant id.");
+		goto out;
+	}
 
 	if (!dmbyok_kms_provider_known(t->kms)) {
 		r = log_error_errno(
@@ -181,6 +187,8 @@ int dmbyok_token_to_json(const struct dmbyok_token *t, char **ret)
 		json_object_object_add(o, "created", json_object_new_string(t->created));
 	if (t->rewrapped)
 		json_object_object_add(o, "rewrapped", json_object_new_string(t->rewrapped));
+	if (t->grant_id)
+		json_object_object_add(o, "grant_id", json_object_new_string(t->grant_id));
 
 	*ret = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	r = *ret ? 0 : -ENOMEM;

@@ -246,11 +246,15 @@ echo "key deleted -> t torn down in $t s"
 check "list shows it torn down" bash -c "$DMBYOK list --json | jq -e '.[] | select(.name == \"t\")' >/dev/null"
 check "the agent never took the ephemeral mapping for a volume" \
 	bash -c "! grep -q eswap '$WORK/agent.log' && ! $DMBYOK list --json | jq -e '.[] | select(.name == \"eswap\")' >/dev/null"
+agent_knows_t() { $DMBYOK status t --json 2>/dev/null | jq -e '.agent.watched == true' >/dev/null; }
+check "the agent watches torn-down t" agent_knows_t
 check "shred --yes" bash -c "$DMBYOK shred /dev/vdb --yes | tee '$WORK/out'"
 check "it says it forgot t" grep -qx "forgot    t" "$WORK/out"
 check "t's record is gone" test ! -e "$DMBYOK_RUNTIME_DIR/mappings/t.json"
 check_shredded /dev/vdb "$WRAPPED"
-# The agent drops it at its next rescan (a device-mapper event, or its 60 s backstop).
+# shred asks the agent to rescan (no device-mapper event announces a forgotten record).
+t=$(wait_for 10 eval '! agent_knows_t') || fail "the agent still shows t 10 s after the shred"
+echo "shred -> the agent dropped t in $t s (its backstop rescan: 60 s)"
 kill $AGENT
 wait $AGENT 2>/dev/null || true
 AGENT=

@@ -299,14 +299,15 @@ static void test_probes(void **state)
 
 	(void)state;
 	assert_int_equal(dmbyok_metrics_new(1, &m), 0);
-	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, 0, 10), 0);             /* le 0.01 */
-	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, 0, 11), 0);             /* le 0.025 */
-	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, -EKEYREVOKED, 250), 0); /* 0.25 */
-	assert_int_equal(dmbyok_metrics_probe_done(m, arn2, -ETIMEDOUT, 10000), 0); /* 10 */
-	assert_int_equal(dmbyok_metrics_probe_done(m, arn2, -ECONNREFUSED, 10001), 0); /* +Inf */
-	assert_int_equal(dmbyok_metrics_probe_done(m, arn2, -EKEYEXPIRED, 0), 0);      /* 0.01 */
-	assert_int_equal(dmbyok_metrics_probe_done(m, NULL, 0, 1), -EINVAL);
-	assert_int_equal(dmbyok_metrics_probe_done(m, "", 0, 1), -EINVAL);
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, NULL, 0, 10), 0); /* le 0.01 */
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, NULL, 0, 11), 0); /* le 0.025 */
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, NULL, -EKEYREVOKED, 250), 0); /* 0.25 */
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn2, NULL, -ETIMEDOUT, 10000), 0); /* 10 */
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn2, NULL, -ECONNREFUSED, 10001),
+	                 0);                                                            /* +Inf */
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn2, NULL, -EKEYEXPIRED, 0), 0); /* 0.01 */
+	assert_int_equal(dmbyok_metrics_probe_done(m, NULL, NULL, 0, 1), -EINVAL);
+	assert_int_equal(dmbyok_metrics_probe_done(m, "", NULL, 0, 1), -EINVAL);
 	dmbyok_metrics_kms_error(m, -EKEYREVOKED); /* an unlock's Decrypt */
 	dmbyok_metrics_kms_error(m, 0);            /* not an error: ignored */
 	text = format(m, &g);
@@ -380,8 +381,8 @@ static void test_gauges(void **state)
 {
 	_cleanup_metrics_ struct dmbyok_metrics *m = NULL;
 	const struct dmbyok_metrics_key keys[] = {
-		{ arn1, DMBYOK_KEYWATCH_LOCKED, 1700000123 },
-		{ arn2, DMBYOK_KEYWATCH_ACTIVE, 0 },
+		{ arn1, DMBYOK_KEYWATCH_LOCKED, 1700000123, NULL },
+		{ arn2, DMBYOK_KEYWATCH_ACTIVE, 0, NULL },
 	};
 	struct dmbyok_metrics_gauges g = {
 		.volumes = { [DMBYOK_METRICS_VOLUMES_ACTIVE] = 3,
@@ -430,13 +431,13 @@ static void test_escaping(void **state)
 {
 	_cleanup_metrics_ struct dmbyok_metrics *m = NULL;
 	static const char weird[] = "arn:x\"y\\z\nw}{,=";
-	const struct dmbyok_metrics_key keys[] = { { weird, DMBYOK_KEYWATCH_SUSPECT, 42 } };
+	const struct dmbyok_metrics_key keys[] = { { weird, DMBYOK_KEYWATCH_SUSPECT, 42, NULL } };
 	struct dmbyok_metrics_gauges g = { .keys = keys, .n_keys = 1 };
 	_cleanup_free_ char *text = NULL, *l = NULL;
 
 	(void)state;
 	assert_int_equal(dmbyok_metrics_new(1, &m), 0);
-	assert_int_equal(dmbyok_metrics_probe_done(m, weird, -EBADMSG, 3), 0);
+	assert_int_equal(dmbyok_metrics_probe_done(m, weird, NULL, -EBADMSG, 3), 0);
 	text = format(m, &g);
 	/* The raw text: one sample per line, the escapes the format defines. */
 	assert_non_null(strstr(text, "{key=\"arn:x\\\"y\\\\z\\nw}{,=\",state=\"suspect\"} 1\n"));
@@ -460,9 +461,9 @@ static void test_forget_bounded(void **state)
 
 	(void)state;
 	assert_int_equal(dmbyok_metrics_new(1, &m), 0);
-	assert_int_equal(dmbyok_metrics_watch_key(m, arn1), 0);
-	assert_int_equal(dmbyok_metrics_watch_key(m, arn1), 0); /* twice: one set of series */
-	assert_int_equal(dmbyok_metrics_watch_key(m, NULL), -EINVAL);
+	assert_int_equal(dmbyok_metrics_watch_key(m, arn1, NULL), 0);
+	assert_int_equal(dmbyok_metrics_watch_key(m, arn1, NULL), 0); /* twice: one set of series */
+	assert_int_equal(dmbyok_metrics_watch_key(m, NULL, NULL), -EINVAL);
 	base = format(m, &g);
 	l = oracle_parse(base);
 	assert_sample(l, "dmbyok_probes_total{class=\"ok\",key=\"arn:aws:kms:eu-west-1:"
@@ -471,16 +472,16 @@ static void test_forget_bounded(void **state)
 	/* Thousands of keys come and go: the output (and the table) stays one key's worth. */
 	for (int i = 0; i < 5000; i++) {
 		snprintf(arn, sizeof(arn), "arn:aws:kms:eu-west-1:111122223333:key/k%d", i);
-		assert_int_equal(dmbyok_metrics_probe_done(m, arn, 0, 5), 0);
-		dmbyok_metrics_forget_key(m, arn);
+		assert_int_equal(dmbyok_metrics_probe_done(m, arn, NULL, 0, 5), 0);
+		dmbyok_metrics_forget_key(m, arn, NULL);
 	}
-	dmbyok_metrics_forget_key(m, "arn:never-seen");
-	dmbyok_metrics_forget_key(m, NULL);
+	dmbyok_metrics_forget_key(m, "arn:never-seen", NULL);
+	dmbyok_metrics_forget_key(m, NULL, NULL);
 	text = format(m, &g);
 	assert_int_equal(count_lines(text), count_lines(base));
 	assert_null(strstr(text, "key/k"));
 
-	dmbyok_metrics_forget_key(m, arn1);
+	dmbyok_metrics_forget_key(m, arn1, NULL);
 	free(l);
 	free(text);
 	text = format(m, &g);
@@ -490,10 +491,51 @@ static void test_forget_bounded(void **state)
 	assert_sample(l, "dmbyok_probe_duration_seconds_count{} 5000.0");
 }
 
+/* A key watched whole and through a volume's grant: two watches, two series, never merged. */
+static void test_grant_series(void **state)
+{
+	_cleanup_metrics_ struct dmbyok_metrics *m = NULL;
+	const char *grant = "0c237476b39f8bc44e45212e08498fbe3151305030726c0590dd8d3e9f3d6a0d";
+	const struct dmbyok_metrics_key keys[] = {
+		{ arn1, DMBYOK_KEYWATCH_ACTIVE, 7, NULL },
+		{ arn1, DMBYOK_KEYWATCH_LOCKED, 5, grant },
+	};
+	struct dmbyok_metrics_gauges g = { .keys = keys, .n_keys = 2 };
+	_cleanup_free_ char *text = NULL, *l = NULL;
+	char want[512];
+
+	(void)state;
+	assert_int_equal(dmbyok_metrics_new(1, &m), 0);
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, NULL, 0, 1), 0);
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, grant, -EKEYREVOKED, 1), 0);
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, grant, -EKEYREVOKED, 1), 0);
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, "", 0, 1), -EINVAL);
+	text = format(m, &g);
+	l = oracle_parse(text);
+	snprintf(want, sizeof(want),
+	         "dmbyok_probes_total{class=\"key-revoked\",grant=\"%s\",key=\"%s\"} 2.0", grant,
+	         arn1);
+	assert_sample(l, want);
+	snprintf(want, sizeof(want), "dmbyok_probes_total{class=\"key-revoked\",key=\"%s\"} 0.0",
+	         arn1);
+	assert_sample(l, want);
+	snprintf(want, sizeof(want),
+	         "dmbyok_key_state{grant=\"%s\",key=\"%s\",state=\"locked\"} 1.0", grant, arn1);
+	assert_sample(l, want);
+	snprintf(want, sizeof(want), "dmbyok_key_state{key=\"%s\",state=\"active\"} 1.0", arn1);
+	assert_sample(l, want);
+	/* Forgetting the grant's watch leaves the key's own series. */
+	dmbyok_metrics_forget_key(m, arn1, grant);
+	free(text);
+	text = format(m, &(struct dmbyok_metrics_gauges){ 0 });
+	assert_null(strstr(text, grant));
+	assert_non_null(strstr(text, "dmbyok_probes_total{key="));
+}
+
 static void test_bad_gauges(void **state)
 {
 	_cleanup_metrics_ struct dmbyok_metrics *m = NULL;
-	struct dmbyok_metrics_key k = { NULL, DMBYOK_KEYWATCH_ACTIVE, 0 };
+	struct dmbyok_metrics_key k = { NULL, DMBYOK_KEYWATCH_ACTIVE, 0, NULL };
 	struct dmbyok_metrics_gauges g = { .keys = &k, .n_keys = 1 };
 	char *text = NULL;
 
@@ -563,7 +605,7 @@ static void test_write(void **state)
 	old_fd = open(path, O_RDONLY | O_CLOEXEC);
 	assert_true(old_fd >= 0);
 	g.volumes[0] = 7;
-	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, 0, 1), 0);
+	assert_int_equal(dmbyok_metrics_probe_done(m, arn1, NULL, 0, 1), 0);
 	assert_int_equal(dmbyok_metrics_write(m, &g, path), 0);
 	assert_int_equal(stat(path, &st2), 0);
 	assert_true(st2.st_ino != st.st_ino);
@@ -659,7 +701,7 @@ static void test_write_atomic_under_readers(void **state)
 {
 	_cleanup_metrics_ struct dmbyok_metrics *m = NULL;
 	struct dmbyok_metrics_gauges a = { .volumes = { 1 } }, b = { .volumes = { 22, 333 } };
-	const struct dmbyok_metrics_key keys[] = { { arn1, DMBYOK_KEYWATCH_ACTIVE, 5 } };
+	const struct dmbyok_metrics_key keys[] = { { arn1, DMBYOK_KEYWATCH_ACTIVE, 5, NULL } };
 	_cleanup_free_ char *dir = path_in_tmp("r"), *path = NULL, *ta = NULL, *tb = NULL;
 	int go[2], status;
 	pid_t pid;
@@ -760,6 +802,7 @@ int main(void)
 		cmocka_unit_test(test_gauges),
 		cmocka_unit_test(test_escaping),
 		cmocka_unit_test(test_forget_bounded),
+		cmocka_unit_test(test_grant_series),
 		cmocka_unit_test(test_bad_gauges),
 		cmocka_unit_test(test_write),
 		cmocka_unit_test(test_write_failures),

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "dmbyok/kms.h"
 #include "dmbyok/log.h"
 #include "dmbyok/token.h"
 
@@ -47,6 +48,51 @@ static void test_round_trip(void **state)
 	assert_string_equal(again->key_arn, t->key_arn);
 	assert_string_equal(again->ciphertext, t->ciphertext);
 	assert_true(json_object_equal(again->context, t->context));
+}
+
+/* A token with its volume's grant: kept through a round trip; a malformed id is refused. */
+static void test_grant_id(void **state)
+{
+	static const char *bad_ids[] = {
+		"\"\"",
+		"\"has space\"",
+		"\"a/b\"",
+		"\"line\\nbreak\"",
+		"42",
+		/* 129 characters */
+		"\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+		"aaaa"
+		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"",
+	};
+	const char *id = "0c237476b39f8bc44e45212e08498fbe3151305030726c0590dd8d3e9f3d6a0d";
+	_cleanup_token_ struct dmbyok_token *t = NULL, *again = NULL;
+	_cleanup_free_ char *json = NULL, *with = NULL;
+	size_t n = strlen(good_json);
+
+	(void)state;
+	assert_int_equal(dmbyok_token_from_json(good_json, &t), 0);
+	assert_null(t->grant_id);
+	assert_int_equal(dmbyok_token_to_json(t, &json), 0);
+	assert_null(strstr(json, "grant_id"));
+	t->grant_id = strdup(id);
+	free(json);
+	json = NULL;
+	assert_int_equal(dmbyok_token_to_json(t, &json), 0);
+	assert_int_equal(dmbyok_token_from_json(json, &again), 0);
+	assert_string_equal(again->grant_id, id);
+
+	for (size_t i = 0; i < sizeof(bad_ids) / sizeof(bad_ids[0]); i++) {
+		struct dmbyok_token *b = NULL;
+
+		free(with);
+		/* good_json with ,"grant_id":BAD before its closing brace */
+		assert_true(asprintf(&with, "%.*s,\"grant_id\":%s}", (int)(n - 1), good_json,
+		                     bad_ids[i]) > 0);
+		assert_int_equal(dmbyok_token_from_json(with, &b), -EUCLEAN);
+		assert_null(b);
+	}
+	assert_true(dmbyok_kms_grant_id_valid("A1"));
+	assert_false(dmbyok_kms_grant_id_valid("-"));
 }
 
 static void test_malformed_tokens_are_corrupt(void **state)
@@ -214,6 +260,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_malformed_tokens_are_corrupt),
+		cmocka_unit_test(test_grant_id),
 		cmocka_unit_test(test_token_from_other_volume_is_refused),
 		cmocka_unit_test(test_context_pairs),
 		cmocka_unit_test(test_key_check_value),
