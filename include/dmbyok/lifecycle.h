@@ -119,15 +119,22 @@ void dmbyok_mapping_status_list_free(struct mapping_status *l, size_t n);
 int dmbyok_list_torn_down(struct mapping_status **ret, size_t *ret_n);
 
 /*
- * doctor: each check of the kernel (device-mapper, keyring, xts acceleration) and, given
- * key_id, of every KMS call dmbyok makes, reported as it completes: r 0 passed, r < 0
- * failed (provider_said: the KMS's own words, or NULL), r > 0 a warning. Returns the last
- * failure, or 0.
+ * doctor: each check of the kernel (device-mapper, keyring, xts acceleration); given
+ * key_id, of every KMS call dmbyok makes; given a volume's device, of that volume: its
+ * header and token, the unwrap of its DEK, its grant, and where this host's access to its
+ * key comes from (grant only, or the key policy too). Reported as each completes: r 0
+ * passed, r < 0 failed (provider_said: the KMS's own words, or NULL), r > 0 a warning.
+ * Returns the last failure, or 0.
  */
 typedef void (*dmbyok_doctor_report_fn)(const char *check, int r, const char *detail,
                                         const char *provider_said, void *userdata);
-int dmbyok_doctor(const char *key_id, const struct kms_options *kms, dmbyok_doctor_report_fn report,
-                  void *userdata);
+struct doctor_options {
+	const char *key_id; /* NULL: no KMS round trip */
+	const char *device; /* NULL: no volume checks */
+	const char *header; /* the volume's detached header, or NULL */
+};
+int dmbyok_doctor(const struct doctor_options *o, const struct kms_options *kms,
+                  dmbyok_doctor_report_fn report, void *userdata);
 
 /* The dmbyok token of a volume's header (checked to belong to it). */
 int dmbyok_read_token(const char *device, const char *header, struct dmbyok_token **ret);

@@ -27,9 +27,17 @@ int verb_doctor(struct cli *c)
 		return verb_doctor_policy(c);
 	if (c->n_data_paths)
 		return log_error_errno(EINVAL, "--data-path goes with --policy.");
-	GUARD(cli_require_args(c, 0, 0, "doctor [--key KEY_ID]"));
-	r = dmbyok_doctor(c->key_id, &c->kms, print_check, NULL);
-	if (!c->key_id)
-		printf("skip KMS checks                         (give --key KEY_ID to run them)\n");
+	GUARD(cli_require_args(c, 0, 1, "doctor [--key KEY_ID] [DEVICE [--header FILE]]"));
+	r = dmbyok_doctor(
+	    &(struct doctor_options){
+	        .key_id = c->key_id,
+	        .device = c->n_args ? c->args[0] : NULL,
+	        .header = c->header,
+	    },
+	    &c->kms, print_check, NULL);
+	if (!c->key_id && !c->n_args)
+		printf(
+		    "skip KMS checks                         (give --key KEY_ID or a DEVICE to run "
+		    "them)\n");
 	return r;
 }

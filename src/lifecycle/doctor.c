@@ -6,6 +6,8 @@
 #include "dmbyok/lifecycle.h"
 #include "dmbyok/log.h"
 #include "dmbyok/token.h"
+#include "dmbyok/volume.h"
+#include "internal.h"
 
 struct doctor {
 	dmbyok_doctor_report_fn report;
@@ -91,13 +93,120 @@ static void check_kms(struct doctor *d, const char *key_id, const struct kms_opt
 	json_object_put(ctx);
 }
 
-int dmbyok_doctor(const char *key_id, const struct kms_options *kms, dmbyok_doctor_report_fn report,
-                  void *userdata)
+/* The volume's own grant, as the KMS lists it (needs kms:ListGrants). */
+static void check_grant(struct doctor *d, struct kms_client *k, const struct dmbyok_token *t)
+{
+	struct kms_grant_info g = { 0 };
+	char detail[512] = "";
+	int r;
+
+	dmbyok_log_quiet_push();
+	r = dmbyok_kms_find_grant(k, t->key_arn, t->grant_id, &g);
+	dmbyok_log_quiet_pop();
+	if (r == -EKEYREVOKED) /* the host may not list grants: a fact, not a fault */
+		check(d, "its grant", 1, t->grant_id,
+		      "not checked: this host may not kms:ListGrants");
+	else if (r == -ENOENT)
+		check(d, "its grant", r, NULL,
+		      "revoked or retired: only the key policy can let this host unwrap now");
+	else if (r < 0)
+		check(d, "its grant", r, NULL, dmbyok_kms_last_error(k));
+	else if (!g.context_equals || !json_object_equal(g.context_equals, t->context))
+		check(d, "its grant", 1, t->grant_id,
+		      "its EncryptionContextEquals is not this volume's context");
+	else {
+		snprintf(detail, sizeof(detail), "%s for %s, this volume's context only",
+		         g.grant_id, g.grantee);
+		check(d, "its grant", 0, detail, NULL);
+	}
+	dmbyok_kms_grant_info_done(&g);
+}
+
+/*
+ * Whether anything but the volume's grant lets this host Decrypt under the key: a Decrypt
+ * of its blob under a context no grant names. KMS authorizes before it decrypts, so the key
+ * policy or IAM allowing it shows as InvalidCiphertext (-EBADMSG), nothing allowing it as
+ * AccessDenied. No plaintext can come back: the blob is bound to another context.
+ */
+static void check_access(struct doctor *d, struct kms_client *k, const struct dmbyok_token *t,
+                         int unwrapped)
+{
+	_cleanup_secret_ struct secret *never = NULL;
+	json_object *ctx = NULL;
+	char detail[512] = "";
+	int r;
+
+	if (strcmp(dmbyok_kms_client_provider(k), "aws") != 0)
+		return; /* Cloud KMS and Key Vault grant per key, through IAM */
+	if (json_object_deep_copy(t->context, &ctx, NULL) < 0 || !ctx)
+		return (void)check(d, "where this host's access comes from", -ENOMEM, NULL, NULL);
+	json_object_object_add(ctx, "dmbyok:doctor", json_object_new_string("access-probe"));
+	dmbyok_log_quiet_push();
+	r = dmbyok_kms_decrypt(k, t->key_arn, t->ciphertext, ctx, &never, NULL);
+	dmbyok_log_quiet_pop();
+	json_object_put(ctx);
+	if (r == -EBADMSG && t->grant_id)
+		check(d, "where this host's access comes from", 1, "the key policy or IAM",
+		      "they let this host Decrypt under any context: revoking its grant alone "
+		      "would not lock this volume");
+	else if (r == -EBADMSG)
+		check(d, "where this host's access comes from", 0,
+		      "the key policy or IAM (no per-volume grant)", NULL);
+	else if (r == -EKEYREVOKED && t->grant_id) {
+		snprintf(detail, sizeof(detail),
+		         "its grant %s only: revoking it locks this volume and no other",
+		         t->grant_id);
+		check(d, "where this host's access comes from", unwrapped < 0 ? unwrapped : 0,
+		      detail, NULL);
+	} else if (r == -EKEYREVOKED)
+		check(d, "where this host's access comes from", unwrapped < 0 ? unwrapped : 0,
+		      unwrapped < 0 ? "nowhere"
+		                    : "the key policy or IAM, for this volume's context",
+		      NULL);
+	else
+		check(d, "where this host's access comes from", r < 0 ? r : -EPROTO, NULL,
+		      dmbyok_kms_last_error(k));
+}
+
+static void check_volume(struct doctor *d, const char *device, const char *header,
+                         const struct kms_options *kms)
+{
+	_cleanup_volume_ struct volume *v = NULL;
+	_cleanup_kms_client_ struct kms_client *k = NULL;
+	_cleanup_secret_ struct secret *dek = NULL;
+	char detail[512] = "";
+	int r;
+
+	r = dmbyok_volume_load(device, header, &v);
+	if (r == 0)
+		snprintf(detail, sizeof(detail), "volume %s under %s", v->uuid, v->token->key_arn);
+	if (check(d, "volume header and token", r, detail, NULL) < 0)
+		return;
+	if (check(d, "token bound to this header", dmbyok_unwrap_check(v, kms), NULL, NULL) < 0)
+		return;
+	if (check(d, "KMS client and credentials", dmbyok_kms_client_for_token(kms, v->token, &k),
+	          NULL, NULL) < 0)
+		return;
+	dmbyok_log_quiet_push();
+	r = dmbyok_unwrap_dek_with(k, v, &dek);
+	dmbyok_log_quiet_pop();
+	check(d, "unwrap its data key", r, "matches the token's key check value; wiped",
+	      dmbyok_kms_last_error(k));
+	dmbyok_secret_freep(&dek);
+	if (v->token->grant_id)
+		check_grant(d, k, v->token);
+	check_access(d, k, v->token, r);
+}
+
+int dmbyok_doctor(const struct doctor_options *o, const struct kms_options *kms,
+                  dmbyok_doctor_report_fn report, void *userdata)
 {
 	struct doctor d = { .report = report, .userdata = userdata };
 
 	check_kernel(&d);
-	if (key_id)
-		check_kms(&d, key_id, kms);
+	if (o->key_id)
+		check_kms(&d, o->key_id, kms);
+	if (o->device)
+		check_volume(&d, o->device, o->header, kms);
 	return d.worst;
 }
