@@ -413,6 +413,7 @@ static int audit_line(const struct kms_audit *a, char **ret)
 	    (r = add_int(o, "errno", a->result < 0 ? -a->result : 0)) < 0 ||
 	    (r = add_int(o, "latency_ms", (int64_t)a->latency_ms)) < 0 ||
 	    (r = add_string(o, "request_id", a->request_id)) < 0 ||
+	    (r = add_string(o, "principal", a->principal)) < 0 ||
 	    (r = add_string(o, "detail", a->result < 0 ? a->detail : NULL)) < 0)
 		goto out;
 	*ret = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
@@ -485,6 +486,7 @@ static int entry_from_journal(sd_journal *j, json_object **ret)
 		{ "ERRNO", "errno", true },
 		{ "LATENCY_MS", "latency_ms", true },
 		{ "REQUEST_ID", "request_id", false },
+		{ "PRINCIPAL", "principal", false },
 		{ "DETAIL", "detail", false },
 	};
 	json_object *o = json_object_new_object();

@@ -27,6 +27,13 @@ struct kms_provider_ops {
 	int (*reencrypt)(struct kms_client *c, const char *ciphertext_b64, json_object *context,
 	                 const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
 	int (*describe_key)(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
+	/*
+	 * Who this client's credentials are, as the provider's own audit logs name them (AWS:
+	 * the access key id, CloudTrail's userIdentity.accessKeyId; Google Cloud: the service
+	 * account's email; Azure: the client id). NULL until a call resolved them, or unknown.
+	 * Optional: NULL when the provider cannot tell.
+	 */
+	const char *(*principal)(struct kms_client *c);
 	const char *(*region)(struct kms_client *c);
 	/*
 	 * Per-volume grants (kms.h), optional: a provider whose access is per key (by IAM)
@@ -64,6 +71,7 @@ struct kms_audit {
 	const char *key_arn;    /* as answered; NULL on failure */
 	json_object *context;   /* encryption context, or NULL */
 	const char *request_id; /* the KMS's, of the last attempt, or NULL */
+	const char *principal;  /* the credentials' identity (kms_provider_ops.principal) */
 	int result;             /* 0 or a negative errno */
 	const char *detail;     /* on failure, the provider's words (dmbyok_kms_last_error) */
 	unsigned long long latency_ms;

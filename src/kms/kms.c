@@ -164,6 +164,8 @@ int dmbyok_kms_audit_fields(const struct kms_audit *a, struct log_fields *f)
 	FIELD("LATENCY_MS", "%llu", a->latency_ms);
 	if (a->request_id && *a->request_id)
 		FIELD("REQUEST_ID", "%s", a->request_id);
+	if (a->principal && *a->principal)
+		FIELD("PRINCIPAL", "%s", a->principal);
 	if (a->result < 0 && a->detail && *a->detail)
 		FIELD("DETAIL", "%s", a->detail);
 #undef FIELD
@@ -227,6 +229,7 @@ static void call_end(struct kms_client *c, const char *operation, const char *ke
 	    .key_arn = r >= 0 ? key_arn : NULL,
 	    .context = context,
 	    .request_id = request_id,
+	    .principal = c->ops->principal ? c->ops->principal(c) : NULL,
 	    .result = r,
 	    .detail = c->last_error,
 	    .latency_ms = now_ms() - t0,

@@ -58,6 +58,8 @@ check "and K has no grant" test "$(grant_count "$KEY")" = 0
 # Without a grant the volume can be formatted (GenerateDataKey) but never opened.
 check "format vdb without --grant" $DMBYOK format /dev/vdb --key alias/k --quiet
 expect_exit 3 "without a grant this host cannot open it" $DMBYOK open /dev/vdb nogrant
+expect_exit 3 "doctor on that volume fails too" $DMBYOK doctor /dev/vdb
+check "it says the unwrap fails and this host has no access" bash -c "grep -q '^FAIL unwrap its data key' '$WORK/out' && grep -q '^FAIL where this host.s access comes from' '$WORK/out'"
 
 step "format --grant: one grant per volume, bound to its context"
 check "format vda --grant" $DMBYOK format /dev/vda --key alias/k --grant --quiet
@@ -76,6 +78,12 @@ CTX_A=$(token_json /dev/vda | jq -c .context)
 check "open vda as a" $DMBYOK open /dev/vda a --quiet
 check "open vdb as b" $DMBYOK open /dev/vdb b --quiet
 check "status names a's grant" test "$($DMBYOK status a --json | jq -r .grant_id)" = "$GA"
+check "doctor /dev/vda" bash -c "$DMBYOK doctor /dev/vda >'$WORK/doctor' 2>&1"
+cat "$WORK/doctor"
+check "doctor: the unwrap works" grep -q '^ok   unwrap its data key' "$WORK/doctor"
+# K's policy does not let this host list grants: doctor says it could not look.
+check "doctor: its grant, not listed (no kms:ListGrants)" grep -q "^warn its grant .*$GA: not checked: this host may not kms:ListGrants" "$WORK/doctor"
+check "doctor: the access comes from the grant only" grep -q "^ok   where this host's access comes from .*its grant $GA only" "$WORK/doctor"
 
 step "dmbyokd watches each (key, grant): revoking A's grant locks A only"
 start_agent --check-interval 1 --restore-interval 1 --debug
@@ -129,4 +137,12 @@ check "shred vda --keep-grant while RetireGrant fails" bash -c "$DMBYOK shred /d
 check "the record says: grant kept" test "$(jq -r '.grant.id + " " + .grant.outcome' "$WORK/shred-a.json")" = "$GA2 kept"
 check "vda has no LUKS header" bash -c "! cryptsetup isLuks /dev/vda"
 "$CTL" --url "$KMS_URL" clear-faults >/dev/null
+
+step "doctor warns when the key policy makes a volume's grant moot"
+create_key alias/open >/dev/null # the default policy: the whole account, this host too
+check "format vdb --grant under it" $DMBYOK format /dev/vdb --key alias/open --grant --quiet
+check "doctor /dev/vdb (a warning is not a failure)" bash -c "$DMBYOK doctor /dev/vdb >'$WORK/doctor' 2>&1"
+cat "$WORK/doctor"
+check "doctor: the key policy lets this host in anyway" grep -q "^warn where this host's access comes from .*revoking its grant alone would not lock this volume" "$WORK/doctor"
+check "doctor: its grant, as ListGrants shows it" grep -q "^ok   its grant .*$(token_grant /dev/vdb) for $HOST_ROLE, this volume's context only" "$WORK/doctor"
 finish

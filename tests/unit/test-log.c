@@ -646,6 +646,8 @@ static void test_audit_one_entry_per_call_without_secrets(void **state)
 		char id[48];
 		snprintf(id, sizeof(id), "REQUEST_ID=req-%04zu", i + 1);
 		assert_true(has_field(e, id));
+		/* the credentials that signed it, as CloudTrail names them (not their secret) */
+		assert_true(has_field(e, "PRINCIPAL=AKIDTEST000000000001"));
 		assert_int_equal(count_fields(e, "OPERATION"), 1);
 		assert_int_equal(count_fields(e, "KEY_ARN"), i == 5 ? 0 : 1);
 	}
@@ -694,7 +696,7 @@ static void test_audit_one_entry_per_call_without_secrets(void **state)
 	                       " OPERATION=Decrypt PROVIDER=aws REGION=eu-west-1 KEY_ID=" ARN_EU
 	                       " KEY_ARN=" ARN_EU " ENCRYPTION_CONTEXT="));
 	assert_non_null(strstr(out, " RESULT=ok LATENCY_MS="));
-	assert_non_null(strstr(out, " REQUEST_ID=req-0007\n"));
+	assert_non_null(strstr(out, " REQUEST_ID=req-0007 PRINCIPAL=AKIDTEST000000000001\n"));
 
 	/* At the default level a terminal shows nothing for a successful call. */
 	log_reset();

@@ -707,6 +707,14 @@ static const char *aws_region(struct kms_client *c)
 	return aws_of(c)->region;
 }
 
+/* The access key id that signed the calls: CloudTrail names the caller by it too. */
+static const char *aws_principal(struct kms_client *c)
+{
+	const struct aws_credentials *cr = aws_of(c)->creds.cached;
+
+	return cr ? cr->access_key_id : NULL;
+}
+
 const struct kms_provider_ops dmbyok_aws_kms_provider_ops = {
 	.name = "aws",
 	.title = "AWS",
@@ -717,6 +725,7 @@ const struct kms_provider_ops dmbyok_aws_kms_provider_ops = {
 	.reencrypt = aws_reencrypt,
 	.describe_key = aws_describe_key,
 	.region = aws_region,
+	.principal = aws_principal,
 	.create_grant = dmbyok_aws_create_grant,
 	.retire_grant = dmbyok_aws_retire_grant,
 	.find_grant = dmbyok_aws_find_grant,

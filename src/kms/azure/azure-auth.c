@@ -41,6 +41,7 @@ static void token_clear(struct azure_token *t)
 {
 	dmbyok_secret_free(t->token);
 	free(t->resource);
+	free(t->principal);
 	*t = (struct azure_token){};
 }
 
@@ -438,7 +439,10 @@ int dmbyok_azure_auth_token(struct azure_auth *a, const char *resource,
 	}
 	fresh.source = source;
 	fresh.resource = strdup(resource);
-	if (!fresh.resource) {
+	/* Key Vault's logs name the caller by its application (client) id. */
+	fresh.principal = strdup(env("AZURE_CLIENT_ID") ? env("AZURE_CLIENT_ID")
+	                                                : "system-assigned managed identity");
+	if (!fresh.resource || !fresh.principal) {
 		token_clear(&fresh);
 		return -ENOMEM;
 	}

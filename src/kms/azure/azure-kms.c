@@ -727,6 +727,12 @@ static const char *azure_region(struct kms_client *c)
 	return azure_of(c)->label;
 }
 
+/* The credentials' client id once a token was fetched (Key Vault logs identity.appid). */
+static const char *azure_principal(struct kms_client *c)
+{
+	return azure_of(c)->auth.cached.principal;
+}
+
 const struct kms_provider_ops dmbyok_azure_kms_provider_ops = {
 	.name = "azure",
 	.title = "Azure",
@@ -737,4 +743,5 @@ const struct kms_provider_ops dmbyok_azure_kms_provider_ops = {
 	.reencrypt = azure_reencrypt,
 	.describe_key = azure_describe_key,
 	.region = azure_region,
+	.principal = azure_principal,
 };

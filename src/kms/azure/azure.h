@@ -112,6 +112,8 @@ struct azure_token {
 	time_t refresh_at;    /* refresh from this time on */
 	char *resource;       /* the audience it was issued for */
 	const char *source;   /* a credential name: see dmbyok_azure_credential_source */
+	/* the client (application) id, or "system-assigned managed identity" */
+	char *principal;
 };
 
 struct azure_auth {

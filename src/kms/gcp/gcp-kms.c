@@ -715,6 +715,12 @@ static const char *gcp_region(struct kms_client *c)
 	return gcp_of(c)->location;
 }
 
+/* The service account's email, as Cloud Audit Logs' principalEmail names it. */
+static const char *gcp_principal(struct kms_client *c)
+{
+	return gcp_of(c)->auth.cached.principal;
+}
+
 const struct kms_provider_ops dmbyok_gcp_kms_provider_ops = {
 	.name = "gcp",
 	.title = "Google Cloud",
@@ -725,4 +731,5 @@ const struct kms_provider_ops dmbyok_gcp_kms_provider_ops = {
 	.reencrypt = gcp_reencrypt,
 	.describe_key = gcp_describe_key,
 	.region = gcp_region,
+	.principal = gcp_principal,
 };
