@@ -493,7 +493,7 @@ int dmbyok_aws_add_object(json_object *o, const char *k, json_object *v)
 	return 0;
 }
 
-static int aws_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
+int dmbyok_aws_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
                                  size_t n_bytes, struct secret **ret_plaintext,
                                  char **ret_ciphertext_b64, char **ret_key_arn)
 {
@@ -539,7 +539,7 @@ static int aws_generate_data_key(struct kms_client *c, const char *key_id, json_
 	return 0;
 }
 
-static int aws_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
+int dmbyok_aws_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
                        json_object *context, struct secret **ret_plaintext, char **ret_key_arn)
 {
 	_cleanup_json_ json_object *req = NULL;
@@ -578,7 +578,7 @@ int dmbyok_aws_kms_call(struct kms_client *c, const char *operation, const char 
 	return 0;
 }
 
-static int aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
+int dmbyok_aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
                          const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
 {
 	_cleanup_json_ json_object *req = NULL;
@@ -605,7 +605,7 @@ static int aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_
 	return 0;
 }
 
-static int aws_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret)
+int dmbyok_aws_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret)
 {
 	_cleanup_json_ json_object *req = NULL;
 	_cleanup_secret_ struct secret *body = NULL;
@@ -628,7 +628,7 @@ static int aws_describe_key(struct kms_client *c, const char *key_id, struct kms
 	return 0;
 }
 
-static void aws_client_free(struct kms_client *c)
+void dmbyok_aws_client_free(struct kms_client *c)
 {
 	struct aws_kms *k = aws_of(c);
 
@@ -640,7 +640,7 @@ static void aws_client_free(struct kms_client *c)
 	c->provider_data = NULL;
 }
 
-static int aws_client_new(struct kms_client *c, const struct kms_options *opts)
+int dmbyok_aws_client_new(struct kms_client *c, const struct kms_options *opts)
 {
 	_cleanup_free_ char *probe = NULL;
 	const char *ca = opts->ca_bundle;
@@ -676,7 +676,7 @@ static int aws_client_new(struct kms_client *c, const struct kms_options *opts)
 }
 
 /* Who these credentials are, named as a grant's grantee (aws-grants.c). */
-static int aws_caller_principal(struct kms_client *c, char **ret_arn)
+int dmbyok_aws_caller_principal(struct kms_client *c, char **ret_arn)
 {
 	struct aws_kms *k = aws_of(c);
 	_cleanup_free_ char *arn = NULL;
@@ -702,32 +702,15 @@ static int aws_caller_principal(struct kms_client *c, char **ret_arn)
 	return r;
 }
 
-static const char *aws_region(struct kms_client *c)
+const char *dmbyok_aws_region(struct kms_client *c)
 {
 	return aws_of(c)->region;
 }
 
 /* The access key id that signed the calls: CloudTrail names the caller by it too. */
-static const char *aws_principal(struct kms_client *c)
+const char *dmbyok_aws_principal(struct kms_client *c)
 {
 	const struct aws_credentials *cr = aws_of(c)->creds.cached;
 
 	return cr ? cr->access_key_id : NULL;
 }
-
-const struct kms_provider_ops dmbyok_aws_kms_provider_ops = {
-	.name = "aws",
-	.title = "AWS",
-	.client_new = aws_client_new,
-	.client_free = aws_client_free,
-	.generate_data_key = aws_generate_data_key,
-	.decrypt = aws_decrypt,
-	.reencrypt = aws_reencrypt,
-	.describe_key = aws_describe_key,
-	.region = aws_region,
-	.principal = aws_principal,
-	.create_grant = dmbyok_aws_create_grant,
-	.retire_grant = dmbyok_aws_retire_grant,
-	.find_grant = dmbyok_aws_find_grant,
-	.caller_principal = aws_caller_principal,
-};

@@ -311,3 +311,70 @@ int dmbyok_aws_sts_get_caller_identity(struct kms_http *h, const char *region,
 		*ret_account = TAKE_PTR(account);
 	return 0;
 }
+
+/* The characters of an IAM role or session name, which never hold '/' or ':'. */
+static bool iam_name_valid(const char *s, size_t n)
+{
+	if (n == 0 || n > 64)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+=,.@_-",
+		            s[i]))
+			return false;
+	return true;
+}
+
+int dmbyok_aws_grantee_from_caller_arn(const char *arn, char **ret)
+{
+	const char *partition, *service, *region, *account, *resource, *role, *session;
+	size_t n_partition, n_role;
+	char *s;
+
+	/* arn:PARTITION:SERVICE::ACCOUNT:RESOURCE (principals are global: no region) */
+	ENSURE(arn && ret, EINVAL);
+	if (strncmp(arn, "arn:", 4) != 0)
+		return -EINVAL;
+	partition = arn + 4;
+	n_partition = strspn(partition, "abcdefghijklmnopqrstuvwxyz0123456789-");
+	if (n_partition == 0 || partition[n_partition] != ':')
+		return -EINVAL;
+	service = partition + n_partition + 1;
+	if (strncmp(service, "iam:", 4) != 0 && strncmp(service, "sts:", 4) != 0)
+		return -EINVAL;
+	region = service + 4;
+	if (*region != ':')
+		return -EINVAL;
+	account = region + 1;
+	if (strspn(account, "0123456789") != 12 || account[12] != ':')
+		return -EINVAL;
+	resource = account + 13;
+	if (!*resource)
+		return -EINVAL;
+
+	if (strncmp(service, "sts:", 4) != 0 ||
+	    strncmp(resource, "assumed-role/", strlen("assumed-role/")) != 0) {
+		s = strdup(arn);
+		ENSURE_ALLOC(s);
+		*ret = s;
+		return 0;
+	}
+
+	/*
+	 * A session is arn:P:sts::ACCOUNT:assumed-role/ROLE/SESSION; a grant names its role,
+	 * arn:P:iam::ACCOUNT:role/ROLE, so that it outlives the session. A role's path
+	 * (role/PATH/ROLE) is not in the session's ARN: for such a role the caller names the
+	 * grantee itself (dmbyok's --grantee).
+	 */
+	role = resource + strlen("assumed-role/");
+	n_role = strcspn(role, "/");
+	if (role[n_role] != '/' || !iam_name_valid(role, n_role))
+		return -EINVAL;
+	session = role + n_role + 1;
+	if (!iam_name_valid(session, strlen(session)))
+		return -EINVAL;
+	if (asprintf(&s, "arn:%.*s:iam::%.12s:role/%.*s", (int)n_partition, partition, account,
+	             (int)n_role, role) < 0)
+		return -ENOMEM;
+	*ret = s;
+	return 0;
+}

@@ -197,6 +197,12 @@ int dmbyok_aws_sts_get_caller_identity(struct kms_http *h, const char *region,
  */
 int dmbyok_aws_get_caller_identity(struct aws_credentials_cache *cache, struct kms_http *h,
                                    char **ret_arn, char **ret_account, char *why, size_t why_size);
+/*
+ * (aws-sts.c) The principal a grant names for GetCallerIdentity's ARN: an assumed-role session
+ * (arn:P:sts::ACCOUNT:assumed-role/ROLE/SESSION) becomes its role (arn:P:iam::ACCOUNT:role/ROLE),
+ * any other principal ARN stays as it is. -EINVAL when arn is not a principal ARN.
+ */
+int dmbyok_aws_grantee_from_caller_arn(const char *arn, char **ret);
 /* The text of the first <tag>...</tag> in xml, entities decoded; -ENOENT when absent. */
 int dmbyok_aws_xml_text(const char *xml, const char *tag, char **ret);
 
@@ -275,6 +281,24 @@ int dmbyok_aws_parse_error(const struct secret *body, char **ret_code, char **re
 /* Whether s is a KMS key ARN: "arn:PARTITION:kms:REGION:ACCOUNT:key/KEY-ID". */
 bool dmbyok_aws_is_key_arn(const char *s);
 
+/* ---- aws-kms.c: the provider's operations (aws-provider.c is their table) ---- */
+
+int dmbyok_aws_client_new(struct kms_client *c, const struct kms_options *opts);
+void dmbyok_aws_client_free(struct kms_client *c);
+int dmbyok_aws_generate_data_key(struct kms_client *c, const char *key_id, json_object *context,
+                                 size_t n_bytes, struct secret **ret_plaintext,
+                                 char **ret_ciphertext_b64, char **ret_key_arn);
+int dmbyok_aws_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
+                       json_object *context, struct secret **ret_plaintext, char **ret_key_arn);
+int dmbyok_aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
+                         const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
+int dmbyok_aws_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
+const char *dmbyok_aws_region(struct kms_client *c);
+/* The access key id that signs the calls (CloudTrail's userIdentity.accessKeyId), or NULL. */
+const char *dmbyok_aws_principal(struct kms_client *c);
+/* STS GetCallerIdentity, named as a grant's grantee (dmbyok_aws_grantee_from_caller_arn). */
+int dmbyok_aws_caller_principal(struct kms_client *c, char **ret_arn);
+
 /* ---- aws-grants.c: per-volume grants (kms.h) ---- */
 
 /* The operations a volume's grant allows: what unlocking and rewrapping need, no more. */
@@ -295,9 +319,3 @@ int dmbyok_aws_parse_create_grant(const struct secret *body, char **ret_grant_id
 int dmbyok_aws_parse_list_grants(const struct secret *body, const char *grant_id,
                                  struct kms_grant_info *ret, char **ret_next_marker, char *why,
                                  size_t why_size);
-/*
- * The principal a grant names for GetCallerIdentity's ARN: an assumed-role session
- * (arn:P:sts::ACCOUNT:assumed-role/ROLE/SESSION) becomes its role (arn:P:iam::ACCOUNT:role/ROLE),
- * any other principal ARN stays as it is. -EINVAL when arn is not a principal ARN.
- */
-int dmbyok_aws_grantee_from_caller_arn(const char *arn, char **ret);
