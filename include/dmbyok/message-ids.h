@@ -101,3 +101,12 @@
  * Documented in catalog/dmbyok.catalog.
  */
 #define DMBYOK_MESSAGE_SHREDDED "e9a4d71a148a45a2ac2b86df793bc14a"
+
+/*
+ * dmbyokd (policy-data-paths) found a file system mounted at or under a data path from
+ * storage that is not a dmbyok volume: data there is not under the customer's key. Fields:
+ * DATA_PATH, MOUNT_POINT, SOURCE, STATUS (violation, or unknown for what cannot be
+ * proven). With policy-unmount a violation is then unmounted. Documented in
+ * catalog/dmbyok.catalog.
+ */
+#define DMBYOK_MESSAGE_POLICY_VIOLATED "08a0a9d3074f44359ee2b86d94de0e25"

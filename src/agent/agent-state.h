@@ -75,8 +75,9 @@ struct agent {
 	size_t n_keys;
 	sd_event_source *rescan, *uevents;
 	struct dmbyok_control_server *control;
-	struct dmbyok_metrics *metrics; /* NULL: no metrics-file */
-	struct attacher *attach;        /* attach.c: the volumes table's volumes */
+	struct dmbyok_metrics *metrics;    /* NULL: no metrics-file */
+	struct dmbyok_policywatch *policy; /* NULL: no policy-data-paths */
+	struct attacher *attach;           /* attach.c: the volumes table's volumes */
 	/* What attach.c needs of the loop (dmbyokd.c sets them; no call back up): exit once no
 	 * child runs (after SIGTERM), and rescan the mappings shortly. */
 	void (*exit_when_idle)(struct agent *a);

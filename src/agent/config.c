@@ -38,6 +38,7 @@ enum kind {
 	KIND_HOOK,      /* char *: a program we run as root */
 	KIND_METRICS,   /* char *: a .prom file */
 	KIND_SOCKET,    /* char *: a unix socket path */
+	KIND_PATHS,     /* char *: absolute paths separated by ':' */
 };
 
 struct setting {
@@ -73,6 +74,8 @@ static const struct setting settings[] = {
 	{ "attach-timeout", KIND_SECONDS32, FIELD(attach_timeout_ms), 0, 3600, "at once" },
 	{ "attach-concurrency", KIND_COUNT, FIELD(attach_concurrency), 1, 256, "unwraps" },
 	{ "auto-attach", KIND_BOOL, FIELD(auto_attach), 0, 0, NULL },
+	{ "policy-data-paths", KIND_PATHS, FIELD(policy_data_paths), 0, 0, NULL },
+	{ "policy-unmount", KIND_BOOL, FIELD(policy_unmount), 0, 0, NULL },
 };
 
 static char **string_field(struct dmbyok_agent_config *c, const struct setting *s)
@@ -83,8 +86,8 @@ static char **string_field(struct dmbyok_agent_config *c, const struct setting *
 void dmbyok_agent_config_init(struct dmbyok_agent_config *c)
 {
 	*c = (struct dmbyok_agent_config){ .lock_timeout_ms = DMBYOK_LOCK_TIMEOUT_MS,
-		                            .attach_timeout_ms = 30000,
-		                            .attach_concurrency = 32 };
+		                           .attach_timeout_ms = 30000,
+		                           .attach_concurrency = 32 };
 	dmbyok_keywatch_config_default(&c->watch);
 }
 
@@ -254,6 +257,25 @@ static int check_socket_path(const char *path, const char *who)
 	return 0;
 }
 
+/* "/srv:/var/lib/db": each absolute, none empty; "/" alone would put everything in scope. */
+static int check_paths(const char *value, const char *who)
+{
+	for (const char *p = value; *p;) {
+		size_t n = strcspn(p, ":");
+
+		if (n == 0 || p[0] != '/' || (n == 1 && p[0] == '/'))
+			return log_error_errno(
+			    EINVAL,
+			    "%s wants absolute paths other than / separated by ':' "
+			    "(/srv:/var/lib/db), not \"%.80s\".",
+			    who, value);
+		p += n;
+		if (*p == ':' && *++p == '\0')
+			return log_error_errno(EINVAL, "%s: \"%.80s\" ends with ':'.", who, value);
+	}
+	return 0;
+}
+
 static int set_string(struct dmbyok_agent_config *c, const struct setting *s, const char *value,
                       const char *who)
 {
@@ -272,6 +294,9 @@ static int set_string(struct dmbyok_agent_config *c, const struct setting *s, co
 			break;
 		case KIND_SOCKET:
 			GUARD(check_socket_path(value, who));
+			break;
+		case KIND_PATHS:
+			GUARD(check_paths(value, who));
 			break;
 		default:
 			break;

@@ -49,6 +49,9 @@ struct dmbyok_agent_config {
 	unsigned attach_concurrency;  /* KMS unwraps at once while attaching; default 32 */
 	bool auto_attach;             /* attach dmbyok disks udev hands over that are not in the
 	                                 table, as dmbyok-<LUKS2 UUID> */
+	char *policy_data_paths;      /* "/srv:/var/lib/db": mounts there must be dmbyok volumes
+	                                 (policywatch.h); NULL = not watched */
+	bool policy_unmount;          /* unmount what breaks it, not only report it */
 	bool debug;
 };
 

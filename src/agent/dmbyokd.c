@@ -35,6 +35,7 @@
 #include "dmbyok/secret.h"
 #include "dmbyok/volumes.h"
 #include "agent-state.h"
+#include "policywatch.h"
 
 /* A lock killed half-way would leave its volume suspended with its key: let children finish. */
 static void exit_when_idle(struct agent *a)
@@ -823,7 +824,8 @@ static void usage(FILE *f)
 	        "               [--lock-timeout S] [--metrics-file PATH] [--control-socket PATH]\n"
 	        "               [--region R] [--endpoint URL] [--profile P] [--ca-bundle FILE]\n"
 	        "               [--volumes FILE] [--attach-timeout S] [--attach-concurrency N]\n"
-	        "               [--auto-attach yes|no] [--debug] [--version]\n"
+	        "               [--auto-attach yes|no] [--policy-data-paths P1:P2...]\n"
+	        "               [--policy-unmount yes|no] [--debug] [--version]\n"
 	        "Settings are read from %s (or --config FILE) first; options override them.\n",
 	        DMBYOK_AGENT_CONFIG_FILE);
 }
@@ -851,6 +853,8 @@ static int parse_args(struct agent *a, int argc, char **argv)
 		{ "attach-timeout", required_argument, NULL, 's' },
 		{ "attach-concurrency", required_argument, NULL, 's' },
 		{ "auto-attach", required_argument, NULL, 's' },
+		{ "policy-data-paths", required_argument, NULL, 's' },
+		{ "policy-unmount", required_argument, NULL, 's' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -977,6 +981,9 @@ int main(int argc, char **argv)
 		                              &a, &a.control);
 	if (r >= 0 && a.conf.metrics_file)
 		r = dmbyok_metrics_new(a.started_us / 1000000ULL, &a.metrics);
+	if (r >= 0 && a.conf.policy_data_paths)
+		r = dmbyok_policywatch_new(a.event, a.conf.policy_data_paths, a.conf.policy_unmount,
+		                           &a.policy);
 	if (r == -EADDRINUSE) {
 		log_error("Another dmbyokd is running (it answers on its control socket): not "
 		          "starting a second one.");
@@ -1017,6 +1024,7 @@ int main(int argc, char **argv)
 	dmbyok_control_server_free(a.control);
 	dmbyok_agent_attach_free(&a);
 	dmbyok_metrics_free(a.metrics);
+	dmbyok_policywatch_free(a.policy);
 	sd_event_unref(a.event);
 	dmbyok_agent_config_done(&a.conf);
 	return r < 0 ? dmbyok_exit_code(r) : 0;

@@ -16,7 +16,7 @@ AUDIT_ID=$(sed -n 's/^#define DMBYOK_MESSAGE_KMS_CALL "\([0-9a-f]\{32\}\)"$/\1/p
 kms_calls() { journalctl --no-pager -o json MESSAGE_ID="$AUDIT_ID" SYSLOG_IDENTIFIER=dmbyokd "$@"; }
 wait_calls() { # wait_calls N [MATCHES...]: until the journal holds N such entries
 	local n=$1; shift
-	for _ in $(seq 600); do [ "$(kms_calls "$@" | wc -l)" -ge "$n" ] && return 0; sleep 0.1; done
+	for _ in $(seq 300); do [ "$(kms_calls "$@" | wc -l)" -ge "$n" ] && return 0; sleep 0.2; done
 	return 1
 }
 # "REQUEST_ID OPERATION ok|failed" of each KMS call, from either side.
@@ -28,7 +28,7 @@ kms_audit_calls() { # KMS audit lines from line $1 on, by the host's principal
 }
 jq_true() { jq -e "$@" >/dev/null; }
 state() { $DMBYOK status "$1" --json 2>/dev/null | jq -r .state; }
-wait_state() { for _ in $(seq 600); do [ "$(state "$1")" = "$2" ] && return 0; sleep 0.1; done; return 1; }
+wait_state() { for _ in $(seq 300); do [ "$(state "$1")" = "$2" ] && return 0; sleep 0.2; done; return 1; }
 
 step "a volume under a customer key"
 start_kms
@@ -47,7 +47,7 @@ AWS_EC2_METADATA_DISABLED=true
 AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 DMBYOK_RUNTIME_DIR=$DMBYOK_RUNTIME_DIR
-DMBYOKD_OPTIONS=--check-interval 2 --restore-interval 1
+DMBYOKD_OPTIONS=--check-interval 2 --restore-interval 1 --policy-data-paths /srv/policed --policy-unmount yes
 EOF
 # The test keeps its runtime state under $WORK instead of /run/dmbyok.
 printf '[Service]\nReadWritePaths=%s\n' "$WORK" >"$UNIT.d/test.conf"
@@ -66,11 +66,21 @@ check "its probes are in the journal as they happen: MESSAGE_ID=$AUDIT_ID RESULT
 	wait_calls 2 RESULT=ok KEY_ARN="$KEY"
 kms_as customer DisableKey "{\"KeyId\":\"$KEY\"}" >/dev/null
 # Locked, then torn down at once if nobody holds it open (this one is not mounted).
-wait_locked() { for _ in $(seq 600); do case $(state "$1") in locked | torn-down) return 0 ;; esac; sleep 0.1; done; return 1; }
+wait_locked() { for _ in $(seq 300); do case $(state "$1") in locked | torn-down) return 0 ;; esac; sleep 0.2; done; return 1; }
 check "the sandboxed agent locks the volume of the disabled key" wait_locked svc
 check "no key left in the table" bash -c "! dmsetup table svc 2>/dev/null | grep -q ':logon:'"
 kms_as customer EnableKey "{\"KeyId\":\"$KEY\"}" >/dev/null
 check "and unlocks it when the key is back" wait_state svc active
+
+# The sandboxed agent has a mount namespace of its own: it has systemd unmount for the host.
+mkdir -p /srv/policed/plain
+mkfs.ext4 -q /dev/vdb
+mount /dev/vdb /srv/policed/plain
+wait_quietly 60 eval '! mountpoint -q /srv/policed/plain' ||
+	{ journalctl -u dmbyokd.service --no-pager -o cat | grep -v "^KMS " | tail -n 30; findmnt /srv/policed/plain; fail "a plain file system under the data path stayed mounted"; }
+ok "a plain file system under the data path is unmounted for the host, through systemd"
+check "the journal says so" bash -c "journalctl --sync; journalctl -u dmbyokd.service --no-pager -o cat | grep -q 'Asked systemd to unmount /srv/policed/plain'"
+check "with the alert's own MESSAGE_ID and fields" bash -c "journalctl --no-pager -o json SYSLOG_IDENTIFIER=dmbyokd MOUNT_POINT=/srv/policed/plain | jq -e 'select(.DATA_PATH == \"/srv/policed\" and .SOURCE == \"/dev/vdb\" and .STATUS == \"violation\")' >/dev/null"
 check "systemctl stop" systemctl stop dmbyokd.service
 check "it stopped cleanly (not failed)" bash -c "[ \$(systemctl show -P Result dmbyokd.service) = success ]"
 

@@ -237,7 +237,10 @@ GONE=$(create_key alias/gone)
 check "format /dev/vdb under another key" $DMBYOK format /dev/vdb --key alias/gone --quiet
 WRAPPED=$(wrapped_of /dev/vdb)
 check "open it as t" $DMBYOK open /dev/vdb t --quiet
-start_agent --check-interval 1 --restore-interval 1
+POLICED=$WORK/policed
+mkdir -p "$POLICED"
+start_agent --check-interval 1 --restore-interval 1 --policy-data-paths "$POLICED:/nonexistent/yet" \
+	--policy-unmount yes
 kms_as customer ScheduleKeyDeletion "{\"KeyId\":\"$GONE\",\"PendingWindowInDays\":7}" >/dev/null
 "$CTL" --url "$KMS_URL" expire-deletion "$GONE" >/dev/null
 t=$(wait_for 30 eval "! mapped t && jq -e .torn_down '$DMBYOK_RUNTIME_DIR/mappings/t.json'") ||
@@ -255,6 +258,23 @@ check_shredded /dev/vdb "$WRAPPED"
 # shred asks the agent to rescan (no device-mapper event announces a forgotten record).
 t=$(wait_for 10 eval '! agent_knows_t') || fail "the agent still shows t 10 s after the shred"
 echo "shred -> the agent dropped t in $t s (its backstop rescan: 60 s)"
+
+step "dmbyokd enforces its data paths: a plain file system there is reported and unmounted"
+# The dmbyok volume first (it must stay), then a plain one beside it (it must go).
+mkdir -p "$POLICED/db" "$POLICED/plain"
+mount /dev/mapper/data "$POLICED/db"
+mkfs.ext4 -q -F /dev/vdb
+mount /dev/vdb "$POLICED/plain"
+t=$(wait_for 30 eval "! mountpoint -q '$POLICED/plain'") ||
+	{ cat "$WORK/agent.log"; fail "the plain file system under the data path stayed mounted"; }
+echo "plain mount under a data path -> unmounted by dmbyokd in $t s"
+check "the agent said why, naming the data path and the device" \
+	grep -q "Data path $POLICED: $POLICED/plain is mounted from /dev/vdb, which is not under the customer's key" "$WORK/agent.log"
+check "and that it unmounted it" grep -q "Unmounted $POLICED/plain: a file system under data path $POLICED" "$WORK/agent.log"
+check "the dmbyok volume under the same data path stays mounted" mountpoint -q "$POLICED/db"
+check "and was never reported" bash -c "! grep -q 'Data path .*$POLICED/db' '$WORK/agent.log'"
+check "the root file system holding the data path is never unmounted" bash -c "! grep -q 'Unmounted /:\|Unmounted $POLICED:' '$WORK/agent.log'"
+umount "$POLICED/db"
 kill $AGENT
 wait $AGENT 2>/dev/null || true
 AGENT=

@@ -48,6 +48,8 @@ static const char *const all_keys[] = {
 	"attach-timeout",
 	"attach-concurrency",
 	"auto-attach",
+	"policy-data-paths",
+	"policy-unmount",
 };
 
 static char tmpdir[] = "/tmp/dmbyok-test-config.XXXXXX";
@@ -203,6 +205,8 @@ static void assert_config_equal(const struct dmbyok_agent_config *a,
 	assert_str_or_null(a->metrics_file, b->metrics_file);
 	assert_str_or_null(a->control_socket, b->control_socket);
 	assert_int_equal(a->debug, b->debug);
+	assert_str_or_null(a->policy_data_paths, b->policy_data_paths);
+	assert_int_equal(a->policy_unmount, b->policy_unmount);
 }
 
 static void test_defaults(void **state)
@@ -800,6 +804,33 @@ static void test_precedence(void **state)
  * etc/dmbyokd.conf.example: loads as is (all commented out); names every key exactly once
  * as a `#key = default` line and nothing else; uncommented, gives exactly the defaults.
  */
+/* policy-data-paths: absolute paths separated by ':', never "/" (everything), none empty. */
+static void test_policy(void **state)
+{
+	static const char *const bad[] = {
+		"srv", "/srv:", ":/srv", "/srv::/db", "/", "/srv:/", "/srv:db", "/srv\n",
+	};
+	struct dmbyok_agent_config c;
+
+	(void)state;
+	dmbyok_agent_config_init(&c);
+	assert_null(c.policy_data_paths);
+	assert_false(c.policy_unmount);
+	set_ok(&c, "policy-data-paths", "/srv");
+	assert_string_equal(c.policy_data_paths, "/srv");
+	set_ok(&c, "policy-data-paths", "/srv/data:/var/lib/postgresql");
+	assert_string_equal(c.policy_data_paths, "/srv/data:/var/lib/postgresql");
+	for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+		assert_bad(&c, "policy-data-paths", bad[i]);
+	assert_string_equal(c.policy_data_paths, "/srv/data:/var/lib/postgresql");
+	set_ok(&c, "policy-unmount", "yes");
+	assert_true(c.policy_unmount);
+	assert_bad(&c, "policy-unmount", "sometimes");
+	set_ok(&c, "policy-data-paths", "");
+	assert_null(c.policy_data_paths);
+	dmbyok_agent_config_done(&c);
+}
+
 static void test_example(void **state)
 {
 	_cleanup_free_ char *text = read_all(DMBYOK_SOURCE_DIR "/etc/dmbyokd.conf.example");
@@ -866,6 +897,7 @@ int main(void)
 		cmocka_unit_test(test_load_missing),
 		cmocka_unit_test(test_load_permissions),
 		cmocka_unit_test(test_precedence),
+		cmocka_unit_test(test_policy),
 		cmocka_unit_test(test_example),
 	};
 
