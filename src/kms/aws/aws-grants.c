@@ -284,4 +284,3 @@ int dmbyok_aws_find_grant(struct kms_client *c, const char *key_arn, const char 
 	                          LIST_GRANTS_MAX_PAGES);
 	return log_debug_errno(EPROTO, "%s", dmbyok_kms_last_error(c));
 }
-
