@@ -559,17 +559,6 @@ static void test_grantee_from_caller_arn(void **state)
 	}
 }
 
-static struct secret *body_of(const char *text)
-{
-	struct secret *s = NULL;
-	size_t n = strlen(text);
-
-	assert_int_equal(dmbyok_secret_new(n + 1, &s), 0);
-	memcpy(s->data, text, n + 1);
-	s->size = n;
-	return s;
-}
-
 #define GID "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 /* CreateGrant's and ListGrants' answers, as AWS documents them, and malformed ones. */
@@ -596,27 +585,27 @@ static void test_grant_parsers(void **state)
 	struct secret *b;
 	char *id = NULL, *marker = NULL, why[256];
 
-	b = body_of("{\"GrantToken\":\"AQpAtoken\",\"GrantId\":\"" GID "\"}");
+	b = body("{\"GrantToken\":\"AQpAtoken\",\"GrantId\":\"" GID "\"}");
 	assert_int_equal(dmbyok_aws_parse_create_grant(b, &id, why, sizeof(why)), 0);
 	assert_string_equal(id, GID);
 	free(id);
 	dmbyok_secret_free(b);
-	b = body_of("{\"GrantId\":\"a b\"}");
+	b = body("{\"GrantId\":\"a b\"}");
 	assert_int_equal(dmbyok_aws_parse_create_grant(b, &id, why, sizeof(why)), -EPROTO);
 	dmbyok_secret_free(b);
-	b = body_of("{\"GrantToken\":\"t\"}");
+	b = body("{\"GrantToken\":\"t\"}");
 	assert_int_equal(dmbyok_aws_parse_create_grant(b, &id, why, sizeof(why)), -EPROTO);
 	dmbyok_secret_free(b);
 
-	b = body_of("{\"Grants\":[{\"GrantId\":\"other\",\"GranteePrincipal\":7},"
-	            "{\"KeyId\":\"arn:aws:kms:us-east-1:111122223333:key/k\",\"GrantId\":\"" GID
-	            "\",\"Name\":\"vol\",\"CreationDate\":1.7e9,"
-	            "\"GranteePrincipal\":\"arn:aws:iam::111122223333:role/h\","
-	            "\"RetiringPrincipal\":\"arn:aws:iam::111122223333:role/h\","
-	            "\"IssuingAccount\":\"arn:aws:iam::111122223333:root\","
-	            "\"Operations\":[\"Decrypt\",\"ReEncryptFrom\",\"ReEncryptTo\"],"
-	            "\"Constraints\":{\"EncryptionContextEquals\":{\"dmbyok:volume\":\"v1\"}}}],"
-	            "\"Truncated\":false}");
+	b = body("{\"Grants\":[{\"GrantId\":\"other\",\"GranteePrincipal\":7},"
+	         "{\"KeyId\":\"arn:aws:kms:us-east-1:111122223333:key/k\",\"GrantId\":\"" GID
+	         "\",\"Name\":\"vol\",\"CreationDate\":1.7e9,"
+	         "\"GranteePrincipal\":\"arn:aws:iam::111122223333:role/h\","
+	         "\"RetiringPrincipal\":\"arn:aws:iam::111122223333:role/h\","
+	         "\"IssuingAccount\":\"arn:aws:iam::111122223333:root\","
+	         "\"Operations\":[\"Decrypt\",\"ReEncryptFrom\",\"ReEncryptTo\"],"
+	         "\"Constraints\":{\"EncryptionContextEquals\":{\"dmbyok:volume\":\"v1\"}}}],"
+	         "\"Truncated\":false}");
 	assert_int_equal(dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)), 0);
 	dmbyok_secret_free(b);
 	assert_string_equal(info.grant_id, GID);
@@ -632,8 +621,8 @@ static void test_grant_parsers(void **state)
 	dmbyok_kms_grant_info_done(&info); /* zeroed: done again is harmless */
 
 	/* no retiring principal, no constraints */
-	b = body_of("{\"Grants\":[{\"GrantId\":\"" GID "\",\"GranteePrincipal\":\"g\","
-	            "\"Operations\":[\"DescribeKey\"]}]}");
+	b = body("{\"Grants\":[{\"GrantId\":\"" GID "\",\"GranteePrincipal\":\"g\","
+	         "\"Operations\":[\"DescribeKey\"]}]}");
 	assert_int_equal(dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)), 0);
 	dmbyok_secret_free(b);
 	assert_null(info.retiring_principal);
@@ -641,20 +630,20 @@ static void test_grant_parsers(void **state)
 	dmbyok_kms_grant_info_done(&info);
 
 	/* not on this page: the next page's marker, or none on the last */
-	b = body_of("{\"Grants\":[],\"Truncated\":true,\"NextMarker\":\"m2\"}");
+	b = body("{\"Grants\":[],\"Truncated\":true,\"NextMarker\":\"m2\"}");
 	assert_int_equal(dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)),
 	                 -ENOENT);
 	dmbyok_secret_free(b);
 	assert_string_equal(marker, "m2");
 	free(marker);
-	b = body_of("{\"Grants\":[]}");
+	b = body("{\"Grants\":[]}");
 	assert_int_equal(dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)),
 	                 -ENOENT);
 	dmbyok_secret_free(b);
 	assert_null(marker);
 
 	for (size_t i = 0; i < ELEMENTSOF(bad_lists); i++) {
-		b = body_of(bad_lists[i]);
+		b = body(bad_lists[i]);
 		if (dmbyok_aws_parse_list_grants(b, GID, &info, &marker, why, sizeof(why)) !=
 		    -EPROTO)
 			fail_msg("accepted: %s", bad_lists[i]);
