@@ -119,13 +119,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Faults through the emulator's control API (curl: faster than emulatorctl in the guest).
 # The agent's probe is a Decrypt: a fault on Decrypt is an outage as the agent sees it.
-fault() {
-	curl -sS --fail-with-body -X POST -H 'Content-Type: application/json' -d "$1" \
-		"$KMS_URL/_emulator/faults" >/dev/null || fail "cannot inject $1"
-}
-faults_left() { curl -sS --fail-with-body "$KMS_URL/_emulator/faults" | jq '.faults | length'; }
+faults_left() { emulator_ctl GET faults | jq '.faults | length'; }
 # A warm stand-by emulator on the same state and address (--standby): the KMS comes back
 # the moment the test says so, not after the emulator's start-up (~25 s in the guest).
 start_standby() {
@@ -179,7 +174,7 @@ D_OUT=$(mark)
 # Three faults of each kind, one probe's worth (3 attempts with its retries; libcurl also
 # resends once when a reused connection is reset), added at once: the outage lasts through
 # G's steps.
-fault "$(for kind in throttle http500 http503 reset internal dependency_timeout key_unavailable; do
+kms_fault "$(for kind in throttle http500 http503 reset internal dependency_timeout key_unavailable; do
 	echo "{\"operation\":\"Decrypt\",\"fault\":\"$kind\",\"count\":3,\"key_id\":\"$KEY_D\"}"
 done | jq -sc .)"
 from=$(mark)
@@ -214,7 +209,7 @@ G_OUT=$(mark)
 A0=$(acked)
 # The client gives up on an attempt after 10 s, on the probe after 3 attempts: this probe
 # hangs for 30 check intervals, through all of D's revocation and restore.
-fault "{\"operation\":\"Decrypt\",\"fault\":\"timeout\",\"count\":3,\"latency_ms\":12000,\"key_id\":\"$KEY_G\"}"
+kms_fault "{\"operation\":\"Decrypt\",\"fault\":\"timeout\",\"count\":3,\"latency_ms\":12000,\"key_id\":\"$KEY_G\"}"
 from=$(mark)
 kms_as customer ScheduleKeyDeletion "{\"KeyId\":\"$KEY_D\",\"PendingWindowInDays\":7}" >/dev/null
 t=$(wait_done "$from" Locked "$KEY_D" 30 "deletion scheduled")
@@ -300,10 +295,7 @@ check "the writer goes on" wait_writer "$A2" 30
 step "no acknowledged write was lost"
 stop_writer
 stop_agent
-# stop_writer kills the writer's loop, not a dd it started, which may still hold the file
-# for its last (unacknowledged) record: unmount once that one is done.
-for _ in $(seq 100); do umount "$MNT" 2>/dev/null && break; sleep 0.1; done
-check "the file system is unmounted" bash -c "! mountpoint -q '$MNT'"
+check "the file system is unmounted" umount "$MNT"
 check "close g1" $DMBYOK close g1 --quiet
 check "reopen g1" $DMBYOK open /dev/vda g1 --quiet
 mount -o ro /dev/mapper/g1 "$MNT"

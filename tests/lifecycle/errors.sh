@@ -3,7 +3,6 @@
 # header bytes and the set of mappings are the same after the failed command as before.
 . "$(dirname "$0")/lib.sh"
 A=/dev/vda B=/dev/vdb C=/dev/vdc D=/dev/vdd
-CTL="$DMBYOK_SOURCE_DIR/tests/kms-emulator/emulatorctl"
 
 # refuses CODE "what" DEVICE command...: exit CODE, header and mappings untouched.
 refuses() {
@@ -88,10 +87,10 @@ refuses 5 "expired credentials" $A env AWS_ACCESS_KEY_ID=AKIDEXPIRED000000001 \
 	AWS_SECRET_ACCESS_KEY=expiredsecret AWS_SESSION_TOKEN=expired-token $DMBYOK open $A data
 refuses 5 "wrong secret key" $A env AWS_SECRET_ACCESS_KEY=wrong $DMBYOK open $A data
 calls=$(decrypt_calls)
-"$CTL" --url "$KMS_URL" fault Decrypt throttle --count 2 >/dev/null
+kms_fault '{"operation":"Decrypt","fault":"throttle","count":2}'
 check "throttled twice, open still succeeds (retries)" $DMBYOK open $A data
 check "three Decrypt calls reached the KMS" test "$(($(decrypt_calls) - calls))" -eq 3
-"$CTL" --url "$KMS_URL" clear-faults >/dev/null
+kms_clear_faults
 
 step "busy"
 refuses 8 "a mapping of that name exists" $B $DMBYOK open $B data

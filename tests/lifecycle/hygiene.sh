@@ -7,7 +7,6 @@
 # doctor --policy: plain swap and a plain file system under a data path are flagged (10),
 # ephemeral swap and a dmbyok volume make it hold (0); the 9p root is "unknown", stably.
 . "$(dirname "$0")/lib.sh"
-CTL=$DMBYOK_SOURCE_DIR/tests/kms-emulator/emulatorctl
 DATA=$WORK/data
 mkdir -p "$DATA"
 cleanup() {
@@ -242,7 +241,7 @@ mkdir -p "$POLICED"
 start_agent --check-interval 1 --restore-interval 1 --policy-data-paths "$POLICED:/nonexistent/yet" \
 	--policy-unmount yes
 kms_as customer ScheduleKeyDeletion "{\"KeyId\":\"$GONE\",\"PendingWindowInDays\":7}" >/dev/null
-"$CTL" --url "$KMS_URL" expire-deletion "$GONE" >/dev/null
+kms_expire_deletion "$GONE"
 t=$(wait_for 30 eval "! mapped t && jq -e .torn_down '$DMBYOK_RUNTIME_DIR/mappings/t.json'") ||
 	{ cat "$WORK/agent.log"; fail "t was not torn down"; }
 echo "key deleted -> t torn down in $t s"

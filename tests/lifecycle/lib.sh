@@ -11,8 +11,11 @@ WORK=${VM_SCRATCH:-/var/tmp}/dmbyok-test
 mkdir -p "$WORK"
 export DMBYOK_RUNTIME_DIR=$WORK/run
 
-T0=$(date +%s.%N)
-elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
+# Shell builtins where a helper is called often: under TCG every process started costs a
+# sizeable fraction of a second of guest CPU.
+usecs() { local t=${1:-$EPOCHREALTIME}; echo $((10#${t%.*}${t#*.})); } # usecs [EPOCHREALTIME]
+T0=$(usecs)
+elapsed() { local d=$(($(usecs) - T0)); printf '%d.%02d' $((d / 1000000)) $((d % 1000000 / 10000)); }
 step() { printf '\n[%6ss] == %s\n' "$(elapsed)" "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 ok() { printf 'ok: %s\n' "$*"; PASSED=$((${PASSED:-0} + 1)); }
@@ -26,7 +29,9 @@ expect_exit() {
 	local want=$1 what=$2 got=0; shift 2
 	"$@" >"$WORK/out" 2>"$WORK/err" || got=$?
 	[ "$got" -eq "$want" ] || { cat "$WORK/out" "$WORK/err" >&2; fail "$what: exit $got, want $want"; }
-	ok "$what (exit $want: $(tail -n 1 "$WORK/err"))"
+	local last= line
+	while IFS= read -r line || [ -n "$line" ]; do last=$line; done <"$WORK/err"
+	ok "$what (exit $want: $last)"
 }
 finish() { echo; echo "$(basename "$0"): ${PASSED:-0} passed, 0 failed"; }
 
@@ -79,6 +84,19 @@ kms_as() {
 		-H 'Content-Type: application/x-amz-json-1.1' -H "X-Amz-Target: TrentService.$op" \
 		-d "$body" "$KMS_URL/"
 }
+# The emulator's control API (/_emulator/...), with curl: emulatorctl is Python, whose start
+# costs over a second of guest CPU. kms_fault JSON: one fault ({"operation", "fault",
+# "count", ...} as emulatorctl fault takes them); kms_expire_deletion KEY: a pending
+# deletion ends now.
+emulator_ctl() { # emulator_ctl METHOD PATH [JSON]
+	curl -sS --fail-with-body ${AWS_CA_BUNDLE:+--cacert "$AWS_CA_BUNDLE"} -X "$1" \
+		-H 'Content-Type: application/json' ${3:+-d "$3"} "$KMS_URL/_emulator/$2"
+}
+kms_fault() { emulator_ctl POST faults "$1" >/dev/null || fail "cannot inject the fault $1"; }
+kms_clear_faults() { emulator_ctl DELETE faults >/dev/null || fail "cannot clear the faults"; }
+kms_expire_deletion() {
+	emulator_ctl POST expire-deletion "{\"KeyId\":\"$1\"}" >/dev/null || fail "cannot end $1's deletion"
+}
 json_get() { jq -er ".$1 | if type == \"string\" then . else tojson end"; }
 
 # create_key ALIAS: a customer key with an alias; prints the key ARN.
@@ -116,35 +134,22 @@ has_read() {
 runs_as() { [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; }
 
 # Fingerprint of the first 16 MiB (the LUKS2 header area): "changes nothing" checks.
-header_sum() { head -c 16M "$1" | sha256sum | cut -d' ' -f1; }
+header_sum() { local s; s=$(head -c 16M "$1" | md5sum) && echo "${s%% *}"; }
 
 # --- an application that fsyncs: the "no acknowledged write lost" oracle -------------
 # start_writer FILE: appends numbered records to FILE, each fsync'ed; the number of the
-# last acknowledged one (fsync returned) is in $WORK/acked. Sets WRITER.
+# last acknowledged one (fsync returned) is in $WORK/acked (fsync-writer.c). Sets WRITER.
 start_writer() {
 	: >"$WORK/acked"
 	rm -f "$WORK/writer.stop"
-	(
-		i=0
-		while [ ! -e "$WORK/writer.stop" ]; do
-			printf 'record %08d\n' $i | dd of="$1" oflag=append conv=notrunc,fsync status=none
-			# Only after fsync returned: an acknowledged write. Renamed into place: a reader
-			# never sees the file truncated and not yet rewritten.
-			echo $i >"$WORK/acked.new" && mv -f "$WORK/acked.new" "$WORK/acked"
-			i=$((i + 1))
-		done
-	) &
+	"$DMBYOK_BUILD_DIR/tests/lifecycle/fsync-writer" "$1" "$WORK/acked" "$WORK/writer.stop" &
 	WRITER=$!
 }
-acked() { cat "$WORK/acked"; }
-# The writer stops after the record it is writing, so that no dd of it outlives it (one
-# would hold the file system: umount fails). One stuck on a stalled device is killed.
+acked() { echo "$(<"$WORK/acked")"; }
+# The writer stops after the record it is writing; one stuck on a stalled device is killed.
 stop_writer() {
 	: >"$WORK/writer.stop"
-	if ! wait_quietly 60 eval '! kill -0 "$WRITER"'; then
-		pkill -P "$WRITER" 2>/dev/null || true
-		kill "$WRITER" 2>/dev/null || true
-	fi
+	wait_quietly 60 eval '! kill -0 "$WRITER"' || kill "$WRITER" 2>/dev/null || true
 	wait "$WRITER" 2>/dev/null || true
 	ACKED=$(acked)
 }

@@ -5,7 +5,6 @@
 # stalled disk (and a kill -9 in the middle of one); the key check bound to the LUKS2
 # header (cryptsetup reencrypt is refused, version 1 tokens upgraded in place).
 . "$(dirname "$0")/lib.sh"
-CTL=$DMBYOK_SOURCE_DIR/tests/kms-emulator/emulatorctl
 DISK=/dev/vda
 SLOW=/dev/vdb
 MNT=$WORK/mnt
@@ -41,15 +40,14 @@ check "close it" $DMBYOK close "$NAME" --quiet
 step "lock and unlock serialised per device"
 check "open" $DMBYOK open $DISK data --quiet
 check "lock" $DMBYOK lock data --quiet
-"$CTL" --url "$KMS_URL" fault Decrypt latency --latency-ms 3000 --count 1 >/dev/null
+kms_fault '{"operation":"Decrypt","fault":"latency","latency_ms":3000,"count":1}'
 t0=$(date +%s.%N)
 $DMBYOK unlock data --quiet &
 UNLOCK=$!
 # The unlock holds the device lock from before its Decrypt; once the emulator
 # has taken that Decrypt (the one-shot fault is consumed), a lock must queue.
-# curl, not emulatorctl: a Python start costs seconds in the guest, and the lock below must
-# come while the unlock still waits out its 3 s.
-no_faults_left() { [ "$(curl -sS --fail-with-body "$KMS_URL/_emulator/faults" | jq '.faults | length')" = 0 ]; }
+# The lock below must come while the unlock still waits out its 3 s.
+no_faults_left() { [ "$(emulator_ctl GET faults | jq '.faults | length')" = 0 ]; }
 check "the slow unlock's Decrypt reached the KMS" wait_quietly 20 no_faults_left
 # This lock arrives while unlock waits for the KMS: it must wait, then win.
 check "a lock issued during a slow unlock succeeds" $DMBYOK lock data --quiet
@@ -171,7 +169,7 @@ check "data readable" test "$(cat "$MNT/f")" = "before the stall"
 start_writer "$MNT/log"
 check "the writer runs" wait_quietly 60 eval '[ -n "$(acked)" ]'
 dmsetup suspend --nolockfs lower # stalls with the writer's I/O in flight
-writer_stuck() { local p; for p in $(pgrep -P "$WRITER"); do in_d "$p" && return 0; done; return 1; }
+writer_stuck() { in_d "$WRITER"; } # in fsync on the stalled disk
 check "the writer's I/O is stuck in flight" wait_quietly 60 writer_stuck
 t0=$(date +%s.%N)
 # Busy (8) means it gave up by itself; timeout 25 (a hang guard) that it did by its 5 s,
