@@ -174,7 +174,7 @@ D_OUT=$(mark)
 # Three faults of each kind, one probe's worth (3 attempts with its retries; libcurl also
 # resends once when a reused connection is reset), added at once: the outage lasts through
 # G's steps.
-kms_fault "$(for kind in throttle http500 http503 reset internal dependency_timeout key_unavailable; do
+aws_fault "$(for kind in throttle http500 http503 reset internal dependency_timeout key_unavailable; do
 	echo "{\"operation\":\"Decrypt\",\"fault\":\"$kind\",\"count\":3,\"key_id\":\"$KEY_D\"}"
 done | jq -sc .)"
 from=$(mark)
@@ -209,7 +209,7 @@ G_OUT=$(mark)
 A0=$(acked)
 # The client gives up on an attempt after 10 s, on the probe after 3 attempts: this probe
 # hangs for 30 check intervals, through all of D's revocation and restore.
-kms_fault "{\"operation\":\"Decrypt\",\"fault\":\"timeout\",\"count\":3,\"latency_ms\":12000,\"key_id\":\"$KEY_G\"}"
+aws_fault "{\"operation\":\"Decrypt\",\"fault\":\"timeout\",\"count\":3,\"latency_ms\":12000,\"key_id\":\"$KEY_G\"}"
 from=$(mark)
 kms_as customer ScheduleKeyDeletion "{\"KeyId\":\"$KEY_D\",\"PendingWindowInDays\":7}" >/dev/null
 t=$(wait_done "$from" Locked "$KEY_D" 30 "deletion scheduled")

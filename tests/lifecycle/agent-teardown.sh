@@ -105,7 +105,7 @@ check "disabling the old key locks nothing" test "$(state t1)/$(state t2)" = act
 step "the new key is deleted (its waiting period ends): torn down for good"
 umount "$MNT"
 kms_as customer ScheduleKeyDeletion "{\"KeyId\":\"$KEY2\",\"PendingWindowInDays\":7}" >/dev/null
-kms_expire_deletion "$KEY2"
+aws_expire_deletion "$KEY2"
 t=$(wait_for 60 eval '! mapped t1 && ! mapped t2') || { cat "$WORK/agent.log"; fail "not torn down"; }
 echo "key deleted -> both removed in $t s"
 # The volumes may have been torn down as revoked (PendingDeletion) before the deletion

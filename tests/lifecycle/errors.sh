@@ -87,10 +87,10 @@ refuses 5 "expired credentials" $A env AWS_ACCESS_KEY_ID=AKIDEXPIRED000000001 \
 	AWS_SECRET_ACCESS_KEY=expiredsecret AWS_SESSION_TOKEN=expired-token $DMBYOK open $A data
 refuses 5 "wrong secret key" $A env AWS_SECRET_ACCESS_KEY=wrong $DMBYOK open $A data
 calls=$(decrypt_calls)
-kms_fault '{"operation":"Decrypt","fault":"throttle","count":2}'
+aws_fault '{"operation":"Decrypt","fault":"throttle","count":2}'
 check "throttled twice, open still succeeds (retries)" $DMBYOK open $A data
 check "three Decrypt calls reached the KMS" test "$(($(decrypt_calls) - calls))" -eq 3
-kms_clear_faults
+aws_clear_faults
 
 step "busy"
 refuses 8 "a mapping of that name exists" $B $DMBYOK open $B data

@@ -48,10 +48,10 @@ echo "K2 = $KEY2"
 step "bad input and KMS failures leave the disk blank and no grant behind"
 expect_exit 2 "--grantee that is not an ARN" $DMBYOK format /dev/vda --key alias/k --grant --grantee bob
 check "vda is still blank" blank /dev/vda
-kms_fault '{"operation":"CreateGrant","fault":"internal","count":9}'
+aws_fault '{"operation":"CreateGrant","fault":"internal","count":9}'
 expect_exit 4 "CreateGrant failing (KMSInternalException)" $DMBYOK format /dev/vda --key alias/k --grant
 check "it says so" grep -q "Cannot create the volume's grant: the KMS is unreachable or failing (KMSInternalException" "$WORK/err"
-kms_clear_faults
+aws_clear_faults
 check "vda is still blank" blank /dev/vda
 check "and K has no grant" test "$(grant_count "$KEY")" = 0
 # Without a grant the volume can be formatted (GenerateDataKey) but never opened.
@@ -122,20 +122,20 @@ check "on K only b's grant and the customer's replacement remain" test "$(grants
 step "shred retires the grant first; a KMS failure changes nothing"
 check "close b" $DMBYOK close b --quiet
 SUM=$(header_sum /dev/vdb)
-kms_fault '{"operation":"RetireGrant","fault":"internal","count":9}'
+aws_fault '{"operation":"RetireGrant","fault":"internal","count":9}'
 expect_exit 4 "shred while RetireGrant fails" $DMBYOK shred /dev/vdb --yes
 check "the header is unchanged" test "$(header_sum /dev/vdb)" = "$SUM"
 check "and the grant is still there" test "$(grants_of "$KEY" | jq --arg b "$GB" 'map(select(.GrantId == $b)) | length')" = 1
-kms_clear_faults
+aws_clear_faults
 check "shred vdb" bash -c "$DMBYOK shred /dev/vdb --yes --json >'$WORK/shred-b.json'"
 check "the record says: grant retired" test "$(jq -r '.grant.id + " " + .grant.outcome' "$WORK/shred-b.json")" = "$GB retired"
 check "K no longer has b's grant" test "$(grants_of "$KEY" | jq --arg b "$GB" 'map(select(.GrantId == $b)) | length')" = 0
 check "vdb has no LUKS header" bash -c "! cryptsetup isLuks /dev/vdb"
-kms_fault '{"operation":"RetireGrant","fault":"internal","count":9}'
+aws_fault '{"operation":"RetireGrant","fault":"internal","count":9}'
 check "shred vda --keep-grant while RetireGrant fails" bash -c "$DMBYOK shred /dev/vda --yes --keep-grant --json >'$WORK/shred-a.json'"
 check "the record says: grant kept" test "$(jq -r '.grant.id + " " + .grant.outcome' "$WORK/shred-a.json")" = "$GA2 kept"
 check "vda has no LUKS header" bash -c "! cryptsetup isLuks /dev/vda"
-kms_clear_faults
+aws_clear_faults
 
 step "doctor warns when the key policy makes a volume's grant moot"
 create_key alias/open >/dev/null # the default policy: the whole account, this host too

@@ -241,7 +241,7 @@ mkdir -p "$POLICED"
 start_agent --check-interval 1 --restore-interval 1 --policy-data-paths "$POLICED:/nonexistent/yet" \
 	--policy-unmount yes
 kms_as customer ScheduleKeyDeletion "{\"KeyId\":\"$GONE\",\"PendingWindowInDays\":7}" >/dev/null
-kms_expire_deletion "$GONE"
+aws_expire_deletion "$GONE"
 t=$(wait_for 30 eval "! mapped t && jq -e .torn_down '$DMBYOK_RUNTIME_DIR/mappings/t.json'") ||
 	{ cat "$WORK/agent.log"; fail "t was not torn down"; }
 echo "key deleted -> t torn down in $t s"

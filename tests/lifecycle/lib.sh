@@ -85,16 +85,16 @@ kms_as() {
 		-d "$body" "$KMS_URL/"
 }
 # The emulator's control API (/_emulator/...), with curl: emulatorctl is Python, whose start
-# costs over a second of guest CPU. kms_fault JSON: one fault ({"operation", "fault",
-# "count", ...} as emulatorctl fault takes them); kms_expire_deletion KEY: a pending
+# costs over a second of guest CPU. aws_fault JSON: one fault ({"operation", "fault",
+# "count", ...} as emulatorctl fault takes them); aws_expire_deletion KEY: a pending
 # deletion ends now.
 emulator_ctl() { # emulator_ctl METHOD PATH [JSON]
 	curl -sS --fail-with-body ${AWS_CA_BUNDLE:+--cacert "$AWS_CA_BUNDLE"} -X "$1" \
 		-H 'Content-Type: application/json' ${3:+-d "$3"} "$KMS_URL/_emulator/$2"
 }
-kms_fault() { emulator_ctl POST faults "$1" >/dev/null || fail "cannot inject the fault $1"; }
-kms_clear_faults() { emulator_ctl DELETE faults >/dev/null || fail "cannot clear the faults"; }
-kms_expire_deletion() {
+aws_fault() { emulator_ctl POST faults "$1" >/dev/null || fail "cannot inject the fault $1"; }
+aws_clear_faults() { emulator_ctl DELETE faults >/dev/null || fail "cannot clear the faults"; }
+aws_expire_deletion() {
 	emulator_ctl POST expire-deletion "{\"KeyId\":\"$1\"}" >/dev/null || fail "cannot end $1's deletion"
 }
 json_get() { jq -er ".$1 | if type == \"string\" then . else tojson end"; }
@@ -118,6 +118,43 @@ unwrap_dek_to() { # unwrap_dek_to DEVICE FILE
 		json_get Plaintext | base64 -d >"$2"
 	[ "$(stat -c %s "$2")" -eq 64 ] || fail "unwrapped DEK is not 64 bytes"
 }
+
+# --- the customer's KMS, whichever cloud: one adapter per provider ---------------------
+# use_kms PROVIDER (aws, gcp or azure; default aws) sources kms-PROVIDER.sh, which defines
+# the same interface for every provider, so that a scenario runs unchanged against each:
+#   kms_start [tls]            the provider's emulator on the guest's loopback (gcp and azure
+#                              always over TLS; aws with "tls") and this host's client
+#                              environment, for dmbyok and a dmbyokd started from the scenario
+#   kms_stop, kms_restart      an outage: the emulator stops, then comes back on the same
+#                              address with the same state
+#   kms_new_key NAME           a new customer key this host may use; prints the --key value
+#   kms_disable KEY, kms_enable KEY   the customer disables / re-enables the key (version)
+#   kms_deny KEY, kms_allow KEY       the customer removes / restores this host's access to
+#                              that key only (key policy, IAM binding, vault access policy)
+#   kms_token_key_ok TOKEN KEY the token's key_arn is KEY's exact version that wrapped
+#   kms_oracle_unwrap DEVICE FILE   the DEK, unwrapped by the emulator for this host through
+#                              the provider's own API (the test's oracle), 64 bytes
+#   kms_fault KIND COUNT       the next COUNT unwrap calls fail with KIND (throttle or
+#                              unavailable, as the provider says them); kms_clear_faults
+#   KMS_UNWRAP_OP              the unwrap call in the emulator's audit log (KMS_AUDIT)
+#   KMS_UNREACHABLE, KMS_BAD_CREDENTIALS   environment assignments (arrays) pointing dmbyok
+#                              at a closed port / at credentials the provider refuses
+#   kms_region KEY             the region a token of KEY records
+#   KMS_DISABLE_WHAT, KMS_DENY_WHAT, KMS_DENIED_RESULT, KMS_HOST_PRINCIPAL
+use_kms() {
+	PROVIDER=${1:-aws}
+	[ -f "$DMBYOK_SOURCE_DIR/tests/lifecycle/kms-$PROVIDER.sh" ] || fail "no KMS adapter kms-$PROVIDER.sh"
+	# shellcheck source=kms-aws.sh
+	. "$DMBYOK_SOURCE_DIR/tests/lifecycle/kms-$PROVIDER.sh"
+	echo "KMS provider: $PROVIDER"
+}
+# kms_unwrap_calls: how many unwrap calls the emulator answered (any result).
+kms_unwrap_calls() { jq -r .operation "$KMS_AUDIT" 2>/dev/null | grep -cx "$KMS_UNWRAP_OP" || true; }
+# for_provider P...: true when this run's provider is one of P. The checks that do not
+# depend on the KMS run once, with aws: `for_provider aws || skip_step "why"`.
+for_provider() { local p; for p; do [ "$PROVIDER" = "$p" ] && return 0; done; return 1; }
+# not_for_provider WHAT: says, in the output, that a step is the aws run's (no silent skip).
+not_for_provider() { printf '\n[%6ss] == %s: not KMS-dependent, checked in the aws run\n' "$(elapsed)" "$*"; }
 
 # Memory-scan controls: a process is known to hold the key only once it has read it.
 # has_read PID FILE: PID has FILE open and has read all of it (its offset is the file's size).

@@ -1,35 +1,38 @@
 #!/usr/bin/env bash
 # format -> open -> ext4 -> write -> close -> open -> intact; lock/unlock with a writer
 # running and no acknowledged write lost; the table and the raw disk hold no secrets.
+# lifecycle.sh [PROVIDER]: aws (default), gcp or azure, through its KMS adapter (lib.sh).
 . "$(dirname "$0")/lib.sh"
+use_kms "${1:-aws}"
 DISK=/dev/vda
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 
 step "KMS emulator and a customer key"
-start_kms
-KEY_ARN=$(create_key alias/orders)
-echo "key $KEY_ARN"
+kms_start
+KEY=$(kms_new_key orders)
+echo "key $KEY"
 
 step "doctor"
 check "doctor passes: kernel support and every KMS call allowed" \
-	bash -c "$DMBYOK doctor --key alias/orders | tee $WORK/doctor"
+	bash -c "$DMBYOK doctor --key $KEY | tee $WORK/doctor"
 for op in "device-mapper with crypt target" "kernel keyring" DescribeKey GenerateDataKey Decrypt ReEncrypt; do
 	check "doctor checked: $op" grep -q "^ok   $op" "$WORK/doctor"
 done
 
 step "format"
-check "format succeeds" $DMBYOK format $DISK --key alias/orders --context tenant=acme
+check "format succeeds" $DMBYOK format $DISK --key "$KEY" --context tenant=acme
 check "luksDump shows a LUKS2 header with the dmbyok token" \
 	bash -c "cryptsetup luksDump $DISK | tee $WORK/dump | grep -q 'dmbyok'"
 check "exactly one keyslot" test "$(cryptsetup luksDump --dump-json-metadata $DISK | jq '.keyslots | length')" -eq 1
 TOKEN=$(token_json $DISK)
-check "token names the key ARN" test "$(echo "$TOKEN" | json_get key_arn)" = "$KEY_ARN"
+check "token names the provider, the key as named, its region" test "$(echo "$TOKEN" | jq -r '[.kms, .key_id, .region] | join(" ")')" = "$PROVIDER $KEY $(kms_region "$KEY")"
+check "token names the exact key version that wrapped ($(echo "$TOKEN" | json_get key_arn))" kms_token_key_ok "$TOKEN" "$KEY"
 check "token context binds the volume UUID" \
 	test "$(echo "$TOKEN" | json_get '"context"."dmbyok:volume"')" = "$(cryptsetup luksUUID $DISK)"
 check "token keeps operator context" test "$(echo "$TOKEN" | json_get context.tenant)" = acme
 check "dump --json shows 4096-byte sectors" test "$($DMBYOK dump $DISK --json | jq .sector_size)" -eq 4096
-expect_exit 2 "format refuses a device carrying a LUKS signature" $DMBYOK format $DISK --key alias/orders
+expect_exit 2 "format refuses a device carrying a LUKS signature" $DMBYOK format $DISK --key "$KEY"
 
 step "open and inspect the table"
 check "open succeeds" $DMBYOK open $DISK data
@@ -39,7 +42,7 @@ check "table cipher is aes-xts-plain64" grep -q ' crypt aes-xts-plain64 ' <<<"$T
 check "table names a logon key in the keyring, not key bytes" grep -q ':64:logon:dmbyok:' <<<"$TABLE"
 check "table uses 4096-byte sectors" grep -q 'sector_size:4096' <<<"$TABLE"
 check "table keeps dm-crypt's default workqueues" bash -c "! grep -q workqueue <<<'$TABLE'"
-unwrap_dek_to $DISK $WORK/dek
+kms_oracle_unwrap $DISK $WORK/dek
 DEK_HEX=$(od -An -tx1 $WORK/dek | tr -d " \n")
 check "dmsetup table --showkeys has no key hex" bash -c "! dmsetup table --showkeys data | grep -qi $DEK_HEX"
 check "no dmbyok key is left in any keyring" bash -c "! grep -q 'dmbyok:' /proc/keys"
@@ -80,7 +83,9 @@ check "the table no longer names a key" bash -c "! dmsetup table data | grep -q 
 check "and holds no key bytes either" bash -c "! dmsetup table --showkeys data | grep -qi $DEK_HEX"
 A1=$(acked); sleep 2; A2=$(acked)
 check "I/O is frozen while locked (acked $A1 -> $A2)" test "$A1" = "$A2"
+t0=$(usecs)
 check "unlock succeeds" $DMBYOK unlock data
+echo "TIMING ($PROVIDER): dmbyok unlock (KMS unwrap, key set, resume) took $((($(usecs) - t0) / 1000)) ms"
 check "writes resume after unlock (acked more than $A2)" wait_quietly 60 eval '[ "$(acked)" -gt "$A2" ]'
 stop_writer
 umount "$MNT"
@@ -92,5 +97,5 @@ umount "$MNT"
 check "cryptsetup close understands a dmbyok mapping" cryptsetup close data
 check "no mapping left" bash -c "! dmsetup info data >/dev/null 2>&1"
 rm -f $WORK/dek
-stop_kms
+kms_stop
 finish

@@ -40,7 +40,7 @@ check "close it" $DMBYOK close "$NAME" --quiet
 step "lock and unlock serialised per device"
 check "open" $DMBYOK open $DISK data --quiet
 check "lock" $DMBYOK lock data --quiet
-kms_fault '{"operation":"Decrypt","fault":"latency","latency_ms":3000,"count":1}'
+aws_fault '{"operation":"Decrypt","fault":"latency","latency_ms":3000,"count":1}'
 t0=$(date +%s.%N)
 $DMBYOK unlock data --quiet &
 UNLOCK=$!
