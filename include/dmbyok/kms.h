@@ -65,9 +65,16 @@ int dmbyok_kms_generate_data_key(struct kms_client *c, const char *key_id, json_
 int dmbyok_kms_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
                        json_object *context, struct secret **ret_plaintext, char **ret_key_arn);
 
-/* ReEncrypt a blob under `dest_key_id`, same context, without the plaintext leaving KMS. */
-int dmbyok_kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
-                         const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
+/*
+ * ReEncrypt a blob under `dest_key_id`, same context, the DEK kept in the KMS or in locked
+ * memory. `source_key_arn` is the key (version) that wrapped it, as the token records it:
+ * Cloud KMS must decrypt with that key, Key Vault with that version, AWS checks it. NULL
+ * when unknown: AWS reads it from the blob, Cloud KMS assumes the destination key (a
+ * rotation), Key Vault tries the destination key's enabled versions.
+ */
+int dmbyok_kms_reencrypt(struct kms_client *c, const char *source_key_arn,
+                         const char *ciphertext_b64, json_object *context, const char *dest_key_id,
+                         char **ret_ciphertext_b64, char **ret_key_arn);
 
 /* -ENOENT when no such key exists (never did, or its deletion completed). */
 int dmbyok_kms_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);

@@ -24,8 +24,9 @@ struct kms_provider_ops {
 	                         char **ret_ciphertext_b64, char **ret_key_arn);
 	int (*decrypt)(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
 	               json_object *context, struct secret **ret_plaintext, char **ret_key_arn);
-	int (*reencrypt)(struct kms_client *c, const char *ciphertext_b64, json_object *context,
-	                 const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
+	int (*reencrypt)(struct kms_client *c, const char *source_key_arn,
+	                 const char *ciphertext_b64, json_object *context, const char *dest_key_id,
+	                 char **ret_ciphertext_b64, char **ret_key_arn);
 	int (*describe_key)(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
 	/*
 	 * Who this client's credentials are, as the provider's own audit logs name them (AWS:

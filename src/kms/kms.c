@@ -274,8 +274,9 @@ int dmbyok_kms_decrypt(struct kms_client *c, const char *key_id, const char *cip
 	return r;
 }
 
-int dmbyok_kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
-                         const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
+int dmbyok_kms_reencrypt(struct kms_client *c, const char *source_key_arn,
+                         const char *ciphertext_b64, json_object *context, const char *dest_key_id,
+                         char **ret_ciphertext_b64, char **ret_key_arn)
 {
 	_cleanup_free_ char *arn = NULL;
 	unsigned long long t0;
@@ -285,7 +286,8 @@ int dmbyok_kms_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_
 	ENSURE(ret_ciphertext_b64, EINVAL);
 	GUARD(context_check(context));
 	t0 = call_begin(c);
-	r = c->ops->reencrypt(c, ciphertext_b64, context, dest_key_id, ret_ciphertext_b64, &arn);
+	r = c->ops->reencrypt(c, source_key_arn, ciphertext_b64, context, dest_key_id,
+	                      ret_ciphertext_b64, &arn);
 	call_end(c, "ReEncrypt", dest_key_id, arn, context, r, t0);
 	if (r >= 0 && ret_key_arn)
 		*ret_key_arn = TAKE_PTR(arn);

@@ -87,7 +87,7 @@ static void check_kms(struct doctor *d, const char *key_id, const struct kms_opt
 		               !dmbyok_secret_equal(again->data, dek->data, dek->size)))
 			r = -EBADMSG;
 		check(d, "Decrypt", r, "round trip matches", dmbyok_kms_last_error(k));
-		r = dmbyok_kms_reencrypt(k, blob, ctx, key_id, &blob2, &arn2);
+		r = dmbyok_kms_reencrypt(k, arn, blob, ctx, key_id, &blob2, &arn2);
 		check(d, "ReEncrypt", r, arn2, dmbyok_kms_last_error(k));
 	}
 	json_object_put(ctx);

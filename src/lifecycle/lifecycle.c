@@ -952,8 +952,8 @@ int dmbyok_rewrap(const char *device, const char *header, const char *new_key_id
 
 	log_info("Re-wrapping the data key of %s from %s under %s...", device, v->token->key_arn,
 	         dest);
-	r = dmbyok_kms_reencrypt(c, v->token->ciphertext, v->token->context, dest, &ciphertext,
-	                         &arn);
+	r = dmbyok_kms_reencrypt(c, v->token->key_arn, v->token->ciphertext, v->token->context,
+	                         dest, &ciphertext, &arn);
 	if (r < 0) {
 		r = log_kms_failure(c, r, "re-wrap the data key");
 		goto fail;

@@ -284,15 +284,25 @@ static void test_rotation_and_reencrypt(void **state)
 	expect_unwraps(c, kid, ct, dek);
 	usleep(300000); /* the emulator writes its record after answering */
 	unwraps = audit_count("UnwrapKey");
-	assert_int_equal(dmbyok_kms_reencrypt(c, ct, NULL, KEY_B, &ct2, &kid2), 0);
+	assert_int_equal(dmbyok_kms_reencrypt(c, NULL, ct, NULL, KEY_B, &ct2, &kid2), 0);
 	assert_string_not_equal(kid, kid2);
 	assert_true(!strncmp(kid2, KEY_B "/", strlen(KEY_B "/")));
 	/* Newest version first (BadParameter), then the one that wrapped. */
 	audit_expect("UnwrapKey", unwraps, 2);
 	expect_unwraps(c, kid2, ct2, dek);
 	/* A blob of another key is refused as a wrong token. */
-	expect_error(dmbyok_kms_reencrypt(c, ct, NULL, KEY_A, &ct2, &kid2), -EBADMSG, c,
+	expect_error(dmbyok_kms_reencrypt(c, NULL, ct, NULL, KEY_A, &ct2, &kid2), -EBADMSG, c,
 	             "no enabled version");
+	/* Naming the version that wrapped it (the token's key_arn): one unwrap, no trials,
+	 * and the blob may move to another key. */
+	usleep(300000);
+	unwraps = audit_count("UnwrapKey");
+	free(TAKE_PTR(kid2));
+	free(TAKE_PTR(ct2));
+	assert_int_equal(dmbyok_kms_reencrypt(c, kid, ct, NULL, KEY_A, &ct2, &kid2), 0);
+	assert_true(!strncmp(kid2, KEY_A "/", strlen(KEY_A "/")));
+	audit_expect("UnwrapKey", unwraps, 1);
+	expect_unwraps(c, kid2, ct2, dek);
 	expect_error(unwrap(c, kid2, ct, &again), -EBADMSG, c, "BadParameter");
 	dmbyok_secret_free(dek);
 	free(ct);

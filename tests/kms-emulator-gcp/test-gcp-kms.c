@@ -409,8 +409,8 @@ static void test_rotation_and_reencrypt(void **state)
 	dmbyok_kms_key_info_done(&info);
 
 	/* Re-wrap under the new primary: decrypt + encrypt, no data touched. */
-	assert_int_equal(dmbyok_kms_reencrypt(c, ct, ctx, RING "/cryptoKeys/rot", &ct2, &version),
-	                 0);
+	assert_int_equal(
+	    dmbyok_kms_reencrypt(c, NULL, ct, ctx, RING "/cryptoKeys/rot", &ct2, &version), 0);
 	assert_string_equal(version, RING "/cryptoKeys/rot/cryptoKeyVersions/2");
 	assert_string_not_equal(ct, ct2);
 	assert_int_equal(dmbyok_kms_decrypt(c, version, ct2, ctx, &pt, NULL), 0);
@@ -427,8 +427,20 @@ static void test_rotation_and_reencrypt(void **state)
 	assert_int_equal(dmbyok_kms_decrypt(c, version, ct2, ctx, &pt, NULL), 0);
 	dmbyok_secret_free(pt);
 	/* A re-wrap from a disabled version is refused the same way. */
-	expect_error(dmbyok_kms_reencrypt(c, ct, ctx, RING "/cryptoKeys/rot", &ct2, NULL),
+	expect_error(dmbyok_kms_reencrypt(c, NULL, ct, ctx, RING "/cryptoKeys/rot", &ct2, NULL),
 	             -EKEYREVOKED, c, NULL);
+	/* To another key: decrypted by the source the token names, encrypted by the new key. */
+	admin("POST", RING "/cryptoKeys?cryptoKeyId=rot-next", "{\"purpose\":\"ENCRYPT_DECRYPT\"}");
+	free(TAKE_PTR(ct));
+	ct = TAKE_PTR(ct2); /* version 2's blob */
+	free(TAKE_PTR(version));
+	assert_int_equal(dmbyok_kms_reencrypt(c, RING "/cryptoKeys/rot/cryptoKeyVersions/2", ct,
+	                                      ctx, RING "/cryptoKeys/rot-next", &ct2, &version),
+	                 0);
+	assert_string_equal(version, RING "/cryptoKeys/rot-next/cryptoKeyVersions/1");
+	assert_int_equal(dmbyok_kms_decrypt(c, version, ct2, ctx, &pt, NULL), 0);
+	assert_memory_equal(pt->data, dek->data, 64);
+	dmbyok_secret_free(pt);
 
 	dmbyok_secret_free(dek);
 	free(ct);

@@ -115,7 +115,7 @@ static void test_error_mapping(void **state)
 		{ "KMSInvalidStateException", 409, -EKEYREVOKED },
 		{ "NotFoundException", 404, -EKEYREVOKED },
 		{ "AccessDeniedException", 400, -EKEYREVOKED },
-		{ "IncorrectKeyException", 400, -EKEYREVOKED },
+		{ "IncorrectKeyException", 400, -EBADMSG },
 		{ "InvalidCiphertextException", 400, -EBADMSG },
 		{ "DependencyTimeoutException", 503, -EREMOTEIO },
 		{ "KMSInternalException", 500, -EREMOTEIO },

@@ -198,7 +198,7 @@ static void test_grant_lifecycle(void **state)
 	/* v1 opens under v1's context only; ReEncrypt (From and To) under it too. */
 	assert_int_equal(unwrap(g, blob1, v1, pt1), 0);
 	assert_int_equal(unwrap(g, blob2, v2, pt2), -EKEYREVOKED);
-	r = dmbyok_kms_reencrypt(g, blob1, v1, key_arn, &reblob, NULL);
+	r = dmbyok_kms_reencrypt(g, NULL, blob1, v1, key_arn, &reblob, NULL);
 	if (r < 0)
 		fail_msg("ReEncrypt: %s (%s)", dmbyok_strerror(r), dmbyok_kms_last_error(g));
 	assert_int_equal(unwrap(g, reblob, v1, pt1), 0);

@@ -256,8 +256,13 @@ static void test_roundtrip(void **state)
 
 	/* ReEncrypt to key B: same plaintext, new wrapping key. */
 	free(TAKE_PTR(blob2));
-	assert_int_equal(dmbyok_kms_reencrypt(c, blob, ctx, key_b, &blob2, &arn2), 0);
+	assert_int_equal(dmbyok_kms_reencrypt(c, key_a, blob, ctx, key_b, &blob2, &arn2), 0);
 	assert_string_equal(arn2, key_b);
+	/* Naming a source key that did not wrap it: KMS refuses (IncorrectKeyException). */
+	char *blob3 = NULL;
+	assert_int_equal(dmbyok_kms_reencrypt(c, key_b, blob, ctx, key_b, &blob3, NULL), -EBADMSG);
+	assert_non_null(strstr(dmbyok_kms_last_error(c), "IncorrectKeyException"));
+	assert_null(blob3);
 	dmbyok_secret_free(TAKE_PTR(pt2));
 	assert_int_equal(unwrap(c, NULL, blob2, "vol-1", &pt2, &arn3), 0);
 	assert_string_equal(arn3, key_b);
@@ -1040,7 +1045,7 @@ static void test_response_key_not_an_arn(void **state)
 		else if (!strcmp(op, "Decrypt"))
 			r = dmbyok_kms_decrypt(c, NULL, BLOB, ctx, &pt, &arn);
 		else if (!strcmp(op, "ReEncrypt"))
-			r = dmbyok_kms_reencrypt(c, BLOB, ctx, ARN_A, &blob, &arn);
+			r = dmbyok_kms_reencrypt(c, NULL, BLOB, ctx, ARN_A, &blob, &arn);
 		else
 			r = dmbyok_kms_describe_key(c, ARN_A, &info);
 		canned_done(pid);

@@ -63,7 +63,11 @@ kms_disable() { az_enabled "$1" false; }
 kms_enable() { az_enabled "$1" true; }
 kms_deny() { az_policy "$1" null; }
 kms_allow() { az_policy "$1" '["get","list","wrapKey","unwrapKey"]'; }
-kms_token_key_ok() { [[ $(echo "$1" | json_get key_arn) =~ ^$2/[0-9a-f]{32}$ ]]; }
+kms_token_key_ok() { # the key's current version (a key GET as its owner)
+	[ "$(echo "$1" | json_get key_arn)" = "$(curl -sS --fail-with-body --cacert "$WORK/ca.pem" --proxy "$AZ_URL" \
+		-H 'Authorization: Bearer admin-token' "$2?api-version=7.4" | jq -r .key.kid)" ]
+}
+kms_rotate() { az_ctl rotate "{\"key_id\":\"$1\"}" >/dev/null; } # a new current version
 b64url() { tr '+/' '-_' | tr -d '='; }
 unb64url() { tr -- '-_' '+/' | awk '{ n = length($0) % 4; if (n) $0 = $0 substr("===", 1, 4 - n); print }' | base64 -d; }
 kms_oracle_unwrap() { # DEVICE FILE: UnwrapKey as the VM identity, on the token's key version

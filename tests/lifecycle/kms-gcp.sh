@@ -90,7 +90,12 @@ kms_disable() { gcp_version_state "$1" DISABLED; }
 kms_enable() { gcp_version_state "$1" ENABLED; }
 kms_deny() { gcp_binding remove "$1" $ENCDEC; }
 kms_allow() { gcp_binding add "$1" $ENCDEC; }
-kms_token_key_ok() { [ "$(echo "$1" | json_get key_arn)" = "$2/cryptoKeyVersions/1" ]; }
+kms_token_key_ok() { [ "$(echo "$1" | json_get key_arn)" = "$(gcp_call admin-token GET "v1/$2" | jq -r .primary.name)" ]; }
+kms_rotate() { # a new key version, made the primary (gcloud kms keys versions create --primary)
+	local v
+	v=$(gcp_call admin-token POST "v1/$1/cryptoKeyVersions" '{}' | jq -r .name) &&
+		gcp_call admin-token POST "v1/$1:updatePrimaryVersion" "{\"cryptoKeyVersionId\":\"${v##*/}\"}" >/dev/null
+}
 kms_oracle_unwrap() { # DEVICE FILE: decrypt as the host, the token's context as AAD
 	local tok
 	tok=$(token_json "$1")

@@ -131,7 +131,8 @@ unwrap_dek_to() { # unwrap_dek_to DEVICE FILE
 #   kms_disable KEY, kms_enable KEY   the customer disables / re-enables the key (version)
 #   kms_deny KEY, kms_allow KEY       the customer removes / restores this host's access to
 #                              that key only (key policy, IAM binding, vault access policy)
-#   kms_token_key_ok TOKEN KEY the token's key_arn is KEY's exact version that wrapped
+#   kms_token_key_ok TOKEN KEY the token's key_arn is KEY's current (primary) version
+#   kms_rotate KEY             (gcp, azure) the customer rotates: a new primary version
 #   kms_oracle_unwrap DEVICE FILE   the DEK, unwrapped by the emulator for this host through
 #                              the provider's own API (the test's oracle), 64 bytes
 #   kms_fault KIND COUNT       the next COUNT unwrap calls fail with KIND (throttle or

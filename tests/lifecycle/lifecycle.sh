@@ -94,6 +94,19 @@ check "open once more" $DMBYOK open $DISK data
 mount -o ro /dev/mapper/data "$MNT"
 check_acked_survived "$MNT/log" "lock, unlock, close and reopen"
 umount "$MNT"
+
+step "rotation: a new key version; rewrap moves the volume to it, open"
+if for_provider gcp azure; then
+	OLD=$(token_json $DISK | json_get key_arn)
+	kms_rotate "$KEY" || fail "cannot rotate $KEY"
+	check "rewrap while open" $DMBYOK rewrap $DISK
+	check "the token names the key's new primary version ($(token_json $DISK | json_get key_arn))" \
+		bash -c "[ '$(token_json $DISK | json_get key_arn)' != '$OLD' ]"
+	check "and it is the key's current version" kms_token_key_ok "$(token_json $DISK)" "$KEY"
+	check "lock and unlock under the new version" bash -c "$DMBYOK lock data --quiet && $DMBYOK unlock data --quiet"
+else
+	echo "AWS KMS rotation keeps the key's ARN: no re-wrap is due (rewrap.sh moves volumes between keys)"
+fi
 check "cryptsetup close understands a dmbyok mapping" cryptsetup close data
 check "no mapping left" bash -c "! dmsetup info data >/dev/null 2>&1"
 rm -f $WORK/dek

@@ -619,7 +619,7 @@ static void test_audit_one_entry_per_call_without_secrets(void **state)
 	                 0);
 	dmbyok_secret_free(pt);
 	free(blob);
-	assert_int_equal(dmbyok_kms_reencrypt(c, BLOB_B64, ctx, ARN_EU_NEW, &blob, &arn), 0);
+	assert_int_equal(dmbyok_kms_reencrypt(c, NULL, BLOB_B64, ctx, ARN_EU_NEW, &blob, &arn), 0);
 	free(blob);
 	free(arn);
 	assert_int_equal(dmbyok_kms_describe_key(c, ARN_EU, &info), 0);

@@ -578,8 +578,9 @@ int dmbyok_aws_kms_call(struct kms_client *c, const char *operation, const char 
 	return 0;
 }
 
-int dmbyok_aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
-                         const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
+int dmbyok_aws_reencrypt(struct kms_client *c, const char *source_key_arn,
+                         const char *ciphertext_b64, json_object *context, const char *dest_key_id,
+                         char **ret_ciphertext_b64, char **ret_key_arn)
 {
 	_cleanup_json_ json_object *req = NULL;
 	_cleanup_secret_ struct secret *body = NULL;
@@ -591,6 +592,9 @@ int dmbyok_aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_
 	ENSURE_ALLOC(req);
 	GUARD(dmbyok_aws_add_string(req, "CiphertextBlob", ciphertext_b64));
 	GUARD(dmbyok_aws_add_string(req, "DestinationKeyId", dest_key_id));
+	/* Optional for a symmetric key (the blob names it); named, KMS refuses any other. */
+	if (source_key_arn)
+		GUARD(dmbyok_aws_add_string(req, "SourceKeyId", source_key_arn));
 	GUARD(dmbyok_aws_add_object(req, "SourceEncryptionContext", context));
 	GUARD(dmbyok_aws_add_object(req, "DestinationEncryptionContext", context));
 

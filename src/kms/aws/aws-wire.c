@@ -39,9 +39,15 @@ static bool code_in(const char *code, const char *const *list)
 int dmbyok_aws_error_to_errno(const char *code, long status)
 {
 	static const char *const revoked[] = {
-		"DisabledException",     "KMSInvalidStateException", "NotFoundException",
-		"AccessDeniedException", "IncorrectKeyException",    NULL,
+		"DisabledException",
+		"KMSInvalidStateException",
+		"NotFoundException",
+		"AccessDeniedException",
+		NULL,
 	};
+	/* The blob is not that key's (a wrong or altered token): never a revocation. */
+	static const char *const not_this_key[] = { "InvalidCiphertextException",
+		                                    "IncorrectKeyException", NULL };
 	static const char *const remote[] = {
 		"DependencyTimeoutException", "KMSInternalException",
 		"KeyUnavailableException",    "InternalFailure",
@@ -63,7 +69,7 @@ int dmbyok_aws_error_to_errno(const char *code, long status)
 	if (code && *code) {
 		if (code_in(code, revoked))
 			return -EKEYREVOKED;
-		if (!strcmp(code, "InvalidCiphertextException"))
+		if (code_in(code, not_this_key))
 			return -EBADMSG;
 		if (code_in(code, remote))
 			return -EREMOTEIO;

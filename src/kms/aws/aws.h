@@ -290,8 +290,9 @@ int dmbyok_aws_generate_data_key(struct kms_client *c, const char *key_id, json_
                                  char **ret_ciphertext_b64, char **ret_key_arn);
 int dmbyok_aws_decrypt(struct kms_client *c, const char *key_id, const char *ciphertext_b64,
                        json_object *context, struct secret **ret_plaintext, char **ret_key_arn);
-int dmbyok_aws_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
-                         const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn);
+int dmbyok_aws_reencrypt(struct kms_client *c, const char *source_key_arn,
+                         const char *ciphertext_b64, json_object *context, const char *dest_key_id,
+                         char **ret_ciphertext_b64, char **ret_key_arn);
 int dmbyok_aws_describe_key(struct kms_client *c, const char *key_id, struct kms_key_info *ret);
 const char *dmbyok_aws_region(struct kms_client *c);
 /* The access key id that signs the calls (CloudTrail's userIdentity.accessKeyId), or NULL. */

@@ -587,10 +587,11 @@ static void strv_free(char **v)
 }
 DEFINE_CLEANUP_FUNC(char **, strv_free);
 
-static int azure_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
+static int azure_reencrypt(struct kms_client *c, const char *source_key_arn,
+                           const char *ciphertext_b64, json_object *context,
                            const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
 {
-	_cleanup_(dmbyok_azure_key_id_done) struct azure_key_id dest = {};
+	_cleanup_(dmbyok_azure_key_id_done) struct azure_key_id dest = {}, src = {};
 	_cleanup_(strv_freep) char **versions = NULL;
 	_cleanup_secret_ struct secret *dek = NULL;
 	_cleanup_free_ uint8_t *blob = NULL;
@@ -602,10 +603,19 @@ static int azure_reencrypt(struct kms_client *c, const char *ciphertext_b64, jso
 	(void)context;
 	GUARD(decode_blob(c, "ReEncrypt", ciphertext_b64, &blob, &n));
 	GUARD(current_version(c, "ReEncrypt", dest_key_id, &dest, &alg));
+	/* The exact version that wrapped it, as the token records it. */
+	if (source_key_arn) {
+		GUARD(parse_or_fail(c, "ReEncrypt", source_key_arn, &src));
+		if (!src.version)
+			return fail(c, EINVAL, "ReEncrypt: %s names no key version",
+			            source_key_arn);
+		GUARD(unwrap(c, "ReEncrypt", &src, blob, n, &dek, NULL));
+		goto wrap;
+	}
 	/*
-	 * A Key Vault blob does not name the version that wrapped it, and the provider-neutral
-	 * call does not carry the token's key_arn: the blob is unwrapped by the key's enabled
-	 * versions, newest first, until one takes it (a wrong version answers BadParameter).
+	 * A Key Vault blob does not name the version that wrapped it: without the token's
+	 * key_arn, the blob is unwrapped by the key's enabled versions, newest first, until one
+	 * takes it (a wrong version answers BadParameter).
 	 */
 	GUARD(list_versions(c, &dest, &versions));
 	for (size_t i = 0; versions[i] && r == -EBADMSG; i++) {
@@ -623,6 +633,7 @@ static int azure_reencrypt(struct kms_client *c, const char *ciphertext_b64, jso
 		            dest.vault, dest.name);
 	if (r < 0)
 		return r;
+wrap:
 	GUARD(wrap(c, "ReEncrypt", &dest, alg, dek, &ct, &kid));
 	*ret_ciphertext_b64 = TAKE_PTR(ct);
 	if (ret_key_arn)

@@ -551,17 +551,20 @@ static int gcp_decrypt(struct kms_client *c, const char *key_id, const char *cip
 	return decrypt(c, "Decrypt", key_id, ciphertext_b64, context, ret_plaintext, ret_key_arn);
 }
 
-static int gcp_reencrypt(struct kms_client *c, const char *ciphertext_b64, json_object *context,
-                         const char *dest_key_id, char **ret_ciphertext_b64, char **ret_key_arn)
+static int gcp_reencrypt(struct kms_client *c, const char *source_key_arn,
+                         const char *ciphertext_b64, json_object *context, const char *dest_key_id,
+                         char **ret_ciphertext_b64, char **ret_key_arn)
 {
 	_cleanup_secret_ struct secret *dek = NULL;
 	_cleanup_free_ char *ct = NULL, *version = NULL;
 
 	/*
-	 * A Cloud KMS blob does not name its key to the client and :decrypt needs it: the
-	 * source is the destination's key, the case of rotation (a new primary version).
+	 * Cloud KMS has no re-encrypt: decrypt with the source key (a blob does not name its
+	 * key to the client, and :decrypt needs it), encrypt under the destination's primary.
+	 * No source named: the destination's key, the case of rotation.
 	 */
-	GUARD(decrypt(c, "ReEncrypt", dest_key_id, ciphertext_b64, context, &dek, NULL));
+	GUARD(decrypt(c, "ReEncrypt", source_key_arn ? source_key_arn : dest_key_id, ciphertext_b64,
+	              context, &dek, NULL));
 	GUARD(encrypt(c, "ReEncrypt", dest_key_id, dek, context, &ct, &version));
 	*ret_ciphertext_b64 = TAKE_PTR(ct);
 	if (ret_key_arn)
