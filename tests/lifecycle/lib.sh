@@ -152,7 +152,7 @@ use_kms() {
 # kms_unwrap_calls: how many unwrap calls the emulator answered (any result).
 kms_unwrap_calls() { jq -r .operation "$KMS_AUDIT" 2>/dev/null | grep -cx "$KMS_UNWRAP_OP" || true; }
 # for_provider P...: true when this run's provider is one of P. The checks that do not
-# depend on the KMS run once, with aws: `for_provider aws || skip_step "why"`.
+# depend on the KMS run once, with aws; the others say so: `not_for_provider "STEP"`.
 for_provider() { local p; for p; do [ "$PROVIDER" = "$p" ] && return 0; done; return 1; }
 # not_for_provider WHAT: says, in the output, that a step is the aws run's (no silent skip).
 not_for_provider() { printf '\n[%6ss] == %s: not KMS-dependent, checked in the aws run\n' "$(elapsed)" "$*"; }
