@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -140,8 +141,9 @@ void dmbyok_kms_http_response_done(struct kms_http_response *r)
 	if (!r)
 		return;
 	dmbyok_secret_free(r->body);
-	r->body = NULL;
-	r->status = 0;
+	free(r->request_id);
+	free(r->www_authenticate);
+	*r = (struct kms_http_response){};
 }
 
 /* Responses grow in locked memory: a bigger secret, copy, wipe the old one. */
@@ -312,6 +314,44 @@ static void note_kms_attempt(CURL *curl, const struct kms_http_request *req, boo
 	dmbyok_kms_note_attempt(region, hdr ? hdr->value : NULL);
 }
 
+/* The first of the named headers the answer carries, copied; NULL when none. */
+static int header_dup(CURL *curl, const char *const *names, char **ret)
+{
+	struct curl_header *hdr = NULL;
+
+	*ret = NULL;
+	for (; *names; names++)
+		if (curl_easy_header(curl, *names, 0, CURLH_HEADER, -1, &hdr) == CURLHE_OK) {
+			*ret = strdup(hdr->value);
+			return *ret ? 0 : -ENOMEM;
+		}
+	return 0;
+}
+
+/* WWW-Authenticate: the Bearer challenge among several (Key Vault may add a PoP one). */
+static int challenge_dup(CURL *curl, char **ret)
+{
+	struct curl_header *hdr = NULL;
+	size_t n = 1;
+
+	*ret = NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (curl_easy_header(curl, "WWW-Authenticate", i, CURLH_HEADER, -1, &hdr) !=
+		    CURLHE_OK)
+			break;
+		n = hdr->amount;
+		if (i == 0 || !strncasecmp(hdr->value, "Bearer ", 7)) {
+			free(*ret);
+			*ret = strdup(hdr->value);
+			if (!*ret)
+				return -ENOMEM;
+			if (!strncasecmp(hdr->value, "Bearer ", 7))
+				break;
+		}
+	}
+	return 0;
+}
+
 int dmbyok_kms_http_perform(struct kms_http *h, const struct kms_http_request *req,
                             struct kms_http_response *ret, const char **ret_detail)
 {
@@ -415,6 +455,16 @@ int dmbyok_kms_http_perform(struct kms_http *h, const struct kms_http_request *r
 	(void)curl_easy_getinfo(curl, CURLINFO_NUM_CONNECTS, &connects);
 	log_debug("%s %s: HTTP %ld%s", req->method, req->url, status,
 	          connects ? "" : " (reused connection)");
+	if (req->want_headers &&
+	    (header_dup(curl,
+	                (const char *const[]){ "x-amzn-RequestId", "x-amz-request-id",
+	                                       "x-ms-request-id", NULL },
+	                &ret->request_id) < 0 ||
+	     challenge_dup(curl, &ret->www_authenticate) < 0)) {
+		dmbyok_kms_http_response_done(ret);
+		r = -ENOMEM;
+		goto out;
+	}
 	ret->status = status;
 	ret->body = TAKE_PTR(ctx.body);
 out:

@@ -38,11 +38,25 @@ struct kms_http_request {
 	const struct secret *session_token;
 	/* Headers that carry a credential: NULL-terminated "Name: value" lines in locked memory. */
 	const struct secret *const *secret_headers;
+	/*
+	 * Fill kms_http_response's request_id and www_authenticate. Asked for, since the caller
+	 * must then pass the response to dmbyok_kms_http_response_done even after taking its
+	 * body (callers that do not ask may keep taking the body alone).
+	 */
+	bool want_headers;
 };
 
 struct kms_http_response {
 	long status;
 	struct secret *body; /* NUL-terminated; locked memory since it may carry plaintext */
+	/*
+	 * With want_headers, the response headers the providers read, plain heap strings (no
+	 * secrets), NULL when absent: the KMS's request id (x-amzn-RequestId or
+	 * x-amz-request-id, x-ms-request-id) and WWW-Authenticate (the Bearer challenge when
+	 * there are several).
+	 */
+	char *request_id;
+	char *www_authenticate;
 };
 
 int dmbyok_kms_http_new(const char *ca_bundle, struct kms_http **ret);

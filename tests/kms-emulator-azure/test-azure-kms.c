@@ -33,8 +33,15 @@
 #define KEY_B        VAULT "/keys/volumes-b"
 #define KEY_R        VAULT "/keys/revocable"
 #define KEY_HSM      "https://dmbyok-test.managedhsm.azure.net/keys/hsm-oct"
+/* Azure Stack Hub's naming: https://NAME.vault.REGION.FQDN, audience https://vault.REGION.FQDN */
+#define STACK_DOMAIN "vault.local.azurestack.external"
+#define STACK_AUD    "https://" STACK_DOMAIN
+#define KEY_STACK    "https://stack." STACK_DOMAIN "/keys/stack"
+#define MI_SYSTEM    "7e000000-0000-4000-8000-00000000005a"
+#define NO_TENANT    "11111111-2222-4333-8444-555555555555"
 
 static const char *url, *plain, *ca, *other_ca, *audit_path, *test_dir, *client_cert;
+static char trail[512]; /* dmbyok's own audit file (DMBYOK_AUDIT_FILE) */
 
 /* ---- the emulator's control API and audit log, through curl and jq ---- */
 
@@ -89,6 +96,31 @@ static unsigned audit_count_where(const char *op, const char *field, const char 
 		n = 0;
 	pclose(p);
 	return n;
+}
+
+/* A shell pipeline's first output line (at most size-1 bytes), without the newline. */
+static void run(const char *cmd, char *out, size_t size)
+{
+	FILE *p = popen(cmd, "r");
+
+	assert_non_null(p);
+	if (!fgets(out, (int)size, p))
+		out[0] = '\0';
+	out[strcspn(out, "\n")] = '\0';
+	assert_int_equal(pclose(p), 0);
+}
+
+/* The emulator's Key Vault calls for one vault: "OPERATION:STATUS ..." in order. */
+static void vault_calls(const char *host, char *out, size_t size)
+{
+	char cmd[1024];
+
+	snprintf(cmd, sizeof(cmd),
+	         "jq -rs '[.[] | select(.host == \"%s\" and .operation != \"Token\" and "
+	         ".operation != \"IMDS\") | \"\\(.operation):\\(.http_status)\"] | "
+	         "join(\" \")' %s",
+	         host, audit_path);
+	run(cmd, out, size);
 }
 
 static unsigned audit_count(const char *op)
@@ -680,11 +712,19 @@ static void test_authority_host_and_tls(void **state)
 	setenv("NO_PROXY", "127.0.0.1", 1);
 	round_trip(KEY_A, "client-secret");
 	assert_int_equal(audit_count_where("Token", "via_proxy", "false"), n + 1);
-	/* A vault named by a non-Azure host (a test vault, Azure Stack): no proxy needed. */
+	/*
+	 * A vault named by its address (a test vault): an Azure identifier all the same, but
+	 * its challenge names https://vault.azure.net, a domain 127.0.0.1 is not in, so no
+	 * token is sent to it (Azure's SDK refuses it too). Named vaults: test_azure_stack.
+	 */
 	snprintf(direct, sizeof(direct), "%s/keys/local", url);
 	assert_string_equal(dmbyok_kms_provider_for_key(direct), "azure");
 	ctl("create-key", "{\"key_id\":\"%s\"}", direct);
-	round_trip(direct, "client-secret");
+	n = audit_count("Token");
+	c = client(NULL);
+	expect_error(dmbyok_kms_describe_key(c, direct, &info), -EKEYREJECTED, c, "not its domain");
+	dmbyok_kms_client_free(c);
+	audit_expect("Token", n, 0);
 	unsetenv("NO_PROXY");
 	/* Plain http for a credential is refused, except to loopback. */
 	setenv("AZURE_AUTHORITY_HOST", "http://login.example.com", 1);
@@ -740,6 +780,147 @@ static void test_managed_hsm_a256kw(void **state)
 	dmbyok_kms_client_free(c);
 }
 
+static void test_azure_stack(void **state)
+{
+	struct kms_client *c;
+	struct secret *dek = NULL;
+	struct kms_key_info info = {};
+	char *ct, *kid = NULL, calls[1024];
+	unsigned stack_tokens = audit_count_where("IMDS", "resource", STACK_AUD),
+	         public_tokens = audit_count_where("IMDS", "resource", "https://vault.azure.net");
+
+	(void)state;
+	/* The host's managed identity, and no setting at all: the vault's challenge says. */
+	env_reset();
+	ctl("create-key", "{\"key_id\":\"%s\"}", KEY_STACK);
+	c = client(NULL);
+	ct = wrap(c, KEY_STACK, &dek, &kid);
+	assert_true(!strncmp(kid, KEY_STACK "/", strlen(KEY_STACK "/")));
+	/* The audience is cached in the client: no second challenge. */
+	expect_unwraps(c, kid, ct, dek);
+	assert_int_equal(dmbyok_kms_describe_key(c, KEY_STACK, &info), 0);
+	assert_string_equal(info.key_state, "Enabled");
+	dmbyok_kms_key_info_done(&info);
+	dmbyok_kms_client_free(c);
+	/* A new client (an unlock at boot): its first call meets the challenge. */
+	c = client(NULL);
+	expect_unwraps(c, kid, ct, dek);
+	dmbyok_kms_client_free(c);
+	vault_calls("stack." STACK_DOMAIN, calls, sizeof(calls));
+	printf("stack vault calls: %s\n", calls);
+	assert_string_equal(calls, "GetKey:401 GetKey:200 WrapKey:200 UnwrapKey:200 GetKey:200 "
+	                           "UnwrapKey:401 UnwrapKey:200");
+	/* Tokens for the vault's audience only, one per client; the refused calls had none. */
+	assert_int_equal(audit_count_where("IMDS", "resource", STACK_AUD), stack_tokens + 2);
+	assert_int_equal(audit_count_where("IMDS", "resource", "https://vault.azure.net"),
+	                 public_tokens);
+	assert_int_equal(audit_count_where("UnwrapKey", "principal", MI_SYSTEM) >= 2, 1);
+	dmbyok_secret_free(dek);
+	free(ct);
+	free(kid);
+}
+
+static void test_challenge_refused(void **state)
+{
+	struct kms_client *c;
+	struct kms_key_info info = {};
+	char calls[1024];
+	unsigned imds = audit_count("IMDS"), tokens;
+	int r;
+
+	(void)state;
+	/* A vault whose challenge names a foreign domain: no token is asked for or sent. */
+	env_reset();
+	ctl("create-key", "{\"key_id\":\"https://foreign.%s/keys/k\"}", STACK_DOMAIN);
+	ctl("challenge", "{\"vault\":\"foreign.%s\",\"resource\":\"https://vault.example.com\"}",
+	    STACK_DOMAIN);
+	c = client(NULL);
+	r = dmbyok_kms_describe_key(c, "https://foreign." STACK_DOMAIN "/keys/k", &info);
+	expect_error(r, -EKEYREJECTED, c, "asks for tokens for \"https://vault.example.com\"");
+	expect_error(r, -EKEYREJECTED, c, "not its domain");
+	assert_int_equal(dmbyok_error_class(r), DMBYOK_ERR_CREDENTIALS);
+	dmbyok_kms_client_free(c);
+	assert_int_equal(audit_count("IMDS"), imds);
+	vault_calls("foreign." STACK_DOMAIN, calls, sizeof(calls));
+	assert_string_equal(calls, "GetKey:401");
+
+	/* A vault of another tenant than AZURE_TENANT_ID's: not silently another tenant. */
+	secret_env(HOST_APP, "host-secret");
+	ctl("create-key", "{\"key_id\":\"https://tenant.%s/keys/k\"}", STACK_DOMAIN);
+	ctl("challenge", "{\"vault\":\"tenant.%s\",\"tenant\":\"%s\"}", STACK_DOMAIN, NO_TENANT);
+	tokens = audit_count("Token");
+	c = client(NULL);
+	r = dmbyok_kms_describe_key(c, "https://tenant." STACK_DOMAIN "/keys/k", &info);
+	expect_error(r, -EKEYREJECTED, c,
+	             "belongs to tenant " NO_TENANT ", AZURE_TENANT_ID says " TENANT);
+	assert_int_equal(dmbyok_error_class(r), DMBYOK_ERR_CREDENTIALS);
+	dmbyok_kms_client_free(c);
+	assert_int_equal(audit_count("Token"), tokens);
+	/* The same vault's own tenant: followed. */
+	ctl("challenge", "{\"vault\":\"tenant.%s\"}", STACK_DOMAIN);
+	c = client(NULL);
+	assert_int_equal(
+	    dmbyok_kms_describe_key(c, "https://tenant." STACK_DOMAIN "/keys/k", &info), 0);
+	dmbyok_kms_key_info_done(&info);
+	dmbyok_kms_client_free(c);
+	assert_true(audit_count_where("Token", "scope", STACK_AUD "/.default") >= 1);
+
+	/* A known cloud's vault that moved tenant: its 401's challenge is refused, no retry. */
+	c = host_client();
+	assert_int_equal(dmbyok_kms_describe_key(c, KEY_A, &info), 0);
+	dmbyok_kms_key_info_done(&info);
+	ctl("challenge", "{\"vault\":\"dmbyok-test.vault.azure.net\",\"tenant\":\"%s\"}",
+	    NO_TENANT);
+	fault("GetKey", "unauthorized", 1, 0);
+	tokens = audit_count("Token");
+	expect_error(dmbyok_kms_describe_key(c, KEY_A, &info), -EKEYREJECTED, c,
+	             "belongs to tenant " NO_TENANT);
+	assert_int_equal(audit_count("Token"), tokens);
+	ctl("challenge", "{\"vault\":\"dmbyok-test.vault.azure.net\"}");
+	clear_faults();
+	assert_int_equal(dmbyok_kms_describe_key(c, KEY_A, &info), 0);
+	dmbyok_kms_key_info_done(&info);
+	dmbyok_kms_client_free(c);
+}
+
+/*
+ * dmbyok's audit entries for Key Vault calls carry the request id Key Vault answered with
+ * (x-ms-request-id), the one the vault's own log has: every id in dmbyok's trail is a Key
+ * Vault call of that vault in the emulator's audit, and every successful call has one.
+ */
+static void test_request_ids(void **state)
+{
+	char cmd[2048], out[256];
+	unsigned with_id = 0, failed_with_id = 0, ok_without = 0;
+
+	(void)state;
+	snprintf(cmd, sizeof(cmd),
+	         "jq -r 'select(.provider == \"azure\" and .request_id != null) | "
+	         "\"\\(.request_id) \\(.region)\"' %s | sort -u >%s/ours && "
+	         "jq -r 'select(.operation != \"Token\" and .operation != \"IMDS\") | "
+	         "\"\\(.request_id) \\(.host)\"' %s | sort -u >%s/theirs && "
+	         "comm -23 %s/ours %s/theirs | wc -l",
+	         trail, test_dir, audit_path, test_dir, test_dir, test_dir);
+	run(cmd, out, sizeof(out));
+	assert_string_equal(out, "0");
+	snprintf(cmd, sizeof(cmd),
+	         "jq -rs '[.[] | select(.provider == \"azure\")] | "
+	         "[([.[] | select(.request_id != null)] | length), "
+	         "([.[] | select(.request_id != null and .result != \"ok\")] | length), "
+	         "([.[] | select(.request_id == null and .result == \"ok\")] | length)] | "
+	         "map(tostring) | join(\" \")' %s",
+	         trail);
+	run(cmd, out, sizeof(out));
+	assert_int_equal(sscanf(out, "%u %u %u", &with_id, &failed_with_id, &ok_without), 3);
+	printf("dmbyok's audit: %u Key Vault calls with Key Vault's request id (%u failed), %u "
+	       "successful ones without\n",
+	       with_id, failed_with_id, ok_without);
+	assert_true(with_id >= 50);
+	/* Refusals (403, 404, 400, 401) are traceable in the vault's log too. */
+	assert_true(failed_with_id >= 10);
+	assert_int_equal(ok_without, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -754,6 +935,9 @@ int main(void)
 		cmocka_unit_test(test_token_cache_and_refresh),
 		cmocka_unit_test(test_authority_host_and_tls),
 		cmocka_unit_test(test_managed_hsm_a256kw),
+		cmocka_unit_test(test_azure_stack),
+		cmocka_unit_test(test_challenge_refused),
+		cmocka_unit_test(test_request_ids),
 	};
 
 	const struct {
@@ -777,6 +961,15 @@ int main(void)
 			        from_env[i].name);
 			return 1;
 		}
+	}
+	/* dmbyok's own audit file, before the first KMS call (read once per process). */
+	snprintf(trail, sizeof(trail), "%s/dmbyok-audit.jsonl", test_dir);
+	setenv("DMBYOK_AUDIT_FILE", trail, 1);
+	{
+		char conf[512];
+
+		snprintf(conf, sizeof(conf), "%s/no-such-audit.conf", test_dir);
+		setenv("DMBYOK_AUDIT_CONF", conf, 1);
 	}
 	return cmocka_run_group_tests(tests, setup, NULL);
 }

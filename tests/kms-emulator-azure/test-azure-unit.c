@@ -97,8 +97,9 @@ static void test_provider_choice_and_region(void **state)
 	                    "https://vault.azure.cn");
 	assert_string_equal(dmbyok_azure_resource_for_host("v.vault.usgovcloudapi.net:443"),
 	                    "https://vault.usgovcloudapi.net");
-	assert_string_equal(dmbyok_azure_resource_for_host("127.0.0.1:8443"),
-	                    "https://vault.azure.net");
+	/* Elsewhere (Azure Stack Hub, a test vault) the vault's challenge says it. */
+	assert_null(dmbyok_azure_resource_for_host("127.0.0.1:8443"));
+	assert_null(dmbyok_azure_resource_for_host("v.vault.local.azurestack.external"));
 	assert_false(dmbyok_azure_host_is_hsm("v.vault.azure.net"));
 }
 
@@ -133,6 +134,75 @@ static void test_challenge(void **state)
 	                 -EINVAL);
 	assert_int_equal(dmbyok_azure_parse_challenge("Bearer authorization=\"https://l/t", &c),
 	                 -EINVAL);
+}
+
+/* What the challenge verification says of a resource/tenant for a vault host. */
+static int verify(const char *resource, const char *tenant, const char *host, const char *env,
+                  char **ret, char *why, size_t why_size)
+{
+	struct azure_challenge c = { .tenant = (char *)tenant, .resource = (char *)resource };
+
+	why[0] = '\0';
+	return dmbyok_azure_challenge_verify(&c, host, env, ret, why, why_size);
+}
+
+static void test_challenge_verify(void **state)
+{
+	char why[512], *res = NULL;
+
+	(void)state;
+	/* Azure Stack Hub: the audience is the vault's parent domain, lower-cased. */
+	assert_int_equal(verify("https://Vault.Local.AzureStack.External/", "t1",
+	                        "stack.vault.local.azurestack.external", NULL, &res, why,
+	                        sizeof(why)),
+	                 0);
+	assert_string_equal(res, "https://vault.local.azurestack.external");
+	free(TAKE_PTR(res));
+	/* The public cloud, with a port on the vault and the service principal's tenant. */
+	assert_int_equal(verify("https://vault.azure.net", "T1", "v.vault.azure.net:443", "t1",
+	                        &res, why, sizeof(why)),
+	                 0);
+	assert_string_equal(res, "https://vault.azure.net");
+	free(TAKE_PTR(res));
+	/* No resource: nothing to follow. */
+	assert_int_equal(verify(NULL, "t1", "v.vault.azure.net", NULL, &res, why, sizeof(why)), 0);
+	assert_null(res);
+	/* Foreign domains, a suffix that is not a label boundary, odd forms: refused. */
+	static const char *const foreign[] = {
+		"https://vault.azure.net",
+		"https://evil.example",
+		"https://ault.azure.net",
+		"http://vault.local.azurestack.external",
+		"https://azurestack.external:1",
+		"https://local.azurestack.external/x",
+		"https://stack.vault.local.azurestack.external",
+		"https://.azurestack.external",
+		"vault.local.azurestack.external",
+	};
+	for (size_t i = 0; i < ELEMENTSOF(foreign); i++) {
+		assert_int_equal(verify(foreign[i], "t1", "stack.vault.local.azurestack.external",
+		                        NULL, &res, why, sizeof(why)),
+		                 -EKEYREJECTED);
+		assert_null(res);
+		assert_non_null(strstr(why, "not its domain"));
+	}
+	assert_int_equal(dmbyok_error_class(-EKEYREJECTED), DMBYOK_ERR_CREDENTIALS);
+	/* A test vault by address: no challenge resource is its domain. */
+	assert_int_equal(
+	    verify("https://vault.azure.net", "t1", "127.0.0.1:8443", NULL, &res, why, sizeof(why)),
+	    -EKEYREJECTED);
+	/* Another tenant than AZURE_TENANT_ID: refused, and said which. */
+	assert_int_equal(verify("https://vault.azure.net", "other-tenant", "v.vault.azure.net",
+	                        "my-tenant", &res, why, sizeof(why)),
+	                 -EKEYREJECTED);
+	assert_null(res);
+	assert_non_null(strstr(why, "belongs to tenant other-tenant, AZURE_TENANT_ID says "
+	                            "my-tenant"));
+	/* Network text is made printable. */
+	assert_int_equal(
+	    verify("https://x\x01y", "t1", "v.vault.azure.net", NULL, &res, why, sizeof(why)),
+	    -EKEYREJECTED);
+	assert_null(strchr(why, '\x01'));
 }
 
 static struct secret *secret_of(const char *s)
@@ -424,6 +494,7 @@ int main(void)
 		cmocka_unit_test(test_key_ids),
 		cmocka_unit_test(test_provider_choice_and_region),
 		cmocka_unit_test(test_challenge),
+		cmocka_unit_test(test_challenge_verify),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_base64url_and_form),
 		cmocka_unit_test(test_token_answers),

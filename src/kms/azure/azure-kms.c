@@ -29,10 +29,18 @@
 /* ReEncrypt looks for the version that wrapped a blob among this many, newest first. */
 #define AZURE_MAX_VERSIONS 25U
 
+/* A vault's audience, as its challenge named it (Azure Stack Hub's, a sovereign cloud's). */
+struct audience {
+	char *host;
+	char *resource;
+};
+
 struct azure_kms {
 	struct kms_http *http;
 	struct azure_auth auth;
 	struct kms_retry retry;
+	struct audience *audiences;
+	size_t n_audiences;
 	char *label; /* --region: labels the audit before a key names its vault; or NULL */
 	unsigned timeout_ms;
 };
@@ -92,44 +100,120 @@ static void outcome_done(struct outcome *o)
 	*o = (struct outcome){};
 }
 
-/* One attempt: the token, the request, the answer classified. *retry when worth another. */
+static const char *audience_of(struct azure_kms *k, const char *host)
+{
+	for (size_t i = 0; i < k->n_audiences; i++)
+		if (!strcmp(k->audiences[i].host, host))
+			return k->audiences[i].resource;
+	return dmbyok_azure_resource_for_host(host);
+}
+
+static int audience_learn(struct azure_kms *k, const char *host, char *resource)
+{
+	struct audience *a;
+
+	for (size_t i = 0; i < k->n_audiences; i++)
+		if (!strcmp(k->audiences[i].host, host)) {
+			free(k->audiences[i].resource);
+			k->audiences[i].resource = resource;
+			return 0;
+		}
+	a = reallocarray(k->audiences, k->n_audiences + 1, sizeof(*a));
+	if (!a) {
+		free(resource);
+		return -ENOMEM;
+	}
+	k->audiences = a;
+	a[k->n_audiences].host = strdup(host);
+	if (!a[k->n_audiences].host) {
+		free(resource);
+		return -ENOMEM;
+	}
+	a[k->n_audiences++].resource = resource;
+	return 0;
+}
+
+/*
+ * A 401's challenge, followed as Azure's SDK follows it: a resource in the vault's own
+ * domain becomes the vault's audience (*learnt when it changed); a foreign one, or another
+ * tenant than a service principal's AZURE_TENANT_ID, is refused. 0 when there is nothing
+ * to follow.
+ */
+static int follow_challenge(struct kms_client *c, const char *host, const char *header,
+                            const char *current, bool *learnt)
+{
+	_cleanup_(dmbyok_azure_challenge_done) struct azure_challenge ch = {};
+	_cleanup_free_ char *resource = NULL;
+	const char *source = dmbyok_azure_credential_source(), *tenant = NULL;
+	char why[512] = "";
+	int r;
+
+	if (!header || dmbyok_azure_parse_challenge(header, &ch) < 0)
+		return 0;
+	/* Managed identity has no tenant to choose: IMDS issues the VM identity's tokens. */
+	if (strcmp(source, "managed-identity"))
+		tenant = getenv("AZURE_TENANT_ID");
+	r = dmbyok_azure_challenge_verify(&ch, host, tenant, &resource, why, sizeof(why));
+	if (r == -EKEYREJECTED)
+		return fail(c, EKEYREJECTED, "%s", why);
+	if (r < 0)
+		return r;
+	if (!resource || (current && !strcmp(current, resource)))
+		return 0;
+	log_debug("Key Vault %s asks for tokens for %s (was %s).", host, resource,
+	          current ? current : "not known yet");
+	*learnt = true;
+	return audience_learn(azure_of(c), host, TAKE_PTR(resource));
+}
+
+/*
+ * One attempt: the token, the request, the answer classified. *retry when worth another;
+ * *learnt when the vault's challenge named a new audience for its host (try again at once).
+ * A vault whose audience is not known yet (outside Azure's known clouds) is first asked
+ * without a token and without the body, as Azure's SDK does, for its challenge.
+ */
 static int attempt_once(struct kms_client *c, const struct call *call, const char *url, bool *retry,
-                        struct outcome *out)
+                        bool *learnt, struct outcome *out)
 {
 	struct azure_kms *k = azure_of(c);
 	static const char *const headers[] = { "Content-Type: application/json",
 		                               "Accept: application/json", NULL };
 	_cleanup_secret_ struct secret *auth = NULL;
 	_cleanup_free_ char *msg = NULL;
+	const char *resource = audience_of(k, call->key->host);
 	const struct azure_token *tok;
 	const struct secret *secrets[2] = {};
 	struct kms_http_response resp = {};
 	const char *detail = NULL;
 	char why[512] = "";
+	bool probe;
 	int r;
 
-	*retry = false;
-	r = dmbyok_azure_auth_token(&k->auth, dmbyok_azure_resource_for_host(call->key->host), &tok,
-	                            why, sizeof(why));
-	if (r < 0) {
-		*retry = dmbyok_kms_errno_is_retryable(r) || r == -EAGAIN || r == -EREMOTEIO;
-		dmbyok_kms_set_last_error(c, "%s", why);
-		return r;
+	*retry = *learnt = false;
+	if (resource) {
+		r = dmbyok_azure_auth_token(&k->auth, resource, &tok, why, sizeof(why));
+		if (r < 0) {
+			*retry =
+			    dmbyok_kms_errno_is_retryable(r) || r == -EAGAIN || r == -EREMOTEIO;
+			dmbyok_kms_set_last_error(c, "%s", why);
+			return r;
+		}
+		GUARD(bearer(tok, &auth));
+		secrets[0] = auth;
 	}
-	GUARD(bearer(tok, &auth));
-	secrets[0] = auth;
 	r = dmbyok_kms_http_perform(k->http,
 	                            &(struct kms_http_request){
 	                                .method = call->method,
 	                                .url = url,
 	                                .headers = headers,
-	                                .body = call->body,
-	                                .body_len = call->body ? strlen(call->body) : 0,
+	                                .body = resource ? call->body : NULL,
+	                                .body_len = resource && call->body ? strlen(call->body) : 0,
 	                                .timeout_ms = k->timeout_ms,
 	                                .secret_headers = secrets,
+	                                .want_headers = true,
 	                            },
 	                            &resp, &detail);
-	dmbyok_kms_note_attempt(call->key->host, NULL);
+	dmbyok_kms_note_attempt(call->key->host, resp.request_id);
 	if (r < 0) {
 		*retry = dmbyok_kms_errno_is_retryable(r);
 		if (r == -EINVAL && detail)
@@ -147,10 +231,20 @@ static int attempt_once(struct kms_client *c, const struct call *call, const cha
 	out->status = resp.status;
 	if (resp.status >= 200 && resp.status < 300) {
 		out->body = TAKE_PTR(resp.body);
+		dmbyok_kms_http_response_done(&resp);
 		return 0;
 	}
 	r = dmbyok_azure_parse_error(resp.body, &out->code, &out->inner, &msg);
-	dmbyok_secret_freep(&resp.body);
+	/* (Following it may replace the string `resource` points to.) */
+	probe = !resource;
+	if (r >= 0 && resp.status == 401)
+		r = follow_challenge(c, call->key->host, resp.www_authenticate, resource, learnt);
+	if (r >= 0 && resp.status == 401 && probe && !*learnt)
+		r = fail(c, EKEYREJECTED,
+		         "%s: the vault %s answers 401 without a Bearer challenge naming its "
+		         "audience, so dmbyok cannot tell which token it takes",
+		         call->operation, call->key->host);
+	dmbyok_kms_http_response_done(&resp);
 	if (r < 0)
 		return r;
 	if (out->code)
@@ -159,23 +253,24 @@ static int attempt_once(struct kms_client *c, const struct call *call, const cha
 		                          msg ? msg : "");
 	else
 		dmbyok_kms_set_last_error(c, "%s: HTTP status %ld without a Key Vault error",
-		                          call->operation, resp.status);
-	*retry = resp.status == 408 || resp.status == 429 || resp.status == 500 ||
-	         resp.status == 502 || resp.status == 503 || resp.status == 504;
-	return dmbyok_azure_error_to_errno(call->operation, resp.status, out->code, out->inner);
+		                          call->operation, out->status);
+	*retry = out->status == 408 || out->status == 429 || out->status == 500 ||
+	         out->status == 502 || out->status == 503 || out->status == 504;
+	return dmbyok_azure_error_to_errno(call->operation, out->status, out->code, out->inner);
 }
 
 /*
  * One Key Vault call with retries (capped full-jitter backoff and a retry quota, the
- * standard mode dmbyok uses everywhere). A 401 drops the cached token and tries once more
- * with a fresh one; a second 401 is the credentials' fault.
+ * standard mode dmbyok uses everywhere). A 401 whose challenge names a new audience is
+ * followed at once (once per call); otherwise a 401 drops the cached token and tries once
+ * more with a fresh one; a second 401 is the credentials' fault.
  */
 static int kv_call(struct kms_client *c, const struct call *call, struct outcome *out)
 {
 	struct azure_kms *k = azure_of(c);
 	const struct azure_key_id *key = call->key;
 	_cleanup_free_ char *url = NULL;
-	bool fresh = false, retried = false, retry;
+	bool fresh = false, retried = false, followed = false, retry, learnt;
 	int r;
 
 	if (asprintf(&url, "%s/%s/%s%s%s%s?api-version=" AZURE_API_VERSION, key->vault,
@@ -185,10 +280,16 @@ static int kv_call(struct kms_client *c, const struct call *call, struct outcome
 		return log_oom();
 	for (unsigned n = 1;; n++) {
 		outcome_done(out);
-		r = attempt_once(c, call, url, &retry, out);
+		r = attempt_once(c, call, url, &retry, &learnt, out);
 		if (r >= 0) {
 			dmbyok_kms_retry_release(&k->retry, r, retried);
 			return 0;
+		}
+		if (learnt && !followed) {
+			/* Not a retry: the vault said which token it takes. */
+			followed = true;
+			n--;
+			continue;
 		}
 		if (r == -EKEYEXPIRED && !fresh) {
 			fresh = true;
@@ -694,6 +795,11 @@ static void azure_client_free(struct kms_client *c)
 
 	dmbyok_azure_auth_invalidate(&k->auth);
 	dmbyok_kms_http_free(k->http);
+	for (size_t i = 0; i < k->n_audiences; i++) {
+		free(k->audiences[i].host);
+		free(k->audiences[i].resource);
+	}
+	free(k->audiences);
 	free(k->label);
 	free(k);
 	c->provider_data = NULL;

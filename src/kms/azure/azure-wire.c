@@ -147,7 +147,7 @@ const char *dmbyok_azure_resource_for_host(const char *host)
 	for (size_t i = 0; host && i < ELEMENTSOF(clouds); i++)
 		if (host_ends_with(host, clouds[i].suffix))
 			return clouds[i].resource;
-	return AZURE_VAULT_RESOURCE;
+	return NULL;
 }
 
 void dmbyok_azure_challenge_done(struct azure_challenge *c)
@@ -248,6 +248,58 @@ int dmbyok_azure_parse_challenge(const char *header, struct azure_challenge *ret
 	*ret = c;
 	c = (struct azure_challenge){};
 	return 0;
+}
+
+/* Text that quotes the network made printable in place. */
+static void make_printable(char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
+			*s = '?';
+}
+
+int dmbyok_azure_challenge_verify(const struct azure_challenge *c, const char *vault_host,
+                                  const char *tenant, char **ret_resource, char *why,
+                                  size_t why_size)
+{
+	_cleanup_free_ char *resource = NULL;
+	const char *domain;
+	size_t n_domain, n_host = strcspn(vault_host, ":");
+
+	*ret_resource = NULL;
+	if (tenant && c->tenant && strcasecmp(tenant, c->tenant) != 0) {
+		snprintf(why, why_size,
+		         "the vault %.*s belongs to tenant %.100s, AZURE_TENANT_ID says %.100s: "
+		         "dmbyok does not switch tenants (use credentials of the vault's tenant)",
+		         (int)n_host, vault_host, c->tenant, tenant);
+		make_printable(why);
+		return -EKEYREJECTED;
+	}
+	if (!c->resource)
+		return 0;
+	/* https://DOMAIN, a trailing slash allowed; no port, path, query or credentials. */
+	if (strncasecmp(c->resource, "https://", 8) == 0) {
+		domain = c->resource + 8;
+		n_domain = strspn(domain, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		                          "0123456789-.");
+		if (n_domain > 0 && n_domain <= 253 && domain[0] != '.' &&
+		    (!domain[n_domain] || !strcmp(domain + n_domain, "/")) &&
+		    n_host > n_domain + 1 && vault_host[n_host - n_domain - 1] == '.' &&
+		    !strncasecmp(vault_host + n_host - n_domain, domain, n_domain)) {
+			if (asprintf(&resource, "https://%.*s", (int)n_domain, domain) < 0)
+				return -ENOMEM;
+			for (char *p = resource; *p; p++)
+				*p = (char)tolower((unsigned char)*p);
+			*ret_resource = TAKE_PTR(resource);
+			return 0;
+		}
+	}
+	snprintf(why, why_size,
+	         "the vault %.*s asks for tokens for \"%.200s\", which is not its domain: "
+	         "refused (a token for another service must not be sent to it)",
+	         (int)n_host, vault_host, c->resource);
+	make_printable(why);
+	return -EKEYREJECTED;
 }
 
 /* A copy made printable (the text came from the network), bounded. */

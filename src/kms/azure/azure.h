@@ -61,10 +61,11 @@ int dmbyok_azure_key_vault_host(const char *id, char **ret);
 /* Whether the host is a Managed HSM pool (*.managedhsm.azure.net and sovereign twins). */
 bool dmbyok_azure_host_is_hsm(const char *host);
 /*
- * The token audience ("resource") of a vault host: https://vault.azure.net for
- * *.vault.azure.net, https://managedhsm.azure.net for *.managedhsm.azure.net, their
- * sovereign-cloud twins (.azure.cn, .usgovcloudapi.net, .microsoftazure.de); for other
- * hosts (Azure Stack Hub, a test vault) https://vault.azure.net, as the challenge would say.
+ * The token audience ("resource") of a vault host in one of Azure's clouds:
+ * https://vault.azure.net for *.vault.azure.net, https://managedhsm.azure.net for
+ * *.managedhsm.azure.net, their sovereign-cloud twins (.azure.cn, .usgovcloudapi.net,
+ * .microsoftazure.de). NULL for other hosts (Azure Stack Hub, a test vault): the vault's
+ * 401 challenge says it.
  */
 const char *dmbyok_azure_resource_for_host(const char *host);
 
@@ -81,6 +82,18 @@ struct azure_challenge {
 };
 int dmbyok_azure_parse_challenge(const char *header, struct azure_challenge *ret);
 void dmbyok_azure_challenge_done(struct azure_challenge *c);
+/*
+ * Whether a vault's challenge may be followed, as Azure's SDK checks it
+ * (verify_challenge_resource): its resource must be https://DOMAIN[/] with the vault host
+ * (port aside) in DOMAIN, e.g. https://vault.local.azurestack.external for
+ * NAME.vault.local.azurestack.external; and when `tenant` (AZURE_TENANT_ID of a service
+ * principal) is given, the challenge must name that tenant: dmbyok never switches tenants.
+ * The audience to ask tokens for in *ret_resource ("https://domain", lower case), or NULL
+ * when the challenge names no resource. -EKEYREJECTED with `why` when refused.
+ */
+int dmbyok_azure_challenge_verify(const struct azure_challenge *c, const char *vault_host,
+                                  const char *tenant, char **ret_resource, char *why,
+                                  size_t why_size);
 
 /*
  * An error body {"error": {"code", "message", "innererror": {"code"}}}: each out-parameter

@@ -42,12 +42,27 @@ class EntraError(Exception):
 
 
 def resource_of_host(host):
-    return "https://managedhsm.azure.net" if ".managedhsm." in host else "https://vault.azure.net"
+    """The audience a vault host takes: https://vault.REST for NAME.vault.REST (Azure's
+    clouds, the sovereign ones, Azure Stack Hub's vault.REGION.FQDN), likewise for
+    NAME.managedhsm.REST; https://vault.azure.net for any other name (an address)."""
+    name = host.lower()
+    head, sep, port = name.rpartition(":")
+    if sep and port.isdigit():
+        name = head
+    labels = name.split(".")
+    if len(labels) >= 3 and labels[1] in ("vault", "managedhsm") and all(labels):
+        return "https://" + ".".join(labels[1:])
+    return "https://vault.azure.net"
 
 
 def challenge(data, host):
-    return ("WWW-Authenticate", f'Bearer authorization="{LOGIN}/{data["tenant"]}", '
-                                f'resource="{resource_of_host(host)}"')
+    """Key Vault's WWW-Authenticate: its tenant's authority and the vault's audience, unless
+    a test made the vault name others (the control API's "challenge")."""
+    override = data["vaults"].get(host.lower(), {}).get("challenge") or {}
+    tenant = override.get("tenant") or data["tenant"]
+    resource = override.get("resource") or resource_of_host(host)
+    return ("WWW-Authenticate", f'Bearer authorization="{LOGIN}/{tenant}", '
+                                f'resource="{resource}"')
 
 
 def issue(data, oid, appid, resource, source):

@@ -113,7 +113,9 @@ class Handler(BaseHTTPRequestHandler):
         if status != 204:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-ms-request-id", str(uuid.uuid4()))
+        # The request's id, as its audit record says it (one per request).
+        self.send_header("x-ms-request-id", getattr(self, "request_id", None) or
+                         str(uuid.uuid4()))
         self.send_header("x-ms-keyvault-region", "westeurope")
         for name, value in headers:
             self.send_header(name, value)
@@ -131,6 +133,7 @@ class Handler(BaseHTTPRequestHandler):
     # -- the proxy -----------------------------------------------------------------
 
     def do_CONNECT(self):
+        self.request_id = str(uuid.uuid4())
         ctx = self.server.tls_context
         host = self.path.rsplit(":", 1)[0].lower()
         if ctx is None or self.tls:
@@ -167,6 +170,9 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("PUT")
 
     def _dispatch(self, method):
+        # One id per request (a kept-alive connection serves several): the answer's
+        # x-ms-request-id and the audit record's request_id.
+        self.request_id = str(uuid.uuid4())
         url = urllib.parse.urlsplit(self.path)
         path = urllib.parse.unquote(url.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
@@ -197,7 +203,7 @@ class Handler(BaseHTTPRequestHandler):
     def _record(self, operation, method):
         return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="milliseconds"),
-                "request_id": str(uuid.uuid4()), "operation": operation, "method": method,
+                "request_id": self.request_id, "operation": operation, "method": method,
                 "host": self._host(), "path": self.path, "principal": None, "key": None,
                 "tls": self.tls, "via_proxy": self.tunnel is not None,
                 "user_agent": self.headers.get("User-Agent"), "source_ip":
@@ -468,6 +474,14 @@ class Handler(BaseHTTPRequestHandler):
                     entry["policies"][oid] = list(spec["permissions"])
                 t.changed = True
                 return {"vault": host, "policies": entry["policies"]}
+            if what == "challenge":
+                # What the vault's 401 challenge names: another tenant, another resource
+                # (null or absent: the real ones). Its expected audience does not change.
+                host, entry = vault(data, spec["vault"])
+                entry["challenge"] = {k: spec[k] for k in ("tenant", "resource")
+                                      if spec.get(k)}
+                t.changed = True
+                return {"vault": host, "challenge": entry["challenge"]}
             if what == "certificate":
                 x5t = identity.register_certificate(data, spec["client_id"],
                                                     spec["certificate"])
