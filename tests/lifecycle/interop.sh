@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Interop both ways with the stock tools: the AWS CLI unwraps the token's ciphertext with
-# its context, and stock cryptsetup opens a dmbyok volume with that key; a volume made by
-# plain cryptsetup is refused by dmbyok with a clear message; tables match cryptsetup's.
-# interop.sh [PROVIDER]: aws (default), gcp or azure. For gcp and azure the oracle is the
-# provider's own REST API (kms_oracle_unwrap); the plain-LUKS2 refusal is the aws run's.
+# Interop both ways with the stock tools: a stock client of the provider's API unwraps the
+# token's ciphertext with its context, and stock cryptsetup opens a dmbyok volume with that
+# key; a volume made by plain cryptsetup is refused by dmbyok with a clear message; tables
+# match cryptsetup's. interop.sh [PROVIDER]: aws (default), gcp or azure; the plain-LUKS2
+# refusal is the aws run's.
 . "$(dirname "$0")/lib.sh"
 use_kms "${1:-aws}"
 DISK=/dev/vda OTHER=/dev/vdb
@@ -20,23 +20,12 @@ echo "written through dmbyok" >"$MNT/hello" && umount "$MNT"
 DMBYOK_TABLE=$(dmsetup table data)
 check "close" $DMBYOK close data
 
-if for_provider aws; then
-	step "the AWS CLI unwraps the token's ciphertext (the real client as oracle)"
-	TOKEN=$(token_json $DISK)
-	echo "$TOKEN" | json_get ciphertext | base64 -d >"$WORK/blob"
-	aws_decrypt() {
-		/usr/bin/aws kms decrypt --endpoint-url "$KMS_URL" --ciphertext-blob "fileb://$WORK/blob" \
-			--encryption-context "$(echo "$TOKEN" | json_get context)" \
-			--query Plaintext --output text --cli-connect-timeout 5 >"$WORK/dek.b64"
-	}
-	check "aws kms decrypt with the token's context" aws_decrypt
-	base64 -d "$WORK/dek.b64" >"$WORK/dek"
-	check "the unwrapped DEK is 64 bytes" test "$(stat -c %s "$WORK/dek")" -eq 64
-else
-	step "the $PROVIDER API unwraps the token's ciphertext (the provider's own API as oracle)"
-	check "$KMS_UNWRAP_OP as this host, through the provider's REST API" kms_oracle_unwrap $DISK "$WORK/dek"
-	check "the unwrapped DEK is 64 bytes" test "$(stat -c %s "$WORK/dek")" -eq 64
-fi
+# The oracle is a stock client of the provider's own API: curl (its --aws-sigv4 for AWS KMS,
+# bearer tokens for the others). The AWS CLI itself proves the emulator's Decrypt on the host
+# (kms-emulator-awscli); in the guest its start-up alone took 80 s of CPU under TCG.
+step "a stock client unwraps the token's ciphertext through the $PROVIDER API (the oracle)"
+check "$KMS_UNWRAP_OP as this host, with the token's context" kms_oracle_unwrap $DISK "$WORK/dek"
+check "the unwrapped DEK is 64 bytes" test "$(stat -c %s "$WORK/dek")" -eq 64
 check "luksDump shows the dmbyok token" bash -c "cryptsetup luksDump $DISK | grep -A2 '^Tokens:' | grep -q dmbyok"
 
 step "stock cryptsetup opens the dmbyok volume with that key"

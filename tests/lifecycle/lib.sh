@@ -10,6 +10,9 @@ EMULATOR=$DMBYOK_SOURCE_DIR/tests/kms-emulator/kms-emulator
 WORK=${VM_SCRATCH:-/var/tmp}/dmbyok-test
 mkdir -p "$WORK"
 export DMBYOK_RUNTIME_DIR=$WORK/run
+# The emulators' bytecode, compiled in the build tree (tests/CMakeLists.txt): the source is
+# read-only here, and compiling it at each start costs seconds of guest CPU.
+export PYTHONPYCACHEPREFIX=$DMBYOK_BUILD_DIR/pycache
 
 # Shell builtins where a helper is called often: under TCG every process started costs a
 # sizeable fraction of a second of guest CPU.
