@@ -10,7 +10,7 @@
 # minute longer so that the harness reports a hang itself. ARGS go to tests/vm/run as
 # they are (e.g. --udev, --systemd, --mem 2048, --env K=V, --qmp auto --host-hook CMD).
 # Every such test has the label "vm" plus LABELS, and claims two processors (a TCG guest
-# has two vCPUs; scripts/test runs ctest -j6 on two cores: three guests at a time).
+# has two vCPUs; scripts/test runs ctest -j4 on two cores: two guests at a time).
 include_guard(GLOBAL)
 
 function(dmbyok_add_vm_test name script)
